@@ -1,0 +1,899 @@
+"""Redirect benchmark: Trunk8 against a plain nginx ``map`` + ``return 302``.
+
+What it does, in order:
+
+1. makes sure ``wrk`` and ``nginx`` are installed (``apt-get`` if not);
+2. writes a throw-away Trunk8 data directory with 10,000 redirect links
+   spread over 11 users, plus an nginx config that maps the same 10,000
+   paths to the same URLs;
+3. starts its own nginx (one worker) and, one after the other, two Trunk8
+   layouts: ``trunk8 up`` (all-in-one, embedded NATS) and a redirector
+   running alone next to a config-watcher and a separate ``nats-server``;
+4. checks each server once by hand (hit -> 302 + Location, miss -> 404),
+   then measures hit and miss with ``wrk --latency`` after a short warm-up;
+5. prints a table, the ratios and the PASS/FAIL lines of the budgets
+   (hit >= 0.9x nginx, p99 < 2 ms, miss within 10 % of hit).
+
+Every process it started is stopped and every temp dir removed on exit,
+including after errors and Ctrl-C. A failed budget still exits 0 (this is a
+measurement); anything that could not run exits non-zero.
+
+Usage: ``.venv/bin/python bench/redirect.py [--quick] [--duration S]
+[--json PATH] [--system all|all-in-one|redirector|none]`` (see ``--help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import http.client
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = ROOT / ".venv" / "bin"  # --venv changes it
+
+USERS = ["admin"] + [f"user{i:02d}" for i in range(1, 11)]
+MISS_CODE = "nosuchcode1"
+READY_TIMEOUT = 60.0
+PROPAGATION_TIMEOUT = 15.0
+STOP_GRACE = 10.0
+
+# Budgets (see the module docstring).
+HIT_VS_NGINX_MIN = 0.9
+P99_MAX_MS = 2.0
+MISS_VS_HIT_TOLERANCE = 0.10
+
+INTERLEAVING_NOTE = (
+    "Order: nginx runs all the time; for each Trunk8 layout, once it is up and "
+    "idle, nginx hit and nginx miss are measured right before that layout's "
+    "hit and miss, so every ratio compares neighbouring runs made under the "
+    "same background load. Each measured run follows a warm-up run on the "
+    "same URL."
+)
+CPU_NOTE = (
+    "wrk and the server under test share the machine's cores; nothing is "
+    "pinned, so absolute numbers include wrk's own CPU use."
+)
+
+
+class BenchError(Exception):
+    """Something needed for the benchmark could not run."""
+
+
+class Interrupted(BaseException):
+    """Raised from the SIGTERM handler so that cleanup runs."""
+
+
+# --------------------------------------------------------------------------
+# Process and temp-dir bookkeeping
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class Proc:
+    """A child process with its log files."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    stdout_path: Path
+    stderr_path: Path
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines of stderr (and stdout), for error messages."""
+        parts = []
+        for label, path in (("stderr", self.stderr_path), ("stdout", self.stdout_path)):
+            try:
+                text = path.read_text(errors="replace").splitlines()
+            except OSError:
+                continue
+            if text:
+                parts.append(f"--- {self.name} {label} (last {lines} lines) ---")
+                parts.extend(text[-lines:])
+        return "\n".join(parts) if parts else f"({self.name} printed nothing)"
+
+
+class Cleanup:
+    """Stops started processes (newest first) and removes temp dirs; idempotent."""
+
+    def __init__(self) -> None:
+        self.procs: list[Proc] = []
+        self.dirs: list[Path] = []
+        self.keep_dirs = False
+
+    def add_proc(self, proc: Proc) -> None:
+        self.procs.append(proc)
+
+    def add_dir(self, path: Path) -> None:
+        self.dirs.append(path)
+
+    def stop(self, proc: Proc) -> None:
+        """SIGTERM the process, SIGKILL it (and its session) after a grace time."""
+        if proc in self.procs:
+            self.procs.remove(proc)
+        popen = proc.popen
+        pgid = popen.pid  # started with start_new_session=True
+        if popen.poll() is None:
+            try:
+                popen.send_signal(signal.SIGTERM)
+                popen.wait(timeout=STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                print(
+                    f"  {proc.name} ignored SIGTERM for {STOP_GRACE:.0f} s, killing it",
+                    file=sys.stderr,
+                )
+            except ProcessLookupError:
+                pass
+        # Anything left in its session (the process itself, or children it
+        # did not reap) gets a short grace, then SIGKILL.
+        deadline = time.monotonic() + (1.0 if popen.poll() is not None else 0.0)
+        while _group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _group_alive(pgid):
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        try:
+            popen.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def run(self) -> None:
+        while self.procs:
+            self.stop(self.procs[-1])
+        while self.dirs:
+            path = self.dirs.pop()
+            if self.keep_dirs:
+                print(f"kept temp dir {path}")
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+CLEANUP = Cleanup()
+
+
+def start(name: str, argv: list[str], logdir: Path, cwd: Path | None = None) -> Proc:
+    """Start ``argv`` in its own session, logging to files in ``logdir``."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
+    out_path, err_path = logdir / f"{slug}.out", logdir / f"{slug}.err"
+    print(f"  starting {name}: {shlex.join(argv)}")
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        popen = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            cwd=cwd or ROOT,
+            start_new_session=True,
+        )
+    proc = Proc(name, popen, out_path, err_path)
+    CLEANUP.add_proc(proc)
+    return proc
+
+
+# --------------------------------------------------------------------------
+# Tools
+# --------------------------------------------------------------------------
+
+
+def ensure_tools() -> None:
+    """Install wrk and nginx with apt-get if either is missing."""
+    if shutil.which("wrk") and shutil.which("nginx"):
+        return
+    if not shutil.which("apt-get"):
+        raise BenchError("wrk/nginx missing and apt-get not available; install them by hand")
+    if os.geteuid() != 0:
+        raise BenchError("wrk/nginx missing; as root: apt-get install wrk nginx-light")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    system_pid = Path("/run/nginx.pid")
+    had_system_nginx = system_pid.exists()
+    print("  installing wrk and nginx with apt-get ...")
+    _apt(["apt-get", "update", "-q"], env)
+    try:
+        _apt(["apt-get", "install", "-y", "-q", "wrk", "nginx-light"], env)
+    except BenchError:
+        _apt(["apt-get", "install", "-y", "-q", "wrk", "nginx"], env)
+    if not (shutil.which("wrk") and shutil.which("nginx")):
+        raise BenchError("apt-get finished but wrk or nginx is still not on PATH")
+    if not had_system_nginx and system_pid.exists():
+        # The package may have started the distribution's nginx service; this
+        # run installed it, so stop it (it is not used, ours has its own config).
+        try:
+            pid = int(system_pid.read_text().strip())
+            os.kill(pid, signal.SIGQUIT)
+            print(f"  stopped the system nginx (pid {pid}) that the package install started")
+        except (OSError, ValueError):
+            pass
+
+
+def _apt(argv: list[str], env: dict[str, str]) -> None:
+    res = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise BenchError(f"{shlex.join(argv)} failed ({res.returncode}):\n{res.stderr[-2000:]}")
+
+
+def tool_version(argv: list[str]) -> str:
+    """First line a tool prints for its version flag (stdout or stderr)."""
+    res = subprocess.run(argv, capture_output=True, text=True)
+    text = (res.stdout + res.stderr).strip().splitlines()
+    return text[0].strip() if text else "unknown"
+
+
+def cpu_count() -> int:
+    """What ``nproc`` prints: CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# --------------------------------------------------------------------------
+# Data and configs
+# --------------------------------------------------------------------------
+
+
+def toml_str(value: str) -> str:
+    """A TOML basic string (JSON escaping is valid TOML for these values)."""
+    return json.dumps(value)
+
+
+def make_links(count: int) -> dict[str, list[tuple[str, str]]]:
+    """``count`` (code, url) pairs in contiguous blocks, one block per user."""
+    per_user, extra = divmod(count, len(USERS))
+    links: dict[str, list[tuple[str, str]]] = {}
+    index = 0
+    for n, user in enumerate(USERS):
+        size = per_user + (1 if n < extra else 0)
+        links[user] = [
+            (f"c{i:06d}", f"https://example.com/page/{i}") for i in range(index, index + size)
+        ]
+        index += size
+    return links
+
+
+def write_data_dir(data: Path, links: dict[str, list[tuple[str, str]]]) -> None:
+    """Write users, their links and the app config in Trunk8's layout."""
+    users_dir = data / "users"
+    users_dir.mkdir(parents=True)
+    lines: list[str] = []
+    for n, user in enumerate(USERS):
+        admin = user == "admin"
+        lines += [
+            f"[users.{user}]",
+            f"is_admin = {'true' if admin else 'false'}",
+            f"display_name = {toml_str('Administrator' if admin else f'User {n:02d}')}",
+            f"created_at = {toml_str(f'2025-01-{1 + n:02d}T09:00:00')}",
+            "",
+        ]
+    (users_dir / "users.toml").write_text("\n".join(lines))
+    for user, pairs in links.items():
+        (users_dir / user).mkdir()
+        body = ["[links]", ""]
+        for code, url in pairs:
+            body += [f"[links.{code}]", 'type = "redirect"', f"url = {toml_str(url)}", ""]
+        (users_dir / user / "links.toml").write_text("\n".join(body))
+    config_dir = data / "config"
+    config_dir.mkdir()
+    (config_dir / "config.toml").write_text(
+        "[app]\n"
+        'theme = "cerulean"\n'
+        'markdown_theme = "cerulean"\n'
+        "max_file_size_mb = 100\n"
+        "\n"
+        "[session]\n"
+        "permanent_lifetime_days = 30\n"
+    )
+
+
+def nginx_missing_modules() -> set[str]:
+    """Names of http modules this nginx was built without (for temp paths)."""
+    res = subprocess.run(["nginx", "-V"], capture_output=True, text=True)
+    return set(re.findall(r"--without-http_(\w+)_module", res.stdout + res.stderr))
+
+
+def write_nginx_conf(prefix: Path, port: int, links: dict[str, list[tuple[str, str]]]) -> Path:
+    """An nginx config: one worker, a map of every link, 302 or 404."""
+    missing = nginx_missing_modules()
+    temp_paths = [f"    client_body_temp_path {prefix}/client_body;"]
+    for module in ("proxy", "fastcgi", "uwsgi", "scgi"):
+        if module not in missing:
+            temp_paths.append(f"    {module}_temp_path {prefix}/{module};")
+    entries = [f"        /{code} {url};" for pairs in links.values() for code, url in pairs]
+    conf = "\n".join(
+        [
+            "daemon off;",
+            "master_process on;",
+            "worker_processes 1;",
+            f"pid {prefix}/nginx.pid;",
+            f"error_log {prefix}/error.log warn;",
+            "events { worker_connections 1024; }",
+            "http {",
+            "    access_log off;",
+            "    keepalive_requests 1000000;",
+            "    keepalive_timeout 75s;",
+            "    map_hash_max_size 65536;",
+            "    map_hash_bucket_size 128;",
+            *temp_paths,
+            "    map $uri $target {",
+            '        default "";',
+            *entries,
+            "    }",
+            "    server {",
+            f"        listen 127.0.0.1:{port};",
+            "        server_name _;",
+            "        location / {",
+            "            if ($target) { return 302 $target; }",
+            "            return 404;",
+            "        }",
+            "    }",
+            "}",
+            "",
+        ]
+    )
+    path = prefix / "nginx.conf"
+    path.write_text(conf)
+    return path
+
+
+# --------------------------------------------------------------------------
+# Readiness and sanity checks
+# --------------------------------------------------------------------------
+
+
+def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, str | None]:
+    """One GET without following redirects: (status, Location header)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status, resp.getheader("Location")
+    finally:
+        conn.close()
+
+
+def wait_until(proc: Proc, check: Callable[[], bool], what: str, timeout: float) -> None:
+    """Poll ``check`` until it is true; fail if ``proc`` dies or time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if not proc.alive():
+            raise BenchError(
+                f"{proc.name} exited with code {proc.popen.returncode} "
+                f"while waiting for {what}\n{proc.log_tail()}"
+            )
+        try:
+            if check():
+                return
+        except (OSError, http.client.HTTPException):
+            pass
+        if time.monotonic() > deadline:
+            raise BenchError(f"{proc.name}: no {what} after {timeout:.0f} s\n{proc.log_tail()}")
+        time.sleep(0.2)
+
+
+def wait_ready(proc: Proc, port: int) -> None:
+    """Poll ``GET /-/ready`` until it answers 200."""
+    start_time = time.monotonic()
+    wait_until(
+        proc,
+        lambda: http_get(port, "/-/ready", timeout=1.0)[0] == 200,
+        f"200 from http://127.0.0.1:{port}/-/ready",
+        READY_TIMEOUT,
+    )
+    print(f"  {proc.name} ready on port {port} after {time.monotonic() - start_time:.1f} s")
+
+
+def wait_port(proc: Proc, port: int, timeout: float = 20.0) -> None:
+    """Wait until something accepts TCP connections on ``port``."""
+
+    def accepts() -> bool:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+            return True
+
+    wait_until(proc, accepts, f"listener on 127.0.0.1:{port}", timeout)
+
+
+def sanity_check(
+    name: str, proc: Proc, port: int, hit: tuple[str, str], wait_for_data: bool = True
+) -> None:
+    """Hit must answer 302 + expected Location, miss must answer 404.
+
+    Links reach a redirector asynchronously (through NATS), so a wrong hit
+    answer is retried for a few seconds after readiness; the delay is shown.
+    """
+    code, url = hit
+    deadline = time.monotonic() + (PROPAGATION_TIMEOUT if wait_for_data else 0.0)
+    started = time.monotonic()
+    while True:
+        if not proc.alive():
+            raise BenchError(f"{proc.name} died during the sanity check\n{proc.log_tail()}")
+        status, location = http_get(port, f"/{code}")
+        if status == 302 and location == url:
+            break
+        if time.monotonic() > deadline:
+            raise BenchError(
+                f"{name}: GET /{code} answered {status} Location={location!r}, "
+                f"expected 302 Location={url!r}\n{proc.log_tail()}"
+            )
+        time.sleep(0.2)
+    waited = time.monotonic() - started
+    if waited > 0.5:
+        print(f"  note: {name} answered the hit correctly only {waited:.1f} s after /-/ready")
+    status, location = http_get(port, f"/{MISS_CODE}")
+    if status != 404:
+        raise BenchError(
+            f"{name}: GET /{MISS_CODE} answered {status} Location={location!r}, "
+            f"expected 404\n{proc.log_tail()}"
+        )
+    print(f"  {name} sanity check ok: /{code} -> 302 {url}, /{MISS_CODE} -> 404")
+
+
+# --------------------------------------------------------------------------
+# wrk
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class WrkResult:
+    """Numbers parsed from one wrk run."""
+
+    label: str
+    system: str
+    kind: str  # "hit" or "miss"
+    url: str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    non_2xx_3xx: int
+    socket_errors: dict[str, int] = field(default_factory=dict)
+    ratio_vs_nginx: float | None = None
+
+    @property
+    def bad_responses(self) -> int:
+        """Responses that count as errors for this kind of run."""
+        errors = sum(self.socket_errors.values())
+        return errors + (self.non_2xx_3xx if self.kind == "hit" else 0)
+
+
+_UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+
+
+def to_ms(text: str) -> float:
+    """``'812.00us'``, ``'1.20ms'`` or ``'2.01s'`` in milliseconds."""
+    match = re.fullmatch(r"([0-9.]+)(us|ms|s|m|h)", text.strip())
+    if not match:
+        raise ValueError(f"unrecognised wrk latency {text!r}")
+    return float(match.group(1)) * _UNIT_MS[match.group(2)]
+
+
+def parse_wrk(text: str) -> dict[str, object]:
+    """Requests/sec, p50/p99 (ms), request count and error counts."""
+
+    def grab(pattern: str) -> str:
+        match = re.search(pattern, text, re.MULTILINE)
+        if not match:
+            raise BenchError(f"could not find {pattern!r} in wrk output:\n{text}")
+        return match.group(1)
+
+    errors: dict[str, int] = {}
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    if sock:
+        kinds = ("connect", "read", "write", "timeout")
+        errors = dict(zip(kinds, map(int, sock.groups()), strict=True))
+    non = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    return {
+        "rps": float(grab(r"^Requests/sec:\s+([0-9.]+)")),
+        "p50_ms": to_ms(grab(r"^\s+50%\s+(\S+)")),
+        "p99_ms": to_ms(grab(r"^\s+99%\s+(\S+)")),
+        "requests": int(grab(r"^\s+(\d+) requests in ")),
+        "non_2xx_3xx": int(non.group(1)) if non else 0,
+        "socket_errors": errors,
+    }
+
+
+def run_wrk(url: str, seconds: int, args: argparse.Namespace) -> str:
+    """Run wrk once and return its output."""
+    argv = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{seconds}s", "--latency", url]
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        out, err = proc.communicate(timeout=seconds + 60)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"{shlex.join(argv)} did not finish within {seconds + 60} s") from None
+    finally:
+        if proc.poll() is None:  # interrupted or timed out: do not leave wrk behind
+            proc.kill()
+            proc.wait()
+    if proc.returncode != 0:
+        raise BenchError(f"{shlex.join(argv)} failed ({proc.returncode}):\n{out}{err}")
+    return out
+
+
+def measure(
+    label: str, system: str, kind: str, port: int, code: str, args: argparse.Namespace, guard: Proc
+) -> WrkResult:
+    """Warm up, then measure one URL; fail if the server died meanwhile."""
+    url = f"http://127.0.0.1:{port}/{code}"
+    if args.warmup > 0:
+        run_wrk(url, args.warmup, args)
+    output = run_wrk(url, args.duration, args)
+    if not guard.alive():
+        raise BenchError(f"{guard.name} died while measuring {label}\n{guard.log_tail()}")
+    if args.verbose:
+        print(output)
+    result = WrkResult(label=label, system=system, kind=kind, url=url, **parse_wrk(output))  # type: ignore[arg-type]
+    print(
+        f"  {label:<32} {result.rps:>10.0f} req/s  p50 {result.p50_ms:.3f} ms  "
+        f"p99 {result.p99_ms:.3f} ms  non-2xx/3xx {result.non_2xx_3xx}"
+    )
+    return result
+
+
+# --------------------------------------------------------------------------
+# Layouts under test
+# --------------------------------------------------------------------------
+
+
+def start_all_in_one(trunk8: Path, data: Path, logdir: Path) -> tuple[Proc, int]:
+    """``trunk8 up``: embedded NATS and every service on one port."""
+    port = free_port()
+    proc = start("trunk8 up", [str(trunk8), "up", "--data", str(data), "--port", str(port)], logdir)
+    wait_ready(proc, port)
+    return proc, port
+
+
+def start_redirector_alone(
+    venv_bin: Path, data: Path, tmp: Path, logdir: Path
+) -> tuple[Proc, int, list[Proc]]:
+    """nats-server + config-watcher + redirector, each its own process."""
+    trunk8, nats_server = venv_bin / "trunk8", venv_bin / "nats-server"
+    if not nats_server.exists():
+        raise BenchError(f"{nats_server} not found (is the venv set up? try `make install`)")
+    nats_port = free_port()
+    store = tmp / "nats-store"
+    store.mkdir()
+    nats = start(
+        "nats-server",
+        [str(nats_server), "-a", "127.0.0.1", "-p", str(nats_port), "-js", "-sd", str(store)],
+        logdir,
+    )
+    wait_port(nats, nats_port)
+    nats_url = f"nats://127.0.0.1:{nats_port}"
+    watcher_port = free_port()
+    watcher = start(
+        "config-watcher",
+        [
+            str(trunk8),
+            "run",
+            "--target",
+            "config-watcher",
+            "--data",
+            str(data),
+            "--nats",
+            nats_url,
+            "--port",
+            str(watcher_port),
+        ],
+        logdir,
+    )
+    wait_ready(watcher, watcher_port)
+    port = free_port()
+    redirector = start(
+        "redirector",
+        [str(trunk8), "run", "--target", "redirector", "--nats", nats_url, "--port", str(port)],
+        logdir,
+    )
+    wait_ready(redirector, port)
+    return redirector, port, [redirector, watcher, nats]
+
+
+def measure_phase(
+    system: str,
+    sys_port: int,
+    guard: Proc,
+    nginx: Proc,
+    nginx_port: int,
+    hit_code: str,
+    args: argparse.Namespace,
+) -> list[WrkResult]:
+    """nginx hit/miss, then the system's hit/miss, as neighbours."""
+    tag = f" (next to {system})" if system else ""
+    results = [
+        measure(f"nginx hit{tag}", "nginx", "hit", nginx_port, hit_code, args, nginx),
+        measure(f"nginx miss{tag}", "nginx", "miss", nginx_port, MISS_CODE, args, nginx),
+    ]
+    if system:
+        results += [
+            measure(f"{system} hit", system, "hit", sys_port, hit_code, args, guard),
+            measure(f"{system} miss", system, "miss", sys_port, MISS_CODE, args, guard),
+        ]
+        by_kind = {r.kind: r.rps for r in results[:2]}
+        for r in results[2:]:
+            r.ratio_vs_nginx = r.rps / by_kind[r.kind] if by_kind[r.kind] else None
+    return results
+
+
+# --------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------
+
+
+def print_table(results: list[WrkResult]) -> None:
+    header = (
+        f"{'target':<32} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'vs nginx':>9} {'non-2xx/3xx':>12} {'sock err':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        ratio = f"{r.ratio_vs_nginx:.2f}x" if r.ratio_vs_nginx is not None else "-"
+        print(
+            f"{r.label:<32} {r.rps:>10.0f} {r.p50_ms:>8.3f} {r.p99_ms:>8.3f} "
+            f"{ratio:>9} {r.non_2xx_3xx:>12} {sum(r.socket_errors.values()):>9}"
+        )
+    print(
+        "(vs nginx: hit vs the neighbouring nginx hit, miss vs the neighbouring nginx miss;"
+        " 404s in miss runs are expected)"
+    )
+
+
+def pairs_by_system(results: list[WrkResult]) -> list[tuple[str, WrkResult, WrkResult]]:
+    """(label, hit, miss) for each measured hit/miss pair, in order."""
+    out = []
+    for i in range(0, len(results) - 1):
+        hit, miss = results[i], results[i + 1]
+        if hit.kind == "hit" and miss.kind == "miss" and hit.system == miss.system:
+            out.append((hit.label.replace(" hit", "", 1), hit, miss))
+    return out
+
+
+def check_budgets(results: list[WrkResult]) -> list[dict[str, object]]:
+    """PASS/FAIL lines for each Trunk8 layout."""
+    checks: list[dict[str, object]] = []
+
+    def add(system: str, name: str, ok: bool, detail: str) -> None:
+        checks.append({"system": system, "budget": name, "pass": ok, "detail": detail})
+
+    for _, hit, miss in pairs_by_system(results):
+        if hit.system == "nginx":
+            continue
+        s = hit.system
+        ratio = hit.ratio_vs_nginx or 0.0
+        add(
+            s,
+            f"hit >= {HIT_VS_NGINX_MIN}x nginx",
+            ratio >= HIT_VS_NGINX_MIN,
+            f"{hit.rps:.0f} req/s = {ratio:.2f}x nginx",
+        )
+        for r in (hit, miss):
+            add(
+                s,
+                f"{r.kind} p99 < {P99_MAX_MS:g} ms",
+                r.p99_ms < P99_MAX_MS,
+                f"p99 {r.p99_ms:.3f} ms",
+            )
+        mh = miss.rps / hit.rps if hit.rps else 0.0
+        add(
+            s,
+            f"miss within {MISS_VS_HIT_TOLERANCE:.0%} of hit",
+            abs(mh - 1.0) <= MISS_VS_HIT_TOLERANCE,
+            f"miss/hit = {mh:.2f}",
+        )
+        add(
+            s,
+            "hit runs without errors",
+            hit.bad_responses == 0,
+            f"{hit.non_2xx_3xx} non-2xx/3xx, socket errors {hit.socket_errors or 'none'}",
+        )
+        miss_errs = sum(miss.socket_errors.values())
+        add(
+            s,
+            "miss runs without socket errors",
+            miss_errs == 0,
+            f"{miss.non_2xx_3xx} 404s (expected), socket errors {miss.socket_errors or 'none'}",
+        )
+    return checks
+
+
+def print_report(results: list[WrkResult], checks: list[dict[str, object]]) -> None:
+    print()
+    print_table(results)
+    print()
+    print("miss/hit requests/s ratio:")
+    for label, hit, miss in pairs_by_system(results):
+        print(f"  {label:<32} {miss.rps / hit.rps if hit.rps else 0.0:.2f}")
+    if checks:
+        print()
+        print("budgets:")
+        for c in checks:
+            print(
+                f"  {'PASS' if c['pass'] else 'FAIL'}  {c['system']:<12} "
+                f"{c['budget']:<32} {c['detail']}"
+            )
+    print()
+    print(INTERLEAVING_NOTE)
+    print(CPU_NOTE)
+
+
+# --------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--duration", type=int, default=10, help="seconds per measured run (10)")
+    p.add_argument("--warmup", type=int, default=2, help="warm-up seconds before each run (2)")
+    p.add_argument("--quick", action="store_true", help="2 s runs, 1 s warm-ups (smoke test)")
+    p.add_argument("--connections", type=int, default=32, help="wrk connections (32)")
+    p.add_argument("--threads", type=int, default=1, help="wrk threads (1)")
+    p.add_argument("--links", type=int, default=10_000, help="redirect links to create (10000)")
+    p.add_argument(
+        "--system",
+        choices=["all", "all-in-one", "redirector", "none"],
+        default="all",
+        help="Trunk8 layouts to measure; 'none': nginx only (all)",
+    )
+    p.add_argument("--json", metavar="PATH", type=Path, help="also write the numbers as JSON")
+    p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (data, logs)")
+    p.add_argument(
+        "--venv",
+        type=Path,
+        default=VENV_BIN.parent,
+        help="venv with trunk8 and nats-server (<repo>/.venv)",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="print raw wrk output")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.duration, args.warmup = 2, 1
+    if args.duration < 1 or args.warmup < 0 or args.links < 1:
+        p.error("--duration must be >= 1, --warmup >= 0, --links >= 1")
+    return args
+
+
+def bench(args: argparse.Namespace) -> dict[str, object]:
+    """Set everything up, measure, and return the report data."""
+    print(f"command: {shlex.join([sys.executable, *sys.argv])}")
+    print(f"nproc: {cpu_count()}")
+    ensure_tools()
+    meta = {
+        "command": shlex.join([sys.executable, *sys.argv]),
+        "nproc": cpu_count(),
+        "wrk": tool_version(["wrk", "-v"]),
+        "nginx": tool_version(["nginx", "-v"]),
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "wrk_threads": args.threads,
+        "wrk_connections": args.connections,
+        "links": args.links,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    print(f"wrk: {meta['wrk']}")
+    print(f"nginx: {meta['nginx']}")
+    print(
+        f"runs: wrk -t{args.threads} -c{args.connections} -d{args.duration}s --latency "
+        f"(after a {args.warmup} s warm-up), {args.links} links over {len(USERS)} users"
+    )
+    print(CPU_NOTE)
+
+    systems = {"all": ["all-in-one", "redirector"], "none": []}.get(args.system, [args.system])
+    venv_bin = args.venv.resolve() / "bin"
+    if systems and not (venv_bin / "trunk8").exists():
+        raise BenchError(f"{venv_bin}/trunk8 not found (is the venv set up? `make install`)")
+
+    tmp = Path(tempfile.mkdtemp(prefix="trunk8-bench-"))
+    CLEANUP.add_dir(tmp)
+    logdir = tmp / "logs"
+    logdir.mkdir()
+    links = make_links(args.links)
+    hit = (
+        links[USERS[-1]][-1]
+        if links[USERS[-1]]
+        else next(pairs[-1] for pairs in reversed(links.values()) if pairs)
+    )
+    data = tmp / "data"
+    write_data_dir(data, links)
+    print(f"data: {data} (hit /{hit[0]} -> {hit[1]}, miss /{MISS_CODE})")
+
+    nginx_prefix = tmp / "nginx"
+    nginx_prefix.mkdir()
+    nginx_port = free_port()
+    conf = write_nginx_conf(nginx_prefix, nginx_port, links)
+    nginx = start(
+        "nginx",
+        ["nginx", "-p", str(nginx_prefix), "-c", str(conf), "-e", str(nginx_prefix / "error.log")],
+        logdir,
+    )
+    wait_port(nginx, nginx_port)
+    sanity_check("nginx", nginx, nginx_port, hit, wait_for_data=False)
+
+    results: list[WrkResult] = []
+    if not systems:
+        print("\nmeasuring nginx only")
+        results += measure_phase("", 0, nginx, nginx, nginx_port, hit[0], args)
+    for system in systems:
+        print(f"\n{system}:")
+        if system == "all-in-one":
+            guard, port = start_all_in_one(venv_bin / "trunk8", data, logdir)
+            procs = [guard]
+        else:
+            guard, port, procs = start_redirector_alone(venv_bin, data, tmp, logdir)
+        sanity_check(system, guard, port, hit)
+        results += measure_phase(system, port, guard, nginx, nginx_port, hit[0], args)
+        for proc in procs:  # stop before the next layout starts: 2 cores only
+            CLEANUP.stop(proc)
+
+    checks = check_budgets(results)
+    print_report(results, checks)
+    return {"meta": meta, "results": [asdict(r) for r in results], "budgets": checks}
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Interrupted(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    CLEANUP.keep_dirs = args.keep_tmp
+    atexit.register(CLEANUP.run)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if inherited as ignored
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    try:
+        report = bench(args)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report, indent=2) + "\n")
+            print(f"wrote {args.json}")
+        return 0
+    except BenchError as exc:
+        print(f"\nbench failed: {exc}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, Interrupted):
+        print("\ninterrupted, cleaning up", file=sys.stderr)
+        return 130
+    except subprocess.TimeoutExpired as exc:
+        print(f"\nbench failed: {shlex.join(map(str, exc.cmd))} timed out", file=sys.stderr)
+        return 1
+    finally:
+        CLEANUP.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""The link catalog: every user's last good links, and which owner serves each code.
+
+Pure state, no I/O. Codes present in several users' files go to the first user in
+users.toml order, as in Trunk8 (T8-034); the catalog reports such duplicates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from trunk8_shared.datafiles import LinkEntry, UserEntry
+from trunk8_shared.expiry import expiry_timestamp
+from trunk8_shared.records import LinkRecord, UserRecord
+
+
+def link_record(code: str, owner: str, entry: LinkEntry) -> LinkRecord:
+    """The record served for one links.toml entry."""
+    return LinkRecord(
+        code=code,
+        owner=owner,
+        type=entry.type,
+        url=entry.url,
+        path=entry.path,
+        original_filename=entry.original_filename,
+        file_size=entry.file_size,
+        mime_type=entry.mime_type,
+        upload_date=entry.upload_date,
+        expiration_date=entry.expiration_date,
+        expires_at=expiry_timestamp(entry.expiration_date),
+    )
+
+
+def user_records(users: dict[str, UserEntry]) -> dict[str, UserRecord]:
+    """The public view of each account, with its position in users.toml."""
+    return {
+        name: UserRecord(
+            username=name,
+            display_name=entry.display_name or name,
+            is_admin=entry.is_admin,
+            created_at=entry.created_at,
+            position=position,
+        )
+        for position, (name, entry) in enumerate(users.items())
+    }
+
+
+@dataclass
+class Changes:
+    """What changed in the served links: new or changed winners, and removed codes."""
+
+    put: dict[str, LinkRecord] = field(default_factory=dict)
+    removed: dict[str, LinkRecord] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.put) + len(self.removed)
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """A code defined by several users; the first one in users.toml serves it."""
+
+    code: str
+    winner: str
+    shadowed: tuple[str, ...]
+
+
+class LinkCatalog:
+    """Users in order, their links, and the served table derived from them."""
+
+    def __init__(self) -> None:
+        self.users: dict[str, UserRecord] = {}
+        self.links_by_user: dict[str, dict[str, LinkRecord]] = {}
+        self.served: dict[str, LinkRecord] = {}
+        self.duplicates: dict[str, Duplicate] = {}
+
+    def set_users(self, users: dict[str, UserRecord]) -> None:
+        """Replace the account list; links of accounts no longer listed are dropped."""
+        self.users = users
+        for name in list(self.links_by_user):
+            if name not in users:
+                del self.links_by_user[name]
+
+    def set_links(self, owner: str, links: dict[str, LinkRecord]) -> set[str]:
+        """Replace one user's links; returns the codes whose owner may have changed."""
+        previous = self.links_by_user.get(owner, {})
+        self.links_by_user[owner] = links
+        return {code for code in previous.keys() | links.keys() if previous.get(code) != links.get(code)}
+
+    def resolve(self, codes: Iterable[str] | None = None) -> Changes:
+        """Recompute the served owner of `codes` (all codes when None) and return the diff."""
+        if codes is None:
+            codes = set(self.served).union(*(links.keys() for links in self.links_by_user.values()))
+        changes = Changes()
+        for code in codes:
+            owners = [u for u in self.users if code in self.links_by_user.get(u, ())]
+            current = self.served.get(code)
+            if owners:
+                winner = self.links_by_user[owners[0]][code]
+                if winner != current:
+                    self.served[code] = winner
+                    changes.put[code] = winner
+            elif current is not None:
+                del self.served[code]
+                changes.removed[code] = current
+            if len(owners) > 1:
+                self.duplicates[code] = Duplicate(code, owners[0], tuple(owners[1:]))
+            else:
+                self.duplicates.pop(code, None)
+        return changes

@@ -1,0 +1,156 @@
+"""Reading the data directory into the catalog: a full load, then only the files that changed.
+
+Blocking work (file reads, TOML parsing, resolving owners) happens here in plain functions
+that the service runs in an executor. A file that fails to read, parse or validate changes
+nothing: its last good links stay in the catalog and the problem is returned as a
+`ConfigError` event. A file whose bytes did not change is skipped entirely.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trunk8_shared.datadir import DataDir
+from trunk8_shared.datafiles import DataFileError, parse_links, parse_users
+from trunk8_shared.records import ConfigError, UserRecord
+
+from .catalog import Changes, LinkCatalog, link_record, user_records
+
+log = logging.getLogger("trunk8.config_watcher")
+
+
+class ConfigLoadError(Exception):
+    """The first load cannot produce a usable state (users.toml unreadable)."""
+
+
+@dataclass
+class Reload:
+    """Outcome of one reload: link changes, account changes, rejected files."""
+
+    links: Changes = field(default_factory=Changes)
+    users_before: dict[str, UserRecord] | None = None
+    errors: list[ConfigError] = field(default_factory=list)
+    files_applied: int = 0
+
+
+class Reloader:
+    """Keeps a `LinkCatalog` equal to the last good content of the data directory."""
+
+    def __init__(self, data: DataDir, catalog: LinkCatalog) -> None:
+        self.data = data
+        self.catalog = catalog
+        self._hashes: dict[Path, str | None] = {}
+        self.rejected: dict[str, str] = {}  # file -> reason, while it stays rejected
+
+    def load_all(self) -> Reload:
+        """The first full load; raises ConfigLoadError when users.toml is unusable."""
+        result = Reload()
+        if not self._reload_users(result):
+            reason = self.rejected.get(self.data.relative(self.data.users_file), "missing")
+            raise ConfigLoadError(f"cannot load {self.data.users_file}: {reason}")
+        return result
+
+    def reload(self, paths: set[Path] | None = None) -> Reload:
+        """Re-read the given files (every file when None) and apply what changed."""
+        result = Reload()
+        if paths is None:
+            self._reload_users(result, force_links=True)
+            return result
+        resolved = {p.resolve() for p in paths}
+        if self.data.users_file in resolved and self._reload_users(result):
+            resolved.discard(self.data.users_file)
+        touched: set[str] = set()
+        for path in resolved:
+            owner = self._owner_of(path)
+            if owner is not None:
+                touched |= self._reload_links(owner, result)
+        if touched:
+            self._merge(result.links, self.catalog.resolve(touched))
+        return result
+
+    def _owner_of(self, path: Path) -> str | None:
+        """The account whose links.toml this is, if it is one of a listed account."""
+        if path.name != "links.toml" or path.parent.parent != self.data.users_dir:
+            return None
+        owner = path.parent.name
+        return owner if owner in self.catalog.users else None
+
+    def _read(self, path: Path) -> tuple[bytes | None, bool]:
+        """The file's bytes (None when missing) and whether they differ from last time."""
+        try:
+            content: bytes | None = path.read_bytes()
+        except FileNotFoundError:
+            content = None
+        digest = hashlib.sha256(content).hexdigest() if content is not None else None
+        changed = path not in self._hashes or self._hashes[path] != digest
+        self._hashes[path] = digest
+        return content, changed
+
+    def _reject(self, result: Reload, err: DataFileError) -> None:
+        if self.rejected.get(err.file) != err.reason:
+            log.error("rejected %s: %s (keeping its last good state)", err.file, err.reason)
+        self.rejected[err.file] = err.reason
+        result.errors.append(ConfigError(file=err.file, reason=err.reason))
+
+    def _accept(self, file: str) -> None:
+        if self.rejected.pop(file, None) is not None:
+            log.info("%s is valid again", file)
+
+    def _reload_users(self, result: Reload, force_links: bool = False) -> bool:
+        """Re-read users.toml; on change, (re)load links of new accounts and re-resolve all."""
+        file = self.data.relative(self.data.users_file)
+        content, changed = self._read(self.data.users_file)
+        if not changed and not force_links:
+            return True
+        if content is None:
+            self._reject(result, DataFileError(file, "file is missing"))
+            return False
+        try:
+            users = user_records(parse_users(content, file).users)
+        except DataFileError as err:
+            self._reject(result, err)
+            return False
+        self._accept(file)
+        result.files_applied += 1
+        before = self.catalog.users
+        self.catalog.set_users(users)
+        if before != users:
+            result.users_before = before
+        for owner in users:
+            if force_links or owner not in before:
+                self._hashes.pop(self.data.links_file(owner), None)
+            self._reload_links(owner, result)
+        self._merge(result.links, self.catalog.resolve())
+        return True
+
+    def _reload_links(self, owner: str, result: Reload) -> set[str]:
+        """Re-read one user's links.toml; returns the codes it touched."""
+        path = self.data.links_file(owner)
+        file = self.data.relative(path)
+        content, changed = self._read(path)
+        if not changed:
+            return set()
+        if content is None:
+            self._accept(file)
+            return self.catalog.set_links(owner, {})  # no file: no links, as in Trunk8
+        try:
+            parsed = parse_links(content, file)
+        except DataFileError as err:
+            self._reject(result, err)
+            return set()
+        self._accept(file)
+        result.files_applied += 1
+        links = {code: link_record(code, owner, entry) for code, entry in parsed.links.items()}
+        return self.catalog.set_links(owner, links)
+
+    @staticmethod
+    def _merge(into: Changes, more: Changes) -> None:
+        for code, record in more.put.items():
+            into.removed.pop(code, None)
+            into.put[code] = record
+        for code, record in more.removed.items():
+            into.put.pop(code, None)
+            into.removed[code] = record

@@ -1,0 +1,301 @@
+"""The front HTTP/1.1 protocol: answers `GET`/`HEAD /<code>` itself, hands the rest to aiohttp.
+
+aiohttp's full pipeline costs about three times what nginx spends on a redirect, so the
+public port is served by this lean protocol first. It reads request heads, and for a plain
+link request (no body, one path segment, not a routed segment) writes the prepared answer
+from the `LinkTable`. Any other request, or anything it does not fully understand, makes
+it hand the connection, with every byte not yet answered, to aiohttp's request handler,
+which then owns the connection: admin pages, `/-/` endpoints, errors (400, 405) and bodies
+all stay aiohttp's job. Keep-alive, pipelining, HTTP/1.0, `Connection` tokens, a cap on the
+head size, and timeouts for idle and slow clients are handled here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections.abc import Callable
+from typing import cast
+from email.utils import formatdate
+from urllib.parse import unquote_to_bytes
+
+from trunk8_shared.codes import ROUTED_SEGMENTS
+from trunk8_shared.plainmetrics import PlainHistogram
+
+from .table import BAD_REQUEST, NOT_FOUND, TIMEOUT, TOO_LARGE, Answer, LinkTable
+
+MAX_HEAD = 16384
+# A header block: token ":" visible text, lines separated by CRLF (no folding, no controls).
+_HEADER_BLOCK = re.compile(
+    rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*"
+    rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*"
+)
+_CONNECTION = re.compile(rb"(?:^|\n)connection:([^\r\n]*)")
+_REQUEST_STARTS = (b"GET /", b"HEAD /")
+
+_BAD_REQUEST = Answer(400, (("Content-Type", "text/plain; charset=utf-8"),), b"Bad Request\n", BAD_REQUEST)
+_TIMEOUT = Answer(408, (("Content-Type", "text/plain; charset=utf-8"),), b"Request Timeout\n", TIMEOUT)
+_TOO_LARGE = Answer(
+    431, (("Content-Type", "text/plain; charset=utf-8"),), b"Request Header Fields Too Large\n", TOO_LARGE
+)
+_CLOSE = b"Connection: close\r\n"
+_KEEP_ALIVE = b"Connection: keep-alive\r\n"
+
+
+class Clock:
+    """A coarse clock ticked once a second: the Date header and the time for timeouts."""
+
+    __slots__ = ("date_line", "now")
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.date_line = b""
+        self.tick()
+
+    def tick(self) -> None:
+        """Refresh both values."""
+        self.now = time.monotonic()
+        self.date_line = b"Date: " + formatdate(usegmt=True).encode("ascii") + b"\r\n"
+
+
+class RedirectorStats:
+    """Plain counters of the hot path, exported on scrape."""
+
+    __slots__ = ("connections", "handed_over", "latency", "outcomes")
+
+    def __init__(self) -> None:
+        self.outcomes = [0] * 6  # indexed by the outcome constants of table.py
+        self.latency = PlainHistogram()
+        self.connections = 0
+        self.handed_over = 0
+
+
+def _code_of(path: bytes) -> str | None:
+    """The short code a one-segment path names, or None when it names none (`/a%2Fb`)."""
+    if b"%" in path:
+        path = unquote_to_bytes(path)
+        if b"/" in path:
+            return None
+    try:
+        return path.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+class FastPathProtocol(asyncio.Protocol):
+    """One client connection, served here until it needs aiohttp."""
+
+    __slots__ = ("buffer", "head_since", "idle_since", "server", "transport")
+
+    def __init__(self, server: FastPathServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+        self.idle_since = server.clock.now
+        self.head_since = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.server.connections.add(self)
+        self.server.stats.connections += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        self.transport = None
+
+    def pause_writing(self) -> None:
+        # The client does not read its answers: stop reading its requests until it does.
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        started = time.perf_counter()
+        continuing = bool(self.buffer)
+        if continuing:
+            data = self.buffer + data
+            self.buffer = b""
+        server = self.server
+        clock = server.clock
+        transport = self.transport
+        assert transport is not None
+        out: list[bytes] = []
+        pos = 0
+        keep_alive = True
+        while keep_alive:
+            end = data.find(b"\r\n\r\n", pos)
+            if end < 0:
+                break
+            reply = self._answer(data[pos:end])
+            if reply is None:
+                self._hand_over(out, data[pos:])
+                return
+            answer, head_only, keep_alive, connection = reply
+            tail = b"\r\n" if head_only else answer.tail
+            out.append(answer.head + connection + clock.date_line + tail)
+            server.stats.outcomes[answer.outcome] += 1
+            pos = end + 4
+        if out:
+            transport.writelines(out) if len(out) > 1 else transport.write(out[0])
+            server.stats.latency.observe(time.perf_counter() - started, len(out))
+            self.idle_since = clock.now
+        if not keep_alive:
+            transport.close()
+            return
+        if pos < len(data):
+            self._keep_partial(data[pos:] if pos else data, continuing and not pos)
+
+    def _keep_partial(self, rest: bytes, continuing: bool) -> None:
+        """Hold an incomplete head, unless it is clearly not ours or too long."""
+        if not rest.startswith(_REQUEST_STARTS) and not any(s.startswith(rest) for s in _REQUEST_STARTS):
+            self._hand_over([], rest)
+        elif len(rest) > MAX_HEAD:
+            self._reject(_TOO_LARGE)
+        elif b"\n\n" in rest:  # bare-LF line endings: let aiohttp's parser judge them
+            self._hand_over([], rest)
+        else:
+            if not continuing:  # a new head starts: its time limit starts too
+                self.head_since = self.server.clock.now
+            self.buffer = rest
+
+    def _answer(self, head: bytes) -> tuple[Answer, bool, bool, bytes] | None:
+        """(answer, HEAD?, keep-alive?, Connection header) for a link request; None = not ours."""
+        line_end = head.find(b"\r\n")
+        request_line = head if line_end < 0 else head[:line_end]
+        parts = request_line.split(b" ")
+        if len(parts) != 3:
+            return None
+        method, target, version = parts
+        if method == b"GET":
+            head_only = False
+        elif method == b"HEAD":
+            head_only = True
+        else:
+            return None
+        if version == b"HTTP/1.1":
+            keep_alive = True
+        elif version == b"HTTP/1.0":
+            keep_alive = False
+        else:
+            return None
+        query = target.find(b"?")
+        path = target[1:query] if query >= 0 else target[1:]
+        if not target.startswith(b"/") or not path or b"/" in path or b"#" in path:
+            return None
+        connection = b""
+        if line_end >= 0:
+            headers = head[line_end + 2 :]
+            if not _HEADER_BLOCK.fullmatch(headers):
+                return None
+            lower = headers.lower()
+            if b"content-length" in lower or b"transfer-encoding" in lower or b"upgrade" in lower:
+                return None  # a body or a protocol switch: aiohttp's business
+            found = _CONNECTION.search(lower)
+            if found is not None:
+                tokens = {token.strip() for token in found.group(1).split(b",")}
+                if b"close" in tokens:
+                    keep_alive = False
+                elif b"keep-alive" in tokens and not keep_alive:
+                    keep_alive = True
+                    connection = _KEEP_ALIVE
+            has_host = lower.startswith(b"host:") or b"\nhost:" in lower
+        else:
+            has_host = False
+        if version == b"HTTP/1.1" and not has_host:
+            return _BAD_REQUEST, head_only, False, _CLOSE  # RFC 9112 §3.2: Host is required
+        if not keep_alive:
+            connection = _CLOSE
+        code = _code_of(path)
+        if code is None:
+            return NOT_FOUND, head_only, keep_alive, connection
+        if code in ROUTED_SEGMENTS:
+            return None
+        return self.server.table.lookup(code), head_only, keep_alive, connection
+
+    def _hand_over(self, answered: list[bytes], rest: bytes) -> None:
+        """Give the connection to aiohttp, after writing what was already answered."""
+        transport = self.transport
+        assert transport is not None
+        if answered:
+            transport.writelines(answered)
+        self.server.connections.discard(self)
+        self.server.stats.handed_over += 1
+        self.transport = None
+        self.buffer = b""
+        handler = self.server.fallback()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        if rest:
+            handler.data_received(rest)
+
+    def _reject(self, answer: Answer) -> None:
+        """Answer an error and close the connection."""
+        transport = self.transport
+        if transport is None:
+            return
+        self.server.stats.outcomes[answer.outcome] += 1
+        transport.write(answer.head + _CLOSE + self.server.clock.date_line + answer.tail)
+        transport.close()
+        self.buffer = b""
+
+    def check_timeouts(self, now: float, header_timeout: float, keepalive_timeout: float) -> None:
+        """Close this connection if it has been idle, or sending its head, for too long."""
+        if self.transport is None:
+            return
+        if self.buffer:
+            if now - self.head_since > header_timeout:
+                self._reject(_TIMEOUT)
+        elif now - self.idle_since > keepalive_timeout:
+            self.transport.close()
+
+
+class FastPathServer:
+    """State shared by the connections of one listening socket, and its once-a-second tick."""
+
+    def __init__(
+        self,
+        table: LinkTable,
+        fallback: Callable[[], asyncio.Protocol],
+        stats: RedirectorStats,
+        header_timeout: float = 15.0,
+        keepalive_timeout: float = 75.0,
+    ) -> None:
+        self.table = table
+        self.fallback = fallback
+        self.stats = stats
+        self.header_timeout = header_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.clock = Clock()
+        self.connections: set[FastPathProtocol] = set()
+        self._ticker: asyncio.Task[None] | None = None
+
+    def protocol(self) -> FastPathProtocol:
+        """Protocol factory for `loop.create_server`."""
+        return FastPathProtocol(self)
+
+    def start(self) -> None:
+        """Start the clock and the timeout sweep."""
+        self._ticker = asyncio.create_task(self._tick(), name="fastpath-clock")
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.clock.tick()
+            now = self.clock.now
+            for connection in list(self.connections):
+                connection.check_timeouts(now, self.header_timeout, self.keepalive_timeout)
+
+    async def close(self) -> None:
+        """Stop the tick and close every connection still served here."""
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        for connection in list(self.connections):
+            if connection.transport is not None:
+                connection.transport.close()

@@ -1,0 +1,79 @@
+"""The redirector's Prometheus metrics: the hot path's plain counters, read on scrape."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from trunk8_shared.kvmirror import KvMirror
+
+from .fastpath import RedirectorStats
+from .table import BAD_REQUEST, EXPIRED, HIT, TIMEOUT, TOO_LARGE, UNKNOWN, LinkTable
+
+_OUTCOMES = {
+    HIT: ("hit", "302"),
+    UNKNOWN: ("unknown", "404"),
+    EXPIRED: ("expired", "404"),
+    BAD_REQUEST: ("bad_request", "400"),
+    TIMEOUT: ("timeout", "408"),
+    TOO_LARGE: ("too_large", "431"),
+}
+ROUTE = "/{code}"
+
+
+class RedirectorCollector(Collector):
+    """Exports `RedirectorStats`, the table size and the mirror's progress."""
+
+    def __init__(self, stats: RedirectorStats, table: LinkTable, mirror: KvMirror) -> None:
+        self.stats = stats
+        self.table = table
+        self.mirror = mirror
+
+    def collect(self) -> Iterator[Metric]:
+        prefix = "trunk8_redirector"
+        requests = CounterMetricFamily(
+            f"{prefix}_requests", "Link requests answered, by route and status.", labels=["route", "status"]
+        )
+        by_status: dict[str, int] = {}
+        outcomes = CounterMetricFamily(
+            f"{prefix}_lookups", "Link requests by outcome.", labels=["outcome"]
+        )
+        for index, (outcome, status) in _OUTCOMES.items():
+            count = self.stats.outcomes[index]
+            by_status[status] = by_status.get(status, 0) + count
+            outcomes.add_metric([outcome], count)
+        for status, count in by_status.items():
+            requests.add_metric([ROUTE, status], count)
+        yield requests
+        yield outcomes
+        yield self.stats.latency.family(
+            f"{prefix}_request_duration_seconds", "Time spent answering link requests."
+        )
+        yield CounterMetricFamily(
+            f"{prefix}_connections", "Client connections accepted.", value=self.stats.connections
+        )
+        yield CounterMetricFamily(
+            f"{prefix}_handed_over",
+            "Connections handed to the aiohttp pipeline (non-link requests).",
+            value=self.stats.handed_over,
+        )
+        yield GaugeMetricFamily(f"{prefix}_links", "Links held in memory.", value=len(self.table))
+        yield CounterMetricFamily(
+            f"{prefix}_reloads", "Link changes and snapshots applied from NATS.", value=self.table.updates
+        )
+        yield CounterMetricFamily(
+            f"{prefix}_resyncs", "Full snapshots loaded (start and reconnects).", value=self.mirror.resyncs
+        )
+        yield GaugeMetricFamily(
+            f"{prefix}_links_revision", "Links bucket revision applied.", value=self.mirror.revision
+        )
+
+
+def redirector_registry(stats: RedirectorStats, table: LinkTable, mirror: KvMirror) -> CollectorRegistry:
+    """A registry holding the redirector's collector."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RedirectorCollector(stats, table, mirror))
+    return registry

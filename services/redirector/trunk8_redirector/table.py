@@ -1,0 +1,147 @@
+"""The in-memory link table: short code -> a ready-made HTTP answer.
+
+Each answer carries its response head and body as bytes, built once when the link arrives
+from NATS, so serving a link is one dict lookup and a write. The table is a `MirrorSink`:
+the KV mirror swaps in snapshots and applies single changes from its task; the hit path
+never awaits and never logs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import msgspec
+
+from trunk8_shared.codes import from_kv_key
+from trunk8_shared.records import LinkRecord, link_decoder
+
+from .pages import NOT_FOUND_PAGE, redirect_page
+
+log = logging.getLogger("trunk8.redirector")
+
+# Outcomes, used as indexes into the plain counters of `RedirectorStats`.
+HIT, UNKNOWN, EXPIRED, BAD_REQUEST, TIMEOUT, TOO_LARGE = range(6)
+
+REASONS = {
+    302: "Found",
+    400: "Bad Request",
+    404: "Not Found",
+    408: "Request Timeout",
+    431: "Request Header Fields Too Large",
+}
+
+# Characters kept as they are in a Location; everything else (spaces, non-ASCII, controls)
+# is percent-encoded as UTF-8, as Trunk8 does (T8-035). `%` is kept: existing escapes stay.
+_LOCATION_SAFE = "!#$%&'()*+,/:;=?@[]~"
+
+
+def location_header(url: str) -> str:
+    """The URL as a header-safe Location: IDNA host, percent-encoded UTF-8 elsewhere."""
+    url = url.strip()
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if host and not host.isascii():
+            ascii_host = host.encode("idna").decode("ascii")
+            url = urlunsplit(parts._replace(netloc=parts.netloc.replace(host, ascii_host)))
+    except (UnicodeError, ValueError):
+        pass
+    return quote(url, safe=_LOCATION_SAFE)
+
+
+class Answer:
+    """One prepared response: status, headers and body, plus the same as raw bytes."""
+
+    __slots__ = ("body", "expires_at", "head", "headers", "outcome", "status", "tail")
+
+    def __init__(
+        self,
+        status: int,
+        headers: tuple[tuple[str, str], ...],
+        body: bytes,
+        outcome: int,
+        expires_at: float | None = None,
+    ) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.outcome = outcome
+        self.expires_at = expires_at
+        lines = [f"HTTP/1.1 {status} {REASONS[status]}\r\n"]
+        lines += [f"{name}: {value}\r\n" for name, value in headers]
+        lines.append(f"Content-Length: {len(body)}\r\n")
+        # The response is head + [Connection] + Date + tail; HEAD answers end after "\r\n".
+        self.head = "".join(lines).encode("latin-1")
+        self.tail = b"\r\n" + body
+
+
+def redirect_answer(record: LinkRecord) -> Answer:
+    """The 302 for a redirect link (no cache headers, as in Trunk8)."""
+    location = location_header(record.url or "")
+    headers = (("Location", location), ("Content-Type", "text/html; charset=utf-8"))
+    return Answer(302, headers, redirect_page(location).encode(), HIT, record.expires_at)
+
+
+def _page_answer(status: int, outcome: int, body: bytes) -> Answer:
+    headers = (
+        ("Content-Type", "text/html; charset=utf-8"),
+        ("Cache-Control", "no-cache"),
+        ("X-Content-Type-Options", "nosniff"),
+    )
+    return Answer(status, headers, body, outcome)
+
+
+NOT_FOUND = _page_answer(404, UNKNOWN, NOT_FOUND_PAGE.encode())
+EXPIRED_ANSWER = _page_answer(404, EXPIRED, NOT_FOUND_PAGE.encode())
+
+
+class LinkTable:
+    """Short code -> Answer, for the links this redirector can serve."""
+
+    def __init__(self) -> None:
+        self.answers: dict[str, Answer] = {}
+        self.updates = 0  # changes applied since start, snapshots included
+
+    def __len__(self) -> int:
+        return len(self.answers)
+
+    def lookup(self, code: str) -> Answer:
+        """The answer for a code: its redirect, or the not-found page (unknown or expired)."""
+        answer = self.answers.get(code)
+        if answer is None:
+            return NOT_FOUND
+        if answer.expires_at is not None and time.time() > answer.expires_at:
+            return EXPIRED_ANSWER
+        return answer
+
+    def replace_all(self, entries: dict[str, bytes]) -> None:
+        """Swap in a full snapshot of the links bucket."""
+        answers: dict[str, Answer] = {}
+        for key, value in entries.items():
+            prepared = self._prepare(key, value)
+            if prepared is not None:
+                answers[prepared[0]] = prepared[1]
+        self.answers = answers
+        self.updates += 1
+
+    def apply(self, key: str, value: bytes | None) -> None:
+        """Apply one put (value) or delete (None)."""
+        self.updates += 1
+        prepared = self._prepare(key, value) if value is not None else None
+        if prepared is None:
+            self.answers.pop(from_kv_key(key), None)
+        else:
+            self.answers[prepared[0]] = prepared[1]
+
+    @staticmethod
+    def _prepare(key: str, value: bytes) -> tuple[str, Answer] | None:
+        try:
+            record = link_decoder.decode(value)
+        except msgspec.DecodeError as err:
+            log.warning("ignoring undecodable record for key %r: %s", key, err)
+            return None
+        if record.type != "redirect":
+            return None  # file, markdown and html links belong to the files service
+        return record.code, redirect_answer(record)

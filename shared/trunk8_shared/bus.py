@@ -1,0 +1,150 @@
+"""The NATS connection of a process, as one aiohttp cleanup context, and KV bucket helpers.
+
+The connection is opened in the background and retried forever, so a service starts (and
+answers `/-/healthz`) while NATS is still away; whoever needs it awaits `wait_connected`.
+Listeners registered with `on_reconnect` are told after every reconnect, because JetStream
+consumers do not survive a server restart and must be re-created.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from urllib.parse import urlsplit, urlunsplit
+
+import nats
+from aiohttp import web
+from nats.aio.client import Client
+from nats.js import JetStreamContext, api
+from nats.js.errors import BucketNotFoundError
+from nats.js.kv import KeyValue
+
+from .settings import Settings
+
+log = logging.getLogger("trunk8.bus")
+
+
+def redact(url: str) -> str:
+    """A NATS URL without its credentials, for logs."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+
+
+class Bus:
+    """One NATS connection with JetStream, shared by every service of the process."""
+
+    def __init__(self, url: str, name: str, reconnect_wait: float = 1.0) -> None:
+        self.url = url
+        self.name = name
+        self.reconnect_wait = reconnect_wait
+        self.nc = Client()
+        self._connected = asyncio.Event()
+        self._listeners: list[Callable[[], None]] = []
+        self._last_error = ""
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    @property
+    def js(self) -> JetStreamContext:
+        """The JetStream context (valid once connected)."""
+        return self.nc.jetstream()
+
+    @property
+    def is_connected(self) -> bool:
+        """True while the client holds a live connection."""
+        return self.nc.is_connected
+
+    def on_reconnect(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call `listener` after each reconnect; returns a function that unregisters it."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    async def wait_connected(self) -> None:
+        """Return once the first connection is up."""
+        await self._connected.wait()
+
+    def start(self) -> None:
+        """Begin connecting in the background."""
+        self._task = asyncio.create_task(self._connect(), name="nats-connect")
+
+    async def close(self) -> None:
+        """Stop connecting, or close the connection."""
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if not self.nc.is_closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.nc.close(), timeout=5)
+
+    async def _connect(self) -> None:
+        await self.nc.connect(
+            servers=[self.url],
+            name=self.name,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=self.reconnect_wait,
+            connect_timeout=2,
+            error_cb=self._on_error,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
+        )
+        self._last_error = ""
+        log.info("connected to NATS at %s", redact(self.url))
+        self._connected.set()
+
+    async def _on_error(self, err: Exception) -> None:
+        text = f"{type(err).__name__}: {err}".strip()
+        if text != self._last_error:  # one line per distinct problem, not one per retry
+            self._last_error = text
+            log.warning("NATS %s: %s", redact(self.url), text)
+
+    async def _on_disconnected(self) -> None:
+        if self._connected.is_set() and not self._closing:
+            log.warning("disconnected from NATS; serving the last known state")
+
+    async def _on_reconnected(self) -> None:
+        self._last_error = ""
+        log.info("reconnected to NATS at %s", redact(self.url))
+        for listener in list(self._listeners):
+            listener()
+
+
+BUS = web.AppKey("trunk8.bus", Bus)
+
+
+def setup_bus(app: web.Application, settings: Settings, name: str) -> Bus:
+    """Give the app its process-wide NATS connection (created once, whatever calls first)."""
+    if BUS in app:
+        return app[BUS]
+    bus = Bus(settings.nats_url, name, settings.nats_reconnect_wait)
+    app[BUS] = bus
+
+    async def bus_ctx(app: web.Application) -> AsyncIterator[None]:
+        bus.start()
+        yield
+        await bus.close()
+
+    # First in, last out: every service's contexts stop before the connection closes.
+    app.cleanup_ctx.insert(0, bus_ctx)
+    return bus
+
+
+async def ensure_bucket(js: JetStreamContext, bucket: str) -> KeyValue:
+    """Bind to a KV bucket, creating it (one value per key, file storage) when missing."""
+    try:
+        return await js.key_value(bucket)
+    except BucketNotFoundError:
+        pass
+    try:
+        return await js.create_key_value(
+            bucket=bucket, history=1, storage=api.StorageType.FILE
+        )
+    except nats.js.errors.BadRequestError:
+        # Somebody else created it in between with their own options: use theirs.
+        return await js.key_value(bucket)

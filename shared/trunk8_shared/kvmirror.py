@@ -1,0 +1,161 @@
+"""A local mirror of a JetStream KV bucket: full load, then live updates, supervised.
+
+`follow_bucket` subscribes with an ordered consumer (last value per key), hands the whole
+current content to `on_snapshot` once caught up, then every change to `on_change`.
+`KvMirror` keeps that running: after a reconnect (a consumer does not survive a server
+restart, and no error says so) or any error it subscribes again and delivers a fresh
+snapshot, so keys deleted meanwhile disappear too. Until then the last state stays in use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext, api
+
+from .bus import Bus, ensure_bucket
+
+log = logging.getLogger("trunk8.kvmirror")
+
+KV_OPERATION = "KV-Operation"
+MARKER_REASON = "Nats-Marker-Reason"
+MAX_BACKOFF = 5.0
+
+
+class MirrorSink(Protocol):
+    """Where a mirror puts what it reads."""
+
+    def replace_all(self, entries: dict[str, bytes]) -> None:
+        """Swap in a complete snapshot (key -> value)."""
+
+    def apply(self, key: str, value: bytes | None) -> None:
+        """Apply one change; None deletes the key."""
+
+
+def _is_removal(msg: Msg) -> bool:
+    headers = msg.headers
+    if not headers:
+        return False
+    return KV_OPERATION in headers or MARKER_REASON in headers
+
+
+async def follow_bucket(
+    js: JetStreamContext,
+    bucket: str,
+    on_snapshot: Callable[[dict[str, bytes], int], None],
+    on_change: Callable[[str, bytes | None, int], None],
+) -> Subscription:
+    """Start following `bucket`; callbacks get the stream revision with each delivery."""
+    kv = await ensure_bucket(js, bucket)
+    prefix = f"$KV.{bucket}."
+    staging: dict[str, bytes] = {}
+    live = False
+
+    def finish_snapshot(revision: int) -> None:
+        nonlocal live
+        live = True
+        on_snapshot(staging, revision)
+
+    async def on_message(msg: Msg) -> None:
+        key = msg.subject[len(prefix) :]
+        value = None if _is_removal(msg) else msg.data
+        meta = msg.metadata
+        revision = meta.sequence.stream
+        if live:
+            on_change(key, value, revision)
+            return
+        if value is None:
+            staging.pop(key, None)
+        else:
+            staging[key] = value
+        if meta.num_pending == 0:
+            finish_snapshot(revision)
+
+    sub = await js.subscribe(
+        prefix + ">",
+        stream=f"KV_{bucket}",
+        cb=on_message,
+        ordered_consumer=True,
+        deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+        inactive_threshold=300,
+        pending_msgs_limit=-1,
+        pending_bytes_limit=-1,
+    )
+    info = await sub.consumer_info()
+    if not live and info.num_pending == 0 and info.delivered.consumer_seq == 0:
+        # An empty bucket delivers nothing: the snapshot is empty and complete now.
+        status = await kv.status()
+        finish_snapshot(status.stream_info.state.last_seq)
+    return sub
+
+
+async def read_bucket(js: JetStreamContext, bucket: str, timeout: float = 30.0) -> dict[str, bytes]:
+    """The current content of a bucket, read once."""
+    done: asyncio.Future[dict[str, bytes]] = asyncio.get_running_loop().create_future()
+
+    def on_snapshot(entries: dict[str, bytes], revision: int) -> None:
+        if not done.done():
+            done.set_result(dict(entries))
+
+    sub = await follow_bucket(js, bucket, on_snapshot, lambda *_: None)
+    try:
+        return await asyncio.wait_for(done, timeout)
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+
+class KvMirror:
+    """Keeps a `MirrorSink` equal to a bucket for as long as `run` runs."""
+
+    def __init__(self, bus: Bus, bucket: str, sink: MirrorSink) -> None:
+        self.bus = bus
+        self.bucket = bucket
+        self.sink = sink
+        self.ready = asyncio.Event()  # set after the first complete snapshot
+        self.revision = 0
+        self.resyncs = 0
+
+    def _snapshot(self, entries: dict[str, bytes], revision: int) -> None:
+        self.sink.replace_all(entries)
+        self.revision = revision
+        self.resyncs += 1
+        if not self.ready.is_set():
+            log.info("%s: loaded %d keys at revision %d", self.bucket, len(entries), revision)
+        else:
+            log.info("%s: resynchronised %d keys at revision %d", self.bucket, len(entries), revision)
+        self.ready.set()
+
+    def _change(self, key: str, value: bytes | None, revision: int) -> None:
+        self.sink.apply(key, value)
+        self.revision = revision
+
+    async def run(self) -> None:
+        """Follow the bucket forever, subscribing again after reconnects and errors."""
+        backoff = 0.1
+        while True:
+            await self.bus.wait_connected()
+            restart = asyncio.Event()
+            unregister = self.bus.on_reconnect(restart.set)
+            sub: Subscription | None = None
+            try:
+                sub = await follow_bucket(self.bus.js, self.bucket, self._snapshot, self._change)
+                backoff = 0.1
+                await restart.wait()
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                log.warning("%s: watch failed (%s: %s); retrying", self.bucket, type(err).__name__, err)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+            finally:
+                unregister()
+                if sub is not None:
+                    with contextlib.suppress(Exception):
+                        await sub.unsubscribe()

@@ -1,0 +1,134 @@
+"""What travels over NATS: KV records, domain events and control messages.
+
+Every type is a frozen msgspec struct with a schema version `v`; new fields get defaults
+and decoders ignore unknown fields, so producers and consumers can be upgraded one at a
+time. Events share one tagged base; the tag is also the subject suffix.
+"""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+
+LINKS_BUCKET = "trunk8_links"
+USERS_BUCKET = "trunk8_users"
+
+EVENTS_PREFIX = "trunk8.events"
+RELOAD_SUBJECT = "trunk8.control.reload"
+
+
+class LinkRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A served link, keyed by its short code in KV `trunk8_links`."""
+
+    v: int = 1
+    code: str
+    owner: str
+    type: str
+    url: str | None = None
+    path: str | None = None
+    original_filename: str | None = None
+    file_size: int | None = None
+    mime_type: str | None = None
+    upload_date: str | None = None
+    expiration_date: str | None = None  # as written in links.toml, for display
+    expires_at: float | None = None  # Unix time after which the link is gone; None = never
+
+
+class UserRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What the serving path knows of an account (never its password hash)."""
+
+    v: int = 1
+    username: str
+    display_name: str
+    is_admin: bool = False
+    created_at: str | None = None
+    position: int = 0  # order in users.toml: the search order for duplicate codes
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Base of every domain event published on `trunk8.events.<type>`."""
+
+    v: int = 1
+    at: float = msgspec.field(default_factory=time.time)
+
+
+class LinkCreated(Event, tag="link.created"):
+    link: LinkRecord
+
+
+class LinkUpdated(Event, tag="link.updated"):
+    link: LinkRecord
+
+
+class LinkDeleted(Event, tag="link.deleted"):
+    code: str
+    owner: str
+
+
+class UserCreated(Event, tag="user.created"):
+    user: UserRecord
+
+
+class UserUpdated(Event, tag="user.updated"):
+    user: UserRecord
+
+
+class UserDeleted(Event, tag="user.deleted"):
+    username: str
+
+
+class ConfigError(Event, tag="config.error"):
+    """A data file was rejected; the last good state of that file stays served."""
+
+    file: str
+    reason: str
+
+
+class DuplicateCode(Event, tag="config.duplicate"):
+    """A code appears in several users' files; `winner` is served (first in users.toml)."""
+
+    code: str
+    winner: str
+    shadowed: list[str]
+
+
+AnyEvent = (
+    LinkCreated
+    | LinkUpdated
+    | LinkDeleted
+    | UserCreated
+    | UserUpdated
+    | UserDeleted
+    | ConfigError
+    | DuplicateCode
+)
+
+
+def event_subject(event: Event) -> str:
+    """The subject an event is published on."""
+    return f"{EVENTS_PREFIX}.{type(event).__struct_config__.tag}"
+
+
+class ReloadRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Ask the config-watcher to re-read a file now (path relative to the data dir), or all."""
+
+    v: int = 1
+    path: str | None = None
+
+
+class ReloadReply(msgspec.Struct, frozen=True, kw_only=True):
+    """The links bucket revision once the reload is published; `error` when it was rejected."""
+
+    v: int = 1
+    revision: int
+    changed: int = 0
+    error: str | None = None
+
+
+json_encoder = msgspec.json.Encoder()
+event_decoder = msgspec.json.Decoder(AnyEvent)
+link_decoder = msgspec.json.Decoder(LinkRecord)
+user_decoder = msgspec.json.Decoder(UserRecord)
+reload_request_decoder = msgspec.json.Decoder(ReloadRequest)
+reload_reply_decoder = msgspec.json.Decoder(ReloadReply)

@@ -1,0 +1,103 @@
+"""Process settings: one frozen struct built from flags and `TRUNK8_*` variables.
+
+Handlers never read the environment; the composition root builds `Settings` once and
+passes it to every service factory. Unknown fields are rejected so typos fail loudly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+DEFAULT_PORT = 5001
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Everything a service needs to start; the same struct in every run mode."""
+
+    data_dir: str = "data"
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    nats_url: str = DEFAULT_NATS_URL
+    log_level: str = "INFO"
+    # Seconds a keep-alive connection may stay idle, and a client may take to send a head.
+    keepalive_timeout: float = 75.0
+    header_timeout: float = 15.0
+    # Seconds between NATS reconnect attempts.
+    nats_reconnect_wait: float = 1.0
+    # Poll the data directory instead of using inotify (network filesystems).
+    force_polling: bool = False
+
+    @property
+    def data_path(self) -> Path:
+        """The data directory as an absolute path."""
+        return Path(self.data_dir).resolve()
+
+
+_ENV_FIELDS = {
+    "TRUNK8_DATA_DIR": "data_dir",
+    "TRUNK8_HOST": "host",
+    "TRUNK8_PORT": "port",
+    "TRUNK8_NATS_URL": "nats_url",
+    "TRUNK8_LOG_LEVEL": "log_level",
+    "TRUNK8_KEEPALIVE_TIMEOUT": "keepalive_timeout",
+    "TRUNK8_HEADER_TIMEOUT": "header_timeout",
+    "TRUNK8_FORCE_POLLING": "force_polling",
+}
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used."""
+
+
+def load_dotenv(path: Path, environ: Mapping[str, str]) -> dict[str, str]:
+    """Return `environ` completed by the KEY=VALUE lines of `path`; real variables win (T8-016)."""
+    merged = dict(environ)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (FileNotFoundError, IsADirectoryError):
+        return merged
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.removeprefix("export ").partition("=")
+        key, value = key.strip(), value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        merged.setdefault(key, value)
+    return merged
+
+
+def settings_from(environ: Mapping[str, str], **overrides: Any) -> Settings:
+    """Build settings from `TRUNK8_*` variables, then explicit overrides (flags) on top."""
+    fields: dict[str, Any] = {}
+    for variable, field in _ENV_FIELDS.items():
+        if environ.get(variable, "") != "":
+            fields[field] = environ[variable]
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    fields["log_level"] = normalise_log_level(str(fields.get("log_level", "INFO")))
+    try:
+        return msgspec.convert(fields, Settings, strict=False)
+    except msgspec.ValidationError as err:
+        raise SettingsError(f"invalid setting: {err}") from err
+
+
+def normalise_log_level(value: str) -> str:
+    """Trunk8's levels, case-insensitive; anything else warns and falls back to INFO (T8-014)."""
+    level = value.strip().upper()
+    if level in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        return level
+    logging.getLogger("trunk8").warning("unknown TRUNK8_LOG_LEVEL %r, using INFO", value)
+    return "INFO"
+
+
+def environment() -> dict[str, str]:
+    """The process environment completed by `.env` in the working directory."""
+    return load_dotenv(Path.cwd() / ".env", os.environ)

@@ -1,0 +1,1 @@
+"""The `trunk8` command: the composition root that wires the services into processes."""

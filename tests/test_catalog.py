@@ -1,0 +1,58 @@
+"""The catalog: first user in users.toml order wins a duplicated code; diffs are minimal."""
+
+from __future__ import annotations
+
+from trunk8_config_watcher.catalog import LinkCatalog, user_records
+from trunk8_shared.datafiles import UserEntry
+from trunk8_shared.records import LinkRecord
+
+
+def record(code: str, owner: str, url: str = "https://example.com") -> LinkRecord:
+    return LinkRecord(code=code, owner=owner, type="redirect", url=url)
+
+
+def catalog_with(*names: str) -> LinkCatalog:
+    catalog = LinkCatalog()
+    catalog.set_users(user_records({name: UserEntry() for name in names}))
+    return catalog
+
+
+def test_first_user_in_file_order_wins_and_duplicate_is_reported() -> None:
+    catalog = catalog_with("bob", "amy")
+    catalog.set_links("amy", {"x": record("x", "amy")})
+    catalog.set_links("bob", {"x": record("x", "bob")})
+    changes = catalog.resolve()
+    assert changes.put["x"].owner == "bob"
+    assert catalog.duplicates["x"].winner == "bob"
+    assert catalog.duplicates["x"].shadowed == ("amy",)
+
+
+def test_removing_the_winner_hands_the_code_to_the_next_owner() -> None:
+    catalog = catalog_with("bob", "amy")
+    catalog.set_links("amy", {"x": record("x", "amy", "https://amy.example")})
+    catalog.set_links("bob", {"x": record("x", "bob")})
+    catalog.resolve()
+    touched = catalog.set_links("bob", {})
+    changes = catalog.resolve(touched)
+    assert changes.put["x"].url == "https://amy.example"
+    assert not changes.removed
+    assert "x" not in catalog.duplicates
+
+
+def test_unchanged_links_produce_no_changes() -> None:
+    catalog = catalog_with("bob")
+    catalog.set_links("bob", {"x": record("x", "bob")})
+    catalog.resolve()
+    touched = catalog.set_links("bob", {"x": record("x", "bob")})
+    assert touched == set()
+    assert len(catalog.resolve(touched)) == 0
+
+
+def test_users_removed_from_the_list_lose_their_links() -> None:
+    catalog = catalog_with("bob", "amy")
+    catalog.set_links("amy", {"y": record("y", "amy")})
+    catalog.resolve()
+    catalog.set_users(user_records({"bob": UserEntry()}))
+    changes = catalog.resolve()
+    assert set(changes.removed) == {"y"}
+    assert catalog.served == {}

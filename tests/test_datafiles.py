@@ -1,0 +1,119 @@
+"""Trunk8's TOML shapes, validation rules, expiry parsing and KV key mapping."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from trunk8_shared.codes import from_kv_key, kv_key, short_code_problem
+from trunk8_shared.datafiles import DataFileError, display_name, parse_links, parse_users
+from trunk8_shared.expiry import expiry_timestamp
+
+
+def test_links_in_every_documented_shape() -> None:
+    parsed = parse_links(
+        b"""
+[links]
+ex_redirect = { type = "redirect", url = "https://example.com" }
+ex_text = { type = "file", path = "example.txt" }
+ex_markdown = { type = "markdown", path = "example.md" }
+
+[links.old]
+type = "file"
+path = "a1b2c3_My_Report.pdf"
+
+[links.report]
+type = "file"
+path = "3f0c2a9e-7b1d-4c52-9e61-0d8a4b7c2e10.pdf"
+original_filename = "Q4_Report.pdf"
+file_size = 48213
+mime_type = "application/pdf"
+upload_date = "2025-01-15T10:30:00.123456"
+created_at = "kept but unused"
+
+[links."\xc3\xbcn\xc3\xaf"]
+type = "redirect"
+url = "mailto:someone@example.com"
+expiration_date = 2030-01-01T10:00:00
+""",
+        "users/admin/links.toml",
+    )
+    links = parsed.links
+    assert list(links) == ["ex_redirect", "ex_text", "ex_markdown", "old", "report", "ünï"]
+    assert links["report"].file_size == 48213
+    assert links["ünï"].expiration_date == "2030-01-01T10:00:00"  # TOML datetime read as text
+    assert display_name(links["report"]) == "Q4_Report.pdf"
+    assert display_name(links["old"]) == "My_Report.pdf"
+    assert display_name(links["ex_text"]) == "example.txt"
+
+
+@pytest.mark.parametrize(
+    ("toml", "fragment"),
+    [
+        (b'[links.a]\ntype = "redirect"\nurl = "javascript:alert(1)"\n', "scheme 'javascript'"),
+        (b'[links.a]\ntype = "redirect"\nurl = "example.com/x"\n', "scheme none"),
+        (b'[links.a]\ntype = "redirect"\nurl = "https:///nohost"\n', "no host"),
+        (b'[links.a]\ntype = "redirect"\n', "redirect URL is empty"),
+        (b'[links.a]\ntype = "video"\nurl = "https://x.y"\n', "unknown link type 'video'"),
+        (b'[links.settings]\ntype = "redirect"\nurl = "https://x.y"\n', "reserved word"),
+        (b'[links."a b"]\ntype = "redirect"\nurl = "https://x.y"\n', "can only contain"),
+        (b'[links.a]\ntype = "file"\npath = "../../users.toml"\n', "leaves the assets folder"),
+        (b'[links.a]\ntype = "html"\npath = "/etc/passwd"\n', "leaves the assets folder"),
+        (b'[links.a]\ntype = 3\n', "Expected `str`, got `int`"),
+        (b'[links.a\ntype = "redirect"\n', "TOML syntax error"),
+        (b"links = 3\n", "`links` must be a table"),
+        (b"\xff\xfe", "not UTF-8"),
+    ],
+)
+def test_bad_links_file_is_rejected_with_a_reason(toml: bytes, fragment: str) -> None:
+    with pytest.raises(DataFileError) as caught:
+        parse_links(toml, "users/bob/links.toml")
+    assert caught.value.file == "users/bob/links.toml"
+    assert fragment in caught.value.reason
+
+
+def test_one_bad_link_rejects_the_whole_file_and_names_it() -> None:
+    toml = b'[links.good]\ntype = "redirect"\nurl = "https://ok.example"\n[links.bad]\ntype = "nope"\n'
+    with pytest.raises(DataFileError, match="link 'bad': unknown link type"):
+        parse_links(toml, "f")
+
+
+def test_users_keep_file_order_and_tolerate_extras() -> None:
+    users = parse_users(
+        b'[users.zed]\nis_admin = false\nfoo = 1\n[users.admin]\nis_admin = true\n[users.amy]\n'
+    ).users
+    assert list(users) == ["zed", "admin", "amy"]
+    assert users["admin"].is_admin and not users["amy"].is_admin
+
+
+def test_expiry_parsing() -> None:
+    naive = dt.datetime(2025, 6, 30, 18, 0)
+    assert expiry_timestamp("2025-06-30T18:00") == naive.timestamp()  # server-local
+    assert expiry_timestamp("2025-06-30 18:00:00") == naive.timestamp()
+    assert expiry_timestamp("2025-06-30") == dt.datetime(2025, 6, 30).timestamp()
+    utc = dt.datetime(2025, 6, 30, 18, 0, tzinfo=dt.UTC).timestamp()
+    assert expiry_timestamp("2025-06-30T18:00:00Z") == utc
+    assert expiry_timestamp("2025-06-30T20:00:00+02:00") == utc
+    assert expiry_timestamp("next tuesday") is None  # unparseable: never expires (T8-041)
+    assert expiry_timestamp("") is None
+    assert expiry_timestamp(None) is None
+
+
+def test_short_code_rules_use_trunk8_messages() -> None:
+    assert short_code_problem("Foo-bar_1") is None
+    assert short_code_problem("ünï") is None
+    assert short_code_problem("") == "Short code cannot be empty"
+    assert short_code_problem("x" * 51) == "Short code must be 50 characters or less"
+    assert short_code_problem("a.b") == (
+        "Short code can only contain letters, numbers, hyphens, and underscores"
+    )
+    assert short_code_problem("Admin") == "'Admin' is a reserved word and cannot be used"
+    assert short_code_problem("backup") is not None  # a routed first segment
+
+
+@pytest.mark.parametrize("code", ["docs", "A-b_9", "ünï", "日本", "x" * 50, "٣٤"])
+def test_kv_keys_are_valid_and_reversible(code: str) -> None:
+    key = kv_key(code)
+    assert all(ch.isascii() and (ch.isalnum() or ch in "-_=") for ch in key)
+    assert from_kv_key(key) == code

@@ -1,0 +1,92 @@
+"""NATS outages: links keep being served, and state catches up when NATS is back."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+
+import aiohttp
+
+from conftest import RunningSystem, StartSystem, wait_until, write
+from trunk8.embedded_nats import EmbeddedNats
+
+
+async def _hammer(system: RunningSystem, stop: asyncio.Event, results: list[int]) -> None:
+    """Request a link in a loop on fresh connections until told to stop."""
+    while not stop.is_set():
+        async with aiohttp.ClientSession() as session, session.get(
+            system.base + "/docs", allow_redirects=False
+        ) as response:
+            results.append(response.status)
+        await asyncio.sleep(0.005)
+
+
+async def test_nats_restart_while_serving(
+    system: RunningSystem, nats_server: EmbeddedNats, data_dir: Path
+) -> None:
+    stop = asyncio.Event()
+    statuses: list[int] = []
+    load = asyncio.create_task(_hammer(system, stop, statuses))
+    await asyncio.sleep(0.2)
+
+    nats_server.kill()
+    await nats_server.process.wait()  # type: ignore[union-attr]
+    # While NATS is down: a link is deleted and another changed by hand.
+    write(
+        data_dir / "users" / "carol" / "links.toml",
+        '[links.carol2]\ntype = "redirect"\nurl = "https://example.org/two"\n',
+    )
+    await asyncio.sleep(1.0)
+    assert await system.location("/carol1") == "https://example.org/carol"  # last state kept
+    assert (await system.get("/-/healthz"))[0] == 200
+
+    restarted = EmbeddedNats(nats_server.store_dir, port=nats_server.port, token=nats_server.token)
+    await restarted.start()
+    try:
+
+        async def caught_up() -> bool:
+            gone = (await system.get("/carol1"))[0] == 404
+            return gone and await system.location("/carol2") == "https://example.org/two"
+
+        await wait_until(caught_up, timeout=15)
+        # The watch was re-created: a change after the restart arrives too.
+        path = data_dir / "users" / "bob" / "links.toml"
+        write(path, path.read_text() + '\n[links.after]\ntype = "redirect"\nurl = "https://after.example"\n')
+
+        async def after() -> bool:
+            return await system.location("/after") == "https://after.example"
+
+        await wait_until(after, timeout=5)
+        stop.set()
+        await asyncio.wait_for(load, 10)
+        assert len(statuses) > 20
+        assert set(statuses) == {302}, "a request failed while NATS was away"
+    finally:
+        stop.set()
+        load.cancel()
+        await restarted.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_not_ready_until_nats_arrives(start_system: StartSystem, tmp_path: Path) -> None:
+    port = _free_port()
+    system = await start_system(nats_url=f"nats://secret@127.0.0.1:{port}", wait_ready=False)
+    await asyncio.sleep(0.5)
+    assert (await system.get("/-/healthz"))[0] == 200
+    status, _, body = await system.get("/-/ready")
+    assert status == 503 and '"redirector": false' in body
+    assert (await system.get("/docs"))[0] == 404  # nothing loaded yet, nothing invented
+
+    late = EmbeddedNats(tmp_path / "late-nats", port=port, token="secret")
+    await late.start()
+    try:
+        await wait_until(system.ready, timeout=15)
+        assert await system.location("/docs") == "https://example.com/docs"
+    finally:
+        await late.stop()

@@ -18,11 +18,11 @@ import nats
 import pytest
 import uvloop
 from aiohttp import web
+from trunk8_shared.settings import Settings
 
 from trunk8.embedded_nats import EmbeddedNats
 from trunk8.server import HttpServer
 from trunk8.targets import build_app
-from trunk8_shared.settings import Settings
 
 USERS_TOML = """\
 [users.admin]
@@ -128,7 +128,9 @@ class RunningSystem:
     def app(self) -> web.Application:
         return self.server.app
 
-    async def get(self, path: str, method: str = "GET", **kwargs: Any) -> tuple[int, dict[str, str], str]:
+    async def get(
+        self, path: str, method: str = "GET", **kwargs: Any
+    ) -> tuple[int, dict[str, str], str]:
         """One request without following redirects: (status, headers, body text)."""
         async with self.http.request(
             method, self.base + path, allow_redirects=False, **kwargs
@@ -153,7 +155,9 @@ async def start_system(data_dir: Path, nats_server: EmbeddedNats) -> AsyncIterat
     """Start a target (default `all`) on a free port; everything is stopped at the end."""
     started: list[RunningSystem] = []
 
-    async def start(target: str = "all", wait_ready: bool = True, **overrides: Any) -> RunningSystem:
+    async def start(
+        target: str = "all", wait_ready: bool = True, **overrides: Any
+    ) -> RunningSystem:
         fields: dict[str, Any] = {
             "data_dir": str(data_dir),
             "port": 0,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-
 from trunk8_shared.codes import from_kv_key, kv_key, short_code_problem
 from trunk8_shared.datafiles import DataFileError, display_name, parse_links, parse_users
 from trunk8_shared.expiry import expiry_timestamp
@@ -60,7 +59,7 @@ expiration_date = 2030-01-01T10:00:00
         (b'[links."a b"]\ntype = "redirect"\nurl = "https://x.y"\n', "can only contain"),
         (b'[links.a]\ntype = "file"\npath = "../../users.toml"\n', "leaves the assets folder"),
         (b'[links.a]\ntype = "html"\npath = "/etc/passwd"\n', "leaves the assets folder"),
-        (b'[links.a]\ntype = 3\n', "Expected `str`, got `int`"),
+        (b"[links.a]\ntype = 3\n", "Expected `str`, got `int`"),
         (b'[links.a\ntype = "redirect"\n', "TOML syntax error"),
         (b"links = 3\n", "`links` must be a table"),
         (b"\xff\xfe", "not UTF-8"),
@@ -74,14 +73,16 @@ def test_bad_links_file_is_rejected_with_a_reason(toml: bytes, fragment: str) ->
 
 
 def test_one_bad_link_rejects_the_whole_file_and_names_it() -> None:
-    toml = b'[links.good]\ntype = "redirect"\nurl = "https://ok.example"\n[links.bad]\ntype = "nope"\n'
+    toml = (
+        b'[links.good]\ntype = "redirect"\nurl = "https://ok.example"\n[links.bad]\ntype = "nope"\n'
+    )
     with pytest.raises(DataFileError, match="link 'bad': unknown link type"):
         parse_links(toml, "f")
 
 
 def test_users_keep_file_order_and_tolerate_extras() -> None:
     users = parse_users(
-        b'[users.zed]\nis_admin = false\nfoo = 1\n[users.admin]\nis_admin = true\n[users.amy]\n'
+        b"[users.zed]\nis_admin = false\nfoo = 1\n[users.admin]\nis_admin = true\n[users.amy]\n"
     ).users
     assert list(users) == ["zed", "admin", "amy"]
     assert users["admin"].is_admin and not users["amy"].is_admin

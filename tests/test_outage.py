@@ -7,17 +7,18 @@ import socket
 from pathlib import Path
 
 import aiohttp
-
 from conftest import RunningSystem, StartSystem, wait_until, write
+
 from trunk8.embedded_nats import EmbeddedNats
 
 
 async def _hammer(system: RunningSystem, stop: asyncio.Event, results: list[int]) -> None:
     """Request a link in a loop on fresh connections until told to stop."""
     while not stop.is_set():
-        async with aiohttp.ClientSession() as session, session.get(
-            system.base + "/docs", allow_redirects=False
-        ) as response:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(system.base + "/docs", allow_redirects=False) as response,
+        ):
             results.append(response.status)
         await asyncio.sleep(0.005)
 
@@ -52,7 +53,11 @@ async def test_nats_restart_while_serving(
         await wait_until(caught_up, timeout=15)
         # The watch was re-created: a change after the restart arrives too.
         path = data_dir / "users" / "bob" / "links.toml"
-        write(path, path.read_text() + '\n[links.after]\ntype = "redirect"\nurl = "https://after.example"\n')
+        write(
+            path,
+            path.read_text()
+            + '\n[links.after]\ntype = "redirect"\nurl = "https://after.example"\n',
+        )
 
         async def after() -> bool:
             return await system.location("/after") == "https://after.example"

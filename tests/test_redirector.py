@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 from aiohttp.test_utils import TestClient
-
 from conftest import RunningSystem, StartSystem, wait_until, write
 from trunk8_redirector import create_app
 from trunk8_shared.settings import Settings
@@ -66,8 +65,7 @@ async def test_unicode_codes_and_non_ascii_targets(system: RunningSystem, data_d
     links = data_dir / "users" / "carol" / "links.toml"
     write(
         links,
-        links.read_text()
-        + '\n[links."ünï"]\ntype = "redirect"\nurl = "https://example.com/ä b"\n',
+        links.read_text() + '\n[links."ünï"]\ntype = "redirect"\nurl = "https://example.com/ä b"\n',
     )
 
     async def served() -> bool:
@@ -83,7 +81,8 @@ def _expiry(seconds_from_now: float) -> str:
 async def test_expired_link_answers_404(start_system: StartSystem, data_dir: Path) -> None:
     write(
         data_dir / "users" / "carol" / "links.toml",
-        f'[links.old]\ntype = "redirect"\nurl = "https://x.example"\nexpiration_date = "{_expiry(-60)}"\n'
+        '[links.old]\ntype = "redirect"\nurl = "https://x.example"\n'
+        f'expiration_date = "{_expiry(-60)}"\n'
         '[links.aware]\ntype = "redirect"\nurl = "https://y.example"\n'
         'expiration_date = "2001-01-01T00:00:00Z"\n'
         '[links.later]\ntype = "redirect"\nurl = "https://z.example"\n'
@@ -96,7 +95,9 @@ async def test_expired_link_answers_404(start_system: StartSystem, data_dir: Pat
     assert await system.location("/later") == "https://z.example"
 
 
-async def test_link_becomes_expired_while_running(start_system: StartSystem, data_dir: Path) -> None:
+async def test_link_becomes_expired_while_running(
+    start_system: StartSystem, data_dir: Path
+) -> None:
     expires = dt.datetime.now() + dt.timedelta(seconds=1.5)
     write(
         data_dir / "users" / "carol" / "links.toml",

@@ -10,7 +10,6 @@ from pathlib import Path
 import msgspec
 import nats
 import pytest
-
 from conftest import RunningSystem, StartSystem, wait_until, write
 from trunk8_shared.records import (
     RELOAD_SUBJECT,
@@ -64,9 +63,14 @@ async def metric(system: RunningSystem, name: str) -> float:
     raise AssertionError(f"metric {name} not exported")
 
 
-async def test_added_link_is_served_within_a_second(system: RunningSystem, data_dir: Path, tap: EventTap) -> None:
+async def test_added_link_is_served_within_a_second(
+    system: RunningSystem, data_dir: Path, tap: EventTap
+) -> None:
     path = bob_links(data_dir)
-    write(path, path.read_text() + '\n[links.fresh]\ntype = "redirect"\nurl = "https://fresh.example"\n')
+    write(
+        path,
+        path.read_text() + '\n[links.fresh]\ntype = "redirect"\nurl = "https://fresh.example"\n',
+    )
 
     async def served() -> bool:
         return await system.location("/fresh") == "https://fresh.example"
@@ -144,7 +148,10 @@ async def test_invalid_link_rejects_the_whole_file(
 async def test_new_user_with_existing_links_file_is_served(
     system: RunningSystem, data_dir: Path, tap: EventTap
 ) -> None:
-    write(data_dir / "users" / "dave" / "links.toml", '[links.dave1]\ntype = "redirect"\nurl = "https://dave.example"\n')
+    write(
+        data_dir / "users" / "dave" / "links.toml",
+        '[links.dave1]\ntype = "redirect"\nurl = "https://dave.example"\n',
+    )
     await asyncio.sleep(0.3)
     assert (await system.get("/dave1"))[0] == 404  # folders not in users.toml are ignored
     users = data_dir / "users" / "users.toml"
@@ -219,7 +226,9 @@ async def test_reload_request_publishes_at_once_and_returns_the_revision(
 ) -> None:
     before = await _reload(bus_client, None)
     path = bob_links(data_dir)
-    path.write_text(path.read_text() + '\n[links.asked]\ntype = "redirect"\nurl = "https://asked.example"\n')
+    path.write_text(
+        path.read_text() + '\n[links.asked]\ntype = "redirect"\nurl = "https://asked.example"\n'
+    )
     started = time.monotonic()
     msg = await bus_client.request(
         RELOAD_SUBJECT, json_encoder.encode(ReloadRequest(path="users/bob/links.toml")), timeout=5

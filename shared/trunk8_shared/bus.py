@@ -88,7 +88,7 @@ class Bus:
             name=self.name,
             allow_reconnect=True,
             max_reconnect_attempts=-1,
-            reconnect_time_wait=self.reconnect_wait,
+            reconnect_time_wait=self.reconnect_wait,  # type: ignore[arg-type]  # float works
             connect_timeout=2,
             error_cb=self._on_error,
             disconnected_cb=self._on_disconnected,
@@ -142,9 +142,7 @@ async def ensure_bucket(js: JetStreamContext, bucket: str) -> KeyValue:
     except BucketNotFoundError:
         pass
     try:
-        return await js.create_key_value(
-            bucket=bucket, history=1, storage=api.StorageType.FILE
-        )
+        return await js.create_key_value(bucket=bucket, history=1, storage=api.StorageType.FILE)
     except nats.js.errors.BadRequestError:
         # Somebody else created it in between with their own options: use theirs.
         return await js.key_value(bucket)

@@ -51,7 +51,7 @@ _ENCODED_PREFIX = "="
 
 
 def kv_key(code: str) -> str:
-    """The KV key of a short code or username: the code itself when ASCII-safe, else `=` + base64url."""
+    """The KV key of a code or username: itself when ASCII-safe, else `=` + base64url."""
     if _PLAIN_KEY.fullmatch(code):
         return code
     encoded = base64.urlsafe_b64encode(code.encode("utf-8")).rstrip(b"=").decode("ascii")

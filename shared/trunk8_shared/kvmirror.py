@@ -88,7 +88,8 @@ async def follow_bucket(
         pending_bytes_limit=-1,
     )
     info = await sub.consumer_info()
-    if not live and info.num_pending == 0 and info.delivered.consumer_seq == 0:
+    delivered = info.delivered.consumer_seq if info.delivered is not None else 0
+    if not live and info.num_pending == 0 and delivered == 0:
         # An empty bucket delivers nothing: the snapshot is empty and complete now.
         status = await kv.status()
         finish_snapshot(status.stream_info.state.last_seq)
@@ -129,7 +130,9 @@ class KvMirror:
         if not self.ready.is_set():
             log.info("%s: loaded %d keys at revision %d", self.bucket, len(entries), revision)
         else:
-            log.info("%s: resynchronised %d keys at revision %d", self.bucket, len(entries), revision)
+            log.info(
+                "%s: resynchronised %d keys at revision %d", self.bucket, len(entries), revision
+            )
         self.ready.set()
 
     def _change(self, key: str, value: bytes | None, revision: int) -> None:
@@ -151,7 +154,9 @@ class KvMirror:
             except asyncio.CancelledError:
                 raise
             except Exception as err:
-                log.warning("%s: watch failed (%s: %s); retrying", self.bucket, type(err).__name__, err)
+                log.warning(
+                    "%s: watch failed (%s: %s); retrying", self.bucket, type(err).__name__, err
+                )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
             finally:

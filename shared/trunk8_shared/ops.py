@@ -40,7 +40,9 @@ class Ops:
         )
         self.registries.append(self.http_registry)
 
-    def add_service(self, name: str, ready: Callable[[], bool], registry: CollectorRegistry) -> None:
+    def add_service(
+        self, name: str, ready: Callable[[], bool], registry: CollectorRegistry
+    ) -> None:
         """Register one service's readiness check and metrics."""
         self.checks[name] = ready
         self.registries.append(registry)

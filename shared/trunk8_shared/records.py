@@ -53,39 +53,39 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     at: float = msgspec.field(default_factory=time.time)
 
 
-class LinkCreated(Event, tag="link.created"):
+class LinkCreated(Event, tag="link.created", frozen=True, kw_only=True):
     link: LinkRecord
 
 
-class LinkUpdated(Event, tag="link.updated"):
+class LinkUpdated(Event, tag="link.updated", frozen=True, kw_only=True):
     link: LinkRecord
 
 
-class LinkDeleted(Event, tag="link.deleted"):
+class LinkDeleted(Event, tag="link.deleted", frozen=True, kw_only=True):
     code: str
     owner: str
 
 
-class UserCreated(Event, tag="user.created"):
+class UserCreated(Event, tag="user.created", frozen=True, kw_only=True):
     user: UserRecord
 
 
-class UserUpdated(Event, tag="user.updated"):
+class UserUpdated(Event, tag="user.updated", frozen=True, kw_only=True):
     user: UserRecord
 
 
-class UserDeleted(Event, tag="user.deleted"):
+class UserDeleted(Event, tag="user.deleted", frozen=True, kw_only=True):
     username: str
 
 
-class ConfigError(Event, tag="config.error"):
+class ConfigError(Event, tag="config.error", frozen=True, kw_only=True):
     """A data file was rejected; the last good state of that file stays served."""
 
     file: str
     reason: str
 
 
-class DuplicateCode(Event, tag="config.duplicate"):
+class DuplicateCode(Event, tag="config.duplicate", frozen=True, kw_only=True):
     """A code appears in several users' files; `winner` is served (first in users.toml)."""
 
     code: str

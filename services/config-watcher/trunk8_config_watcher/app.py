@@ -18,7 +18,6 @@ from pathlib import Path
 import watchfiles
 from aiohttp import web
 from nats.aio.msg import Msg
-
 from trunk8_shared.bus import Bus, setup_bus
 from trunk8_shared.datadir import DataDir, ensure_layout
 from trunk8_shared.ops import setup_ops
@@ -42,7 +41,13 @@ log = logging.getLogger("trunk8.config_watcher")
 
 MAX_BACKOFF = 5.0
 
-__all__ = ["CONFIG_WATCHER", "ConfigLoadError", "ConfigWatcher", "create_app", "setup_config_watcher"]
+__all__ = [
+    "CONFIG_WATCHER",
+    "ConfigLoadError",
+    "ConfigWatcher",
+    "create_app",
+    "setup_config_watcher",
+]
 
 
 class ConfigWatcher:
@@ -120,7 +125,9 @@ class ConfigWatcher:
                 "short code %r is defined by %s; serving %s's (first in users.toml)",
                 dup.code, ", ".join((dup.winner, *dup.shadowed)), dup.winner,
             )  # fmt: skip
-        return [DuplicateCode(code=d.code, winner=d.winner, shadowed=list(d.shadowed)) for d in fresh]
+        return [
+            DuplicateCode(code=d.code, winner=d.winner, shadowed=list(d.shadowed)) for d in fresh
+        ]
 
     async def keep_in_sync(self) -> None:
         """Reconcile NATS with the catalog at start, after reconnects and after failures."""
@@ -136,7 +143,9 @@ class ConfigWatcher:
                             *(self._rejection_events() if first else []),
                             *self._new_duplicates(),
                         ]
-                        revision = await self.publisher.reconcile(self.catalog.served, self.catalog.users)
+                        revision = await self.publisher.reconcile(
+                            self.catalog.served, self.catalog.users
+                        )
                         await self.publisher.emit(errors)
                     self.metrics.revision.set(revision)
                     first = False
@@ -148,7 +157,9 @@ class ConfigWatcher:
                     raise
                 except Exception as err:
                     self.metrics.publish_errors.inc()
-                    log.warning("publishing to NATS failed (%s: %s); retrying", type(err).__name__, err)
+                    log.warning(
+                        "publishing to NATS failed (%s: %s); retrying", type(err).__name__, err
+                    )
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, MAX_BACKOFF)
         finally:
@@ -183,7 +194,9 @@ class ConfigWatcher:
                 paths = {self.data.root / request.path}
             reply = await self.reload(paths)
         except Exception as err:
-            reply = ReloadReply(revision=self.publisher.links.revision, error=f"{type(err).__name__}: {err}")
+            reply = ReloadReply(
+                revision=self.publisher.links.revision, error=f"{type(err).__name__}: {err}"
+            )
         if msg.reply:
             await msg.respond(json_encoder.encode(reply))
 

@@ -85,7 +85,9 @@ class LinkCatalog:
         """Replace one user's links; returns the codes whose owner may have changed."""
         previous = self.links_by_user.get(owner, {})
         self.links_by_user[owner] = links
-        return {code for code in previous.keys() | links.keys() if previous.get(code) != links.get(code)}
+        return {
+            code for code in previous.keys() | links.keys() if previous.get(code) != links.get(code)
+        }
 
     def resolve(self, codes: Iterable[str] | None = None) -> Changes:
         """Recompute the served owner of `codes` (all codes when None) and return the diff."""

@@ -40,6 +40,8 @@ class WatcherMetrics:
             registry=self.registry,
         )
         self.revision = Gauge(
-            f"{prefix}_links_revision", "Links bucket revision last published.", registry=self.registry
+            f"{prefix}_links_revision",
+            "Links bucket revision last published.",
+            registry=self.registry,
         )
         self.last_reload_successful.set(1)

@@ -80,7 +80,9 @@ class Publisher:
         self.links = BucketWriter(bus, LINKS_BUCKET)
         self.users = BucketWriter(bus, USERS_BUCKET)
 
-    async def sync_links(self, wanted: dict[str, LinkRecord], codes: Iterable[str] | None = None) -> int:
+    async def sync_links(
+        self, wanted: dict[str, LinkRecord], codes: Iterable[str] | None = None
+    ) -> int:
         """Make the bucket hold `wanted` for `codes` (all codes when None); emit events."""
         known = self.links.known
         keys = {kv_key(c): c for c in (wanted if codes is None else codes)}
@@ -101,7 +103,9 @@ class Publisher:
             encoded = json_encoder.encode(record)
             if encoded != before:
                 puts[key] = encoded
-                events.append(LinkCreated(link=record) if before is None else LinkUpdated(link=record))
+                events.append(
+                    LinkCreated(link=record) if before is None else LinkUpdated(link=record)
+                )
         revision = await self.links.write(puts, deletes)
         await self.emit(events)
         return revision

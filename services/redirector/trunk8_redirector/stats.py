@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-
 from trunk8_shared.kvmirror import KvMirror
 
 from .fastpath import RedirectorStats
@@ -35,7 +34,9 @@ class RedirectorCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         prefix = "trunk8_redirector"
         requests = CounterMetricFamily(
-            f"{prefix}_requests", "Link requests answered, by route and status.", labels=["route", "status"]
+            f"{prefix}_requests",
+            "Link requests answered, by route and status.",
+            labels=["route", "status"],
         )
         by_status: dict[str, int] = {}
         outcomes = CounterMetricFamily(
@@ -62,17 +63,23 @@ class RedirectorCollector(Collector):
         )
         yield GaugeMetricFamily(f"{prefix}_links", "Links held in memory.", value=len(self.table))
         yield CounterMetricFamily(
-            f"{prefix}_reloads", "Link changes and snapshots applied from NATS.", value=self.table.updates
+            f"{prefix}_reloads",
+            "Link changes and snapshots applied from NATS.",
+            value=self.table.updates,
         )
         yield CounterMetricFamily(
-            f"{prefix}_resyncs", "Full snapshots loaded (start and reconnects).", value=self.mirror.resyncs
+            f"{prefix}_resyncs",
+            "Full snapshots loaded (start and reconnects).",
+            value=self.mirror.resyncs,
         )
         yield GaugeMetricFamily(
             f"{prefix}_links_revision", "Links bucket revision applied.", value=self.mirror.revision
         )
 
 
-def redirector_registry(stats: RedirectorStats, table: LinkTable, mirror: KvMirror) -> CollectorRegistry:
+def redirector_registry(
+    stats: RedirectorStats, table: LinkTable, mirror: KvMirror
+) -> CollectorRegistry:
     """A registry holding the redirector's collector."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RedirectorCollector(stats, table, mirror))

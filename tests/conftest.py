@@ -146,6 +146,21 @@ class RunningSystem:
         status, _, _ = await self.get("/-/ready")
         return status == 200
 
+    async def metrics(self) -> dict[str, float]:
+        """Unlabelled metric samples by name."""
+        _, _, text = await self.get("/-/metrics")
+        samples = (line.split(" ") for line in text.splitlines() if line and line[0] != "#")
+        return {fields[0]: float(fields[1]) for fields in samples if len(fields) == 2}
+
+    async def in_step(self) -> bool:
+        """Ready, and (all-in-one) the redirector has applied all the watcher published."""
+        if not await self.ready():
+            return False
+        values = await self.metrics()
+        published = values.get("trunk8_config_watcher_links_revision")
+        applied = values.get("trunk8_redirector_links_revision")
+        return published is None or applied is None or applied >= published
+
 
 StartSystem = Callable[..., Awaitable[RunningSystem]]
 
@@ -171,7 +186,7 @@ async def start_system(data_dir: Path, nats_server: EmbeddedNats) -> AsyncIterat
         system = RunningSystem(settings, server, http, f"http://127.0.0.1:{server.port}")
         started.append(system)
         if wait_ready:
-            await wait_until(system.ready, timeout=15)
+            await wait_until(system.in_step, timeout=15)
         return system
 
     yield start

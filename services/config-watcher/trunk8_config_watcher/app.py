@@ -169,21 +169,35 @@ class ConfigWatcher:
         return [ConfigError(file=f, reason=r) for f, r in self.reloader.rejected.items()]
 
     async def watch_files(self) -> None:
-        """Reload changed TOML files as the filesystem reports them."""
-        watched = [self.data.users_dir, self.data.config_dir]
-        async for changes in watchfiles.awatch(
-            *watched,
-            watch_filter=lambda _change, path: path.endswith(".toml"),
-            debounce=500,
-            step=30,
-            force_polling=self.settings.force_polling,
-            poll_delay_ms=200,
-        ):
-            paths = {Path(path) for _change, path in changes}
+        """Reload changed TOML files as the filesystem reports them; re-watch after errors."""
+        backoff = 0.5
+        while True:
             try:
-                await self.reload(paths)
+                async for changes in watchfiles.awatch(
+                    self.data.users_dir,
+                    self.data.config_dir,
+                    watch_filter=lambda _change, path: path.endswith(".toml"),
+                    debounce=500,
+                    step=30,
+                    force_polling=self.settings.force_polling,
+                    poll_delay_ms=200,
+                ):
+                    backoff = 0.5
+                    await self._reload_quietly({Path(path) for _change, path in changes})
+            except asyncio.CancelledError:
+                raise
             except Exception as err:
-                log.warning("reload of %d file(s) not published yet: %s", len(paths), err)
+                log.warning("file watch failed (%s: %s); watching again", type(err).__name__, err)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF)
+            await self._reload_quietly(None)  # catch up on changes the watch may have missed
+
+    async def _reload_quietly(self, paths: set[Path] | None) -> None:
+        try:
+            await self.reload(paths)
+        except Exception as err:
+            count = "all files" if paths is None else f"{len(paths)} file(s)"
+            log.warning("reload of %s not published yet (%s); will reconcile", count, err)
 
     async def answer_reload(self, msg: Msg) -> None:
         """`trunk8.control.reload`: reload a file (or everything) and reply with the revision."""

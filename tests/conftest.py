@@ -18,11 +18,11 @@ import nats
 import pytest
 import uvloop
 from aiohttp import web
-from trunk8_shared.settings import Settings
 
 from trunk8.embedded_nats import EmbeddedNats
 from trunk8.server import HttpServer
 from trunk8.targets import build_app
+from trunk8_shared.settings import Settings
 
 USERS_TOML = """\
 [users.admin]

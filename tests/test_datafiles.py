@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+
 from trunk8_shared.codes import from_kv_key, kv_key, short_code_problem
 from trunk8_shared.datafiles import DataFileError, display_name, parse_links, parse_users
 from trunk8_shared.expiry import expiry_timestamp

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from aiohttp.test_utils import TestClient
 from conftest import RunningSystem, StartSystem, wait_until, write
+
 from trunk8_redirector import create_app
 from trunk8_shared.settings import Settings
 

@@ -11,6 +11,7 @@ import msgspec
 import nats
 import pytest
 from conftest import RunningSystem, StartSystem, wait_until, write
+
 from trunk8_shared.records import (
     RELOAD_SUBJECT,
     AnyEvent,

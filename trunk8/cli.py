@@ -14,7 +14,6 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import uvloop
 
@@ -43,7 +42,9 @@ def _parser() -> argparse.ArgumentParser:
 
     def listening(command: argparse.ArgumentParser) -> None:
         command.add_argument("--host", help="address to listen on (TRUNK8_HOST, default 127.0.0.1)")
-        command.add_argument("--port", type=int, help="port to listen on (TRUNK8_PORT, default 5001)")
+        command.add_argument(
+            "--port", type=int, help="port to listen on (TRUNK8_PORT, default 5001)"
+        )
 
     up = commands.add_parser("up", help="start the whole system (embedded NATS unless --nats)")
     common(up)
@@ -131,6 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         target = "all" if args.command == "up" else args.target
         uvloop.run(_serve(target, settings, embedded))
     except (StartupError, ConfigLoadError) as err:
+        print(f"trunk8: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # e.g. a data directory that is a file, or not writable
         print(f"trunk8: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -97,7 +97,7 @@ class EmbeddedNats:
         while time.monotonic() < deadline:
             if self.process.returncode is not None:
                 raise StartupError(f"nats-server exited at start: {self._last_log_line()}")
-            for ports_file in ports_dir.glob("*.ports"):
+            for ports_file in ports_dir.glob("*.ports"):  # noqa: ASYNC240 (a tiny temp dir)
                 with contextlib.suppress(ValueError, OSError):
                     ports = json.loads(ports_file.read_text())
                     return str(ports["nats"][0])

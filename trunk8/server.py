@@ -27,15 +27,21 @@ def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket on host:port (port 0 picks a free one)."""
     try:
         return socket.create_server((host, port), backlog=1024)
+    except OverflowError as err:  # a port outside 0-65535
+        raise StartupError(f"cannot listen on {host}:{port}: port must be 0-65535") from err
     except OSError as err:
-        reason = "address already in use" if err.errno == errno.EADDRINUSE else err.strerror or str(err)
+        reason = (
+            "address already in use" if err.errno == errno.EADDRINUSE else err.strerror or str(err)
+        )
         raise StartupError(f"cannot listen on {host}:{port}: {reason}") from err
 
 
 class HttpServer:
     """An aiohttp application served on a socket, fast path first if it has a redirector."""
 
-    def __init__(self, app: web.Application, settings: Settings, sock: socket.socket | None = None) -> None:
+    def __init__(
+        self, app: web.Application, settings: Settings, sock: socket.socket | None = None
+    ) -> None:
         self.app = app
         self.settings = settings
         self.sock = sock

@@ -10,7 +10,11 @@ import msgspec
 import nats
 from nats.aio.msg import Msg
 
+from trunk8_shared.bus import redact
+
 DEFAULT_SUBJECT = "trunk8.events.>"
+# Seconds to reach NATS at start; after that, an outage is waited out (reconnects forever).
+CONNECT_TIMEOUT = 5.0
 
 _encoder = msgspec.json.Encoder()
 
@@ -26,10 +30,27 @@ def format_message(msg: Msg) -> bytes:
 
 async def tap(url: str, subject: str) -> int:
     """Print messages on `subject` until interrupted; returns the exit status."""
+    last_error: list[Exception] = []
+
+    async def remember(err: Exception) -> None:
+        last_error[:] = [err]
+
     try:
-        nc = await nats.connect(url, connect_timeout=3, max_reconnect_attempts=-1, allow_reconnect=True)
+        # With unlimited reconnects nats-py retries the first connect forever: bound it.
+        nc = await asyncio.wait_for(
+            nats.connect(
+                url, connect_timeout=3, max_reconnect_attempts=-1, allow_reconnect=True,
+                error_cb=remember,
+            ),
+            CONNECT_TIMEOUT,
+        )  # fmt: skip
     except Exception as err:
-        print(f"trunk8: cannot connect to NATS: {err or type(err).__name__}", file=sys.stderr)
+        reason = (last_error or [err])[0]
+        print(
+            f"trunk8: cannot connect to NATS at {redact(url)}: "
+            f"{str(reason).strip() or type(reason).__name__}",
+            file=sys.stderr,
+        )
         return 1
     out = sys.stdout.buffer
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from aiohttp import web
+
 from trunk8_config_watcher import setup_config_watcher
 from trunk8_redirector import setup_redirector
 from trunk8_shared.settings import Settings

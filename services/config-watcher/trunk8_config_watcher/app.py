@@ -18,6 +18,7 @@ from pathlib import Path
 import watchfiles
 from aiohttp import web
 from nats.aio.msg import Msg
+
 from trunk8_shared.bus import Bus, setup_bus
 from trunk8_shared.datadir import DataDir, ensure_layout
 from trunk8_shared.ops import setup_ops

@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
+
 from trunk8_shared.bus import setup_bus
 from trunk8_shared.kvmirror import KvMirror
 from trunk8_shared.ops import setup_ops

@@ -13,6 +13,7 @@ import time
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import msgspec
+
 from trunk8_shared.codes import from_kv_key
 from trunk8_shared.records import LinkRecord, link_decoder
 

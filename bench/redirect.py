@@ -50,6 +50,7 @@ MISS_CODE = "nosuchcode1"
 READY_TIMEOUT = 60.0
 PROPAGATION_TIMEOUT = 15.0
 STOP_GRACE = 10.0
+BUSY_LOAD = 0.5  # 1-min load average above which the figures are flagged as noisy
 
 # Budgets (see the module docstring).
 HIT_VS_NGINX_MIN = 0.9
@@ -249,6 +250,11 @@ def cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 0
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, as ``uptime`` shows them."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def free_port() -> int:
@@ -499,8 +505,8 @@ def to_ms(text: str) -> float:
     return float(match.group(1)) * _UNIT_MS[match.group(2)]
 
 
-def parse_wrk(text: str) -> dict[str, object]:
-    """Requests/sec, p50/p99 (ms), request count and error counts."""
+def parse_wrk(text: str, label: str, system: str, kind: str, url: str) -> WrkResult:
+    """Requests/sec, p50/p99 (ms), request count and error counts from wrk's output."""
 
     def grab(pattern: str) -> str:
         match = re.search(pattern, text, re.MULTILINE)
@@ -514,14 +520,18 @@ def parse_wrk(text: str) -> dict[str, object]:
         kinds = ("connect", "read", "write", "timeout")
         errors = dict(zip(kinds, map(int, sock.groups()), strict=True))
     non = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    return {
-        "rps": float(grab(r"^Requests/sec:\s+([0-9.]+)")),
-        "p50_ms": to_ms(grab(r"^\s+50%\s+(\S+)")),
-        "p99_ms": to_ms(grab(r"^\s+99%\s+(\S+)")),
-        "requests": int(grab(r"^\s+(\d+) requests in ")),
-        "non_2xx_3xx": int(non.group(1)) if non else 0,
-        "socket_errors": errors,
-    }
+    return WrkResult(
+        label=label,
+        system=system,
+        kind=kind,
+        url=url,
+        rps=float(grab(r"^Requests/sec:\s+([0-9.]+)")),
+        p50_ms=to_ms(grab(r"^\s+50%\s+(\S+)")),
+        p99_ms=to_ms(grab(r"^\s+99%\s+(\S+)")),
+        requests=int(grab(r"^\s+(\d+) requests in ")),
+        non_2xx_3xx=int(non.group(1)) if non else 0,
+        socket_errors=errors,
+    )
 
 
 def run_wrk(url: str, seconds: int, args: argparse.Namespace) -> str:
@@ -555,7 +565,7 @@ def measure(
         raise BenchError(f"{guard.name} died while measuring {label}\n{guard.log_tail()}")
     if args.verbose:
         print(output)
-    result = WrkResult(label=label, system=system, kind=kind, url=url, **parse_wrk(output))  # type: ignore[arg-type]
+    result = parse_wrk(output, label, system, kind, url)
     print(
         f"  {label:<32} {result.rps:>10.0f} req/s  p50 {result.p50_ms:.3f} ms  "
         f"p99 {result.p99_ms:.3f} ms  non-2xx/3xx {result.non_2xx_3xx}"
@@ -594,22 +604,9 @@ def start_redirector_alone(
     wait_port(nats, nats_port)
     nats_url = f"nats://127.0.0.1:{nats_port}"
     watcher_port = free_port()
-    watcher = start(
-        "config-watcher",
-        [
-            str(trunk8),
-            "run",
-            "--target",
-            "config-watcher",
-            "--data",
-            str(data),
-            "--nats",
-            nats_url,
-            "--port",
-            str(watcher_port),
-        ],
-        logdir,
-    )
+    watcher_argv = [str(trunk8), "run", "--target", "config-watcher", "--data", str(data)]
+    watcher_argv += ["--nats", nats_url, "--port", str(watcher_port)]
+    watcher = start("config-watcher", watcher_argv, logdir)
     wait_ready(watcher, watcher_port)
     port = free_port()
     redirector = start(
@@ -803,7 +800,14 @@ def bench(args: argparse.Namespace) -> dict[str, object]:
         "wrk_connections": args.connections,
         "links": args.links,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "load_before": load_average(),
     }
+    print(f"load average before: {meta['load_before']}")
+    if os.getloadavg()[0] > BUSY_LOAD:
+        print(
+            f"warning: the machine is busy (1-min load {os.getloadavg()[0]:.2f}); "
+            "something else is using the CPU and the figures will be noisy"
+        )
     print(f"wrk: {meta['wrk']}")
     print(f"nginx: {meta['nginx']}")
     print(
@@ -860,7 +864,9 @@ def bench(args: argparse.Namespace) -> dict[str, object]:
             CLEANUP.stop(proc)
 
     checks = check_budgets(results)
+    meta["load_after"] = load_average()
     print_report(results, checks)
+    print(f"load average after: {meta['load_after']} (before: {meta['load_before']})")
     return {"meta": meta, "results": [asdict(r) for r in results], "budgets": checks}
 
 

@@ -17,8 +17,8 @@ import contextlib
 import re
 import time
 from collections.abc import Callable
-from typing import cast
 from email.utils import formatdate
+from typing import cast
 from urllib.parse import unquote_to_bytes
 
 from trunk8_shared.codes import ROUTED_SEGMENTS
@@ -27,18 +27,28 @@ from trunk8_shared.plainmetrics import PlainHistogram
 from .table import BAD_REQUEST, NOT_FOUND, TIMEOUT, TOO_LARGE, Answer, LinkTable
 
 MAX_HEAD = 16384
-# A header block: token ":" visible text, lines separated by CRLF (no folding, no controls).
-_HEADER_BLOCK = re.compile(
-    rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*"
-    rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*"
+# A head from its target on: the target (no controls, no spaces; raw UTF-8 is tolerated),
+# the version, then a header block: token ":" visible text, lines separated by CRLF (no
+# folding, no controls).
+_TARGET_AND_HEADERS = re.compile(
+    rb"/[!-~\x80-\xff]* HTTP/1\.[01]"
+    rb"(?:\r\n(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*"
+    rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*)?"
 )
 _CONNECTION = re.compile(rb"(?:^|\n)connection:([^\r\n]*)")
 _REQUEST_STARTS = (b"GET /", b"HEAD /")
 
-_BAD_REQUEST = Answer(400, (("Content-Type", "text/plain; charset=utf-8"),), b"Bad Request\n", BAD_REQUEST)
-_TIMEOUT = Answer(408, (("Content-Type", "text/plain; charset=utf-8"),), b"Request Timeout\n", TIMEOUT)
+_BAD_REQUEST = Answer(
+    400, (("Content-Type", "text/plain; charset=utf-8"),), b"Bad Request\n", BAD_REQUEST
+)
+_TIMEOUT = Answer(
+    408, (("Content-Type", "text/plain; charset=utf-8"),), b"Request Timeout\n", TIMEOUT
+)
 _TOO_LARGE = Answer(
-    431, (("Content-Type", "text/plain; charset=utf-8"),), b"Request Header Fields Too Large\n", TOO_LARGE
+    431,
+    (("Content-Type", "text/plain; charset=utf-8"),),
+    b"Request Header Fields Too Large\n",
+    TOO_LARGE,
 )
 _CLOSE = b"Connection: close\r\n"
 _KEEP_ALIVE = b"Connection: keep-alive\r\n"
@@ -128,8 +138,8 @@ class FastPathProtocol(asyncio.Protocol):
         pos = 0
         keep_alive = True
         while keep_alive:
-            end = data.find(b"\r\n\r\n", pos)
-            if end < 0:
+            end = data.find(b"\r\n\r\n", pos, pos + MAX_HEAD + 4)
+            if end < 0:  # incomplete, or over the cap: `_keep_partial` judges which
                 break
             reply = self._answer(data[pos:end])
             if reply is None:
@@ -152,7 +162,9 @@ class FastPathProtocol(asyncio.Protocol):
 
     def _keep_partial(self, rest: bytes, continuing: bool) -> None:
         """Hold an incomplete head, unless it is clearly not ours or too long."""
-        if not rest.startswith(_REQUEST_STARTS) and not any(s.startswith(rest) for s in _REQUEST_STARTS):
+        if not rest.startswith(_REQUEST_STARTS) and not any(
+            s.startswith(rest) for s in _REQUEST_STARTS
+        ):
             self._hand_over([], rest)
         elif len(rest) > MAX_HEAD:
             self._reject(_TOO_LARGE)
@@ -187,11 +199,11 @@ class FastPathProtocol(asyncio.Protocol):
         path = target[1:query] if query >= 0 else target[1:]
         if not target.startswith(b"/") or not path or b"/" in path or b"#" in path:
             return None
+        if not _TARGET_AND_HEADERS.fullmatch(head, len(method) + 1):
+            return None  # a control byte in the target, or a malformed header: aiohttp's 400
         connection = b""
         if line_end >= 0:
             headers = head[line_end + 2 :]
-            if not _HEADER_BLOCK.fullmatch(headers):
-                return None
             lower = headers.lower()
             if b"content-length" in lower or b"transfer-encoding" in lower or b"upgrade" in lower:
                 return None  # a body or a protocol switch: aiohttp's business
@@ -230,6 +242,12 @@ class FastPathProtocol(asyncio.Protocol):
         handler = self.server.fallback()
         transport.set_protocol(handler)
         handler.connection_made(transport)
+        if not transport.is_reading():
+            # Paused by `pause_writing`: the transport will call the handler's
+            # `resume_writing`, so it must know it is paused; and aiohttp does not tie
+            # reading to writing, so reading must not stay paused on our account.
+            handler.pause_writing()
+            transport.resume_reading()
         if rest:
             handler.data_received(rest)
 

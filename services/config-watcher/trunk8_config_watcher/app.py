@@ -86,10 +86,14 @@ class ConfigWatcher:
             self._record(result)
             await self.publisher.emit([*result.errors, *self._new_duplicates()])
             error = self._rejections(paths)
-            if not len(result.links) and result.users_before is None:
+            if not self.ready.is_set():
+                # Not published yet: the first full reconcile will carry this change too.
+                self._out_of_sync.set()
+                return ReloadReply(revision=self.publisher.links.revision, error=error)
+            if not len(result.links) and not result.users_changed:
                 return ReloadReply(revision=self.publisher.links.revision, error=error)
             try:
-                if result.users_before is not None:
+                if result.users_changed:
                     await self.publisher.sync_users(self.catalog.users)
                 codes = result.links.put.keys() | result.links.removed.keys()
                 revision = await self.publisher.sync_links(self.catalog.served, codes)
@@ -140,6 +144,7 @@ class ConfigWatcher:
                 await self.bus.wait_connected()
                 try:
                     async with self._lock:
+                        self._out_of_sync.clear()  # a failure from here on sets it again
                         errors = [
                             *(self._rejection_events() if first else []),
                             *self._new_duplicates(),
@@ -152,7 +157,6 @@ class ConfigWatcher:
                     first = False
                     backoff = 0.1
                     self.ready.set()
-                    self._out_of_sync.clear()
                     await self._out_of_sync.wait()
                 except asyncio.CancelledError:
                     raise

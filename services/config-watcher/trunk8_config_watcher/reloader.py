@@ -15,7 +15,7 @@ from pathlib import Path
 
 from trunk8_shared.datadir import DataDir
 from trunk8_shared.datafiles import DataFileError, parse_links, parse_users
-from trunk8_shared.records import ConfigError, UserRecord
+from trunk8_shared.records import ConfigError
 
 from .catalog import Changes, LinkCatalog, link_record, user_records
 
@@ -31,7 +31,7 @@ class Reload:
     """Outcome of one reload: link changes, account changes, rejected files."""
 
     links: Changes = field(default_factory=Changes)
-    users_before: dict[str, UserRecord] | None = None
+    users_changed: bool = False
     errors: list[ConfigError] = field(default_factory=list)
     files_applied: int = 0
 
@@ -117,8 +117,7 @@ class Reloader:
         result.files_applied += 1
         before = self.catalog.users
         self.catalog.set_users(users)
-        if before != users:
-            result.users_before = before
+        result.users_changed = result.users_changed or before != users
         for owner in users:
             if force_links or owner not in before:
                 self._hashes.pop(self.data.links_file(owner), None)

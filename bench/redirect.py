@@ -10,15 +10,18 @@ What it does, in order:
    layouts: ``trunk8 up`` (all-in-one, embedded NATS) and a redirector
    running alone next to a config-watcher and a separate ``nats-server``;
 4. checks each server once by hand (hit -> 302 + Location, miss -> 404),
-   then measures hit and miss with ``wrk --latency`` after a short warm-up;
-5. prints a table, the ratios and the PASS/FAIL lines of the budgets
-   (hit >= 0.9x nginx, p99 < 2 ms, miss within 10 % of hit).
+   warms every URL up once, then measures ``--rounds`` rounds of nginx hit,
+   layout hit, nginx miss, layout miss with ``wrk --latency`` (odd rounds
+   nginx first, even rounds the layout first);
+5. prints medians over the rounds, the median of the per-round ratios with
+   their min-max, and the PASS/FAIL lines of the budgets (hit >= 0.9x nginx,
+   p99 < 2 ms, miss within 10 % of hit), judged on the medians.
 
 Every process it started is stopped and every temp dir removed on exit,
 including after errors and Ctrl-C. A failed budget still exits 0 (this is a
 measurement); anything that could not run exits non-zero.
 
-Usage: ``.venv/bin/python bench/redirect.py [--quick] [--duration S]
+Usage: ``.venv/bin/python bench/redirect.py [--quick] [--duration S] [--rounds N]
 [--json PATH] [--system all|all-in-one|redirector|none]`` (see ``--help``).
 """
 
@@ -34,6 +37,7 @@ import shlex
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -52,6 +56,10 @@ PROPAGATION_TIMEOUT = 15.0
 STOP_GRACE = 10.0
 BUSY_LOAD = 0.5  # 1-min load average above which the figures are flagged as noisy
 
+# Measuring defaults: seconds per run, warm-up seconds per URL, rounds per phase.
+DEFAULT_DURATION, DEFAULT_WARMUP, DEFAULT_ROUNDS = 5, 2, 5
+QUICK = (2, 1, 2)  # --quick: the same three for a smoke test
+
 # Budgets (see the module docstring).
 HIT_VS_NGINX_MIN = 0.9
 P99_MAX_MS = 2.0
@@ -59,10 +67,12 @@ MISS_VS_HIT_TOLERANCE = 0.10
 
 INTERLEAVING_NOTE = (
     "Order: nginx runs all the time; for each Trunk8 layout, once it is up and "
-    "idle, nginx hit and nginx miss are measured right before that layout's "
-    "hit and miss, so every ratio compares neighbouring runs made under the "
-    "same background load. Each measured run follows a warm-up run on the "
-    "same URL."
+    "idle, every URL is warmed up once, then each round measures nginx hit, "
+    "layout hit, nginx miss, layout miss (odd rounds nginx first, even rounds "
+    "the layout first, so drift favours neither side). A per-round ratio "
+    "compares two neighbouring runs of the same round; the headline ratio is "
+    "the median of the per-round ratios, req/s, p50 and p99 are medians over "
+    "the rounds, and the budgets are judged on these medians."
 )
 CPU_NOTE = (
     "wrk and the server under test share the machine's cores; nothing is "
@@ -485,13 +495,94 @@ class WrkResult:
     requests: int
     non_2xx_3xx: int
     socket_errors: dict[str, int] = field(default_factory=dict)
-    ratio_vs_nginx: float | None = None
+    round: int = 0  # 1-based round of its phase
+    ratio_vs_nginx: float | None = None  # vs the nginx run of the same kind and round
 
     @property
     def bad_responses(self) -> int:
         """Responses that count as errors for this kind of run."""
         errors = sum(self.socket_errors.values())
         return errors + (self.non_2xx_3xx if self.kind == "hit" else 0)
+
+
+def median(values: list[float]) -> float:
+    """The median, or 0.0 for no values."""
+    return statistics.median(values) if values else 0.0
+
+
+@dataclass
+class Target:
+    """One URL of one server in one phase (e.g. 'all-in-one hit'), over all rounds."""
+
+    label: str
+    system: str
+    kind: str  # "hit" or "miss"
+    url: str
+    guard: Proc  # the process that must stay alive while this URL is measured
+    runs: list[WrkResult] = field(default_factory=list)
+
+    @property
+    def rps(self) -> float:
+        return median([r.rps for r in self.runs])
+
+    @property
+    def p50_ms(self) -> float:
+        return median([r.p50_ms for r in self.runs])
+
+    @property
+    def p99_ms(self) -> float:
+        return median([r.p99_ms for r in self.runs])
+
+    @property
+    def ratios(self) -> list[float]:
+        """Per-round ratios to nginx (empty for nginx itself)."""
+        return [r.ratio_vs_nginx for r in self.runs if r.ratio_vs_nginx is not None]
+
+    @property
+    def ratio_vs_nginx(self) -> float | None:
+        """Median of the per-round ratios: the headline ratio."""
+        return median(self.ratios) if self.ratios else None
+
+    @property
+    def non_2xx_3xx(self) -> int:
+        return sum(r.non_2xx_3xx for r in self.runs)
+
+    @property
+    def socket_errors(self) -> dict[str, int]:
+        """Socket errors summed over the rounds, only the kinds that occurred."""
+        total: dict[str, int] = {}
+        for r in self.runs:
+            for kind, n in r.socket_errors.items():
+                if n:
+                    total[kind] = total.get(kind, 0) + n
+        return total
+
+    @property
+    def bad_responses(self) -> int:
+        return sum(r.bad_responses for r in self.runs)
+
+    def to_json(self) -> dict[str, object]:
+        rps = [r.rps for r in self.runs]
+        ratios = self.ratios
+        return {
+            "label": self.label,
+            "system": self.system,
+            "kind": self.kind,
+            "url": self.url,
+            "rounds": len(self.runs),
+            "rps": self.rps,
+            "rps_min": min(rps, default=0.0),
+            "rps_max": max(rps, default=0.0),
+            "p50_ms": self.p50_ms,
+            "p99_ms": self.p99_ms,
+            "ratio_vs_nginx": self.ratio_vs_nginx,
+            "ratio_vs_nginx_min": min(ratios) if ratios else None,
+            "ratio_vs_nginx_max": max(ratios) if ratios else None,
+            "requests": sum(r.requests for r in self.runs),
+            "non_2xx_3xx": self.non_2xx_3xx,
+            "socket_errors": self.socket_errors,
+            "runs": [asdict(r) for r in self.runs],
+        }
 
 
 _UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
@@ -553,21 +644,28 @@ def run_wrk(url: str, seconds: int, args: argparse.Namespace) -> str:
     return out
 
 
-def measure(
-    label: str, system: str, kind: str, port: int, code: str, args: argparse.Namespace, guard: Proc
-) -> WrkResult:
-    """Warm up, then measure one URL; fail if the server died meanwhile."""
-    url = f"http://127.0.0.1:{port}/{code}"
-    if args.warmup > 0:
-        run_wrk(url, args.warmup, args)
-    output = run_wrk(url, args.duration, args)
+def warm_up(target: Target, args: argparse.Namespace) -> None:
+    """One unmeasured run on the target's URL; fail if the server died meanwhile."""
+    run_wrk(target.url, args.warmup, args)
+    if not target.guard.alive():
+        raise BenchError(
+            f"{target.guard.name} died while warming up {target.label}\n{target.guard.log_tail()}"
+        )
+
+
+def measure(target: Target, rnd: int, args: argparse.Namespace) -> WrkResult:
+    """Measure the target's URL once (round ``rnd``); fail if the server died meanwhile."""
+    output = run_wrk(target.url, args.duration, args)
+    guard = target.guard
     if not guard.alive():
-        raise BenchError(f"{guard.name} died while measuring {label}\n{guard.log_tail()}")
+        raise BenchError(f"{guard.name} died while measuring {target.label}\n{guard.log_tail()}")
     if args.verbose:
         print(output)
-    result = parse_wrk(output, label, system, kind, url)
+    result = parse_wrk(output, target.label, target.system, target.kind, target.url)
+    result.round = rnd
+    target.runs.append(result)
     print(
-        f"  {label:<32} {result.rps:>10.0f} req/s  p50 {result.p50_ms:.3f} ms  "
+        f"    {target.label:<32} {result.rps:>10.0f} req/s  p50 {result.p50_ms:.3f} ms  "
         f"p99 {result.p99_ms:.3f} ms  non-2xx/3xx {result.non_2xx_3xx}"
     )
     return result
@@ -626,22 +724,57 @@ def measure_phase(
     nginx_port: int,
     hit_code: str,
     args: argparse.Namespace,
-) -> list[WrkResult]:
-    """nginx hit/miss, then the system's hit/miss, as neighbours."""
+) -> list[Target]:
+    """Warm every URL up once, then ``args.rounds`` rounds of neighbouring runs.
+
+    A round is nginx hit, layout hit, nginx miss, layout miss; even rounds
+    swap each pair (layout first). Returns nginx hit, nginx miss, layout hit,
+    layout miss (only the nginx pair when ``system`` is empty).
+    """
     tag = f" (next to {system})" if system else ""
-    results = [
-        measure(f"nginx hit{tag}", "nginx", "hit", nginx_port, hit_code, args, nginx),
-        measure(f"nginx miss{tag}", "nginx", "miss", nginx_port, MISS_CODE, args, nginx),
-    ]
-    if system:
-        results += [
-            measure(f"{system} hit", system, "hit", sys_port, hit_code, args, guard),
-            measure(f"{system} miss", system, "miss", sys_port, MISS_CODE, args, guard),
-        ]
-        by_kind = {r.kind: r.rps for r in results[:2]}
-        for r in results[2:]:
-            r.ratio_vs_nginx = r.rps / by_kind[r.kind] if by_kind[r.kind] else None
-    return results
+    # (nginx target, layout target or None) per kind, in measuring order
+    slots: list[tuple[Target, Target | None]] = []
+    for kind, code in (("hit", hit_code), ("miss", MISS_CODE)):
+        ref = Target(f"nginx {kind}{tag}", "nginx", kind, url_of(nginx_port, code), nginx)
+        own = Target(f"{system} {kind}", system, kind, url_of(sys_port, code), guard)
+        slots.append((ref, own if system else None))
+    print(f"  measuring {args.rounds} round(s), about {phase_seconds(args, bool(system)):.0f} s")
+    if args.warmup > 0:
+        print(f"  warm-up: {args.warmup} s per URL, once")
+        for pair in slots:
+            for target in pair:
+                if target:
+                    warm_up(target, args)
+    for rnd in range(1, args.rounds + 1):
+        layout_first = bool(system) and rnd % 2 == 0
+        print(f"  round {rnd}/{args.rounds}" + (" (layout first)" if layout_first else ""))
+        summary = []
+        for ref, maybe_own in slots:
+            if maybe_own is None:
+                measure(ref, rnd, args)
+                continue
+            for target in (maybe_own, ref) if layout_first else (ref, maybe_own):
+                measure(target, rnd, args)
+            mine, theirs = maybe_own.runs[-1], ref.runs[-1]
+            mine.ratio_vs_nginx = mine.rps / theirs.rps if theirs.rps else None
+            if mine.ratio_vs_nginx is not None:
+                summary.append(f"{maybe_own.kind} {mine.ratio_vs_nginx:.2f}x nginx")
+        # miss/hit of the layout, or of nginx when it is measured alone
+        hit, miss = (slots[0][1] or slots[0][0]), (slots[1][1] or slots[1][0])
+        if hit.runs[-1].rps:
+            summary.append(f"miss/hit {miss.runs[-1].rps / hit.runs[-1].rps:.2f}")
+        print(f"    round {rnd}: {', '.join(summary)}")
+    return [ref for ref, _ in slots] + [own for _, own in slots if own]
+
+
+def url_of(port: int, code: str) -> str:
+    return f"http://127.0.0.1:{port}/{code}"
+
+
+def phase_seconds(args: argparse.Namespace, with_layout: bool) -> float:
+    """wrk time of one phase: a warm-up per URL plus every measured run."""
+    urls = 4 if with_layout else 2
+    return urls * (args.warmup + args.rounds * args.duration)
 
 
 # --------------------------------------------------------------------------
@@ -649,43 +782,59 @@ def measure_phase(
 # --------------------------------------------------------------------------
 
 
-def print_table(results: list[WrkResult]) -> None:
+def fmt_range(values: list[float], fmt: str, suffix: str = "") -> str:
+    """``'min-max'`` of the values, ``'-'`` for none."""
+    if not values:
+        return "-"
+    return f"{min(values):{fmt}}-{max(values):{fmt}}{suffix}"
+
+
+def print_table(targets: list[Target]) -> None:
     header = (
-        f"{'target':<32} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'vs nginx':>9} {'non-2xx/3xx':>12} {'sock err':>9}"
+        f"{'target':<32} {'req/s':>10} {'req/s min-max':>15} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'vs nginx':>9} {'min-max':>11} {'non-2xx/3xx':>12} {'sock err':>9}"
     )
     print(header)
     print("-" * len(header))
-    for r in results:
-        ratio = f"{r.ratio_vs_nginx:.2f}x" if r.ratio_vs_nginx is not None else "-"
+    for t in targets:
+        ratio = f"{t.ratio_vs_nginx:.2f}x" if t.ratio_vs_nginx is not None else "-"
         print(
-            f"{r.label:<32} {r.rps:>10.0f} {r.p50_ms:>8.3f} {r.p99_ms:>8.3f} "
-            f"{ratio:>9} {r.non_2xx_3xx:>12} {sum(r.socket_errors.values()):>9}"
+            f"{t.label:<32} {t.rps:>10.0f} {fmt_range([r.rps for r in t.runs], '.0f'):>15} "
+            f"{t.p50_ms:>8.3f} {t.p99_ms:>8.3f} {ratio:>9} {fmt_range(t.ratios, '.2f', 'x'):>11} "
+            f"{t.non_2xx_3xx:>12} {sum(t.socket_errors.values()):>9}"
         )
+    rounds = max((len(t.runs) for t in targets), default=0)
     print(
-        "(vs nginx: hit vs the neighbouring nginx hit, miss vs the neighbouring nginx miss;"
-        " 404s in miss runs are expected)"
+        f"(req/s, p50, p99: medians of {rounds} round(s); vs nginx: median of the per-round\n"
+        " ratios to the nginx run of the same kind in the same round, min-max over the rounds;\n"
+        " errors summed over the rounds; 404s in miss runs are expected)"
     )
 
 
-def pairs_by_system(results: list[WrkResult]) -> list[tuple[str, WrkResult, WrkResult]]:
-    """(label, hit, miss) for each measured hit/miss pair, in order."""
-    out = []
-    for i in range(0, len(results) - 1):
-        hit, miss = results[i], results[i + 1]
-        if hit.kind == "hit" and miss.kind == "miss" and hit.system == miss.system:
-            out.append((hit.label.replace(" hit", "", 1), hit, miss))
-    return out
+def pairs_by_system(targets: list[Target]) -> list[tuple[str, Target, Target]]:
+    """(label, hit, miss) for each server measured in each phase, in order."""
+    groups: dict[str, dict[str, Target]] = {}
+    for t in targets:  # "nginx hit (next to x)" and "nginx miss (next to x)" -> "nginx (next to x)"
+        groups.setdefault(t.label.replace(f" {t.kind}", "", 1), {})[t.kind] = t
+    return [
+        (label, g["hit"], g["miss"]) for label, g in groups.items() if {"hit", "miss"} <= set(g)
+    ]
 
 
-def check_budgets(results: list[WrkResult]) -> list[dict[str, object]]:
-    """PASS/FAIL lines for each Trunk8 layout."""
+def miss_hit_ratios(hit: Target, miss: Target) -> list[float]:
+    """Per-round miss req/s / hit req/s of the same server."""
+    by_round = {r.round: r.rps for r in hit.runs}
+    return [m.rps / by_round[m.round] for m in miss.runs if by_round.get(m.round)]
+
+
+def check_budgets(targets: list[Target]) -> list[dict[str, object]]:
+    """PASS/FAIL lines for each Trunk8 layout, judged on medians."""
     checks: list[dict[str, object]] = []
 
     def add(system: str, name: str, ok: bool, detail: str) -> None:
         checks.append({"system": system, "budget": name, "pass": ok, "detail": detail})
 
-    for _, hit, miss in pairs_by_system(results):
+    for _, hit, miss in pairs_by_system(targets):
         if hit.system == "nginx":
             continue
         s = hit.system
@@ -694,21 +843,24 @@ def check_budgets(results: list[WrkResult]) -> list[dict[str, object]]:
             s,
             f"hit >= {HIT_VS_NGINX_MIN}x nginx",
             ratio >= HIT_VS_NGINX_MIN,
-            f"{hit.rps:.0f} req/s = {ratio:.2f}x nginx",
+            f"median {hit.rps:.0f} req/s, median ratio {ratio:.2f}x nginx "
+            f"(rounds {fmt_range(hit.ratios, '.2f', 'x')})",
         )
-        for r in (hit, miss):
+        for t in (hit, miss):
             add(
                 s,
-                f"{r.kind} p99 < {P99_MAX_MS:g} ms",
-                r.p99_ms < P99_MAX_MS,
-                f"p99 {r.p99_ms:.3f} ms",
+                f"{t.kind} p99 < {P99_MAX_MS:g} ms",
+                t.p99_ms < P99_MAX_MS,
+                f"median p99 {t.p99_ms:.3f} ms "
+                f"(rounds {fmt_range([r.p99_ms for r in t.runs], '.3f')})",
             )
-        mh = miss.rps / hit.rps if hit.rps else 0.0
+        mh_rounds = miss_hit_ratios(hit, miss)
+        mh = median(mh_rounds)
         add(
             s,
             f"miss within {MISS_VS_HIT_TOLERANCE:.0%} of hit",
             abs(mh - 1.0) <= MISS_VS_HIT_TOLERANCE,
-            f"miss/hit = {mh:.2f}",
+            f"median miss/hit = {mh:.2f} (rounds {fmt_range(mh_rounds, '.2f')})",
         )
         add(
             s,
@@ -726,13 +878,40 @@ def check_budgets(results: list[WrkResult]) -> list[dict[str, object]]:
     return checks
 
 
-def print_report(results: list[WrkResult], checks: list[dict[str, object]]) -> None:
+def miss_hit_report(targets: list[Target]) -> list[dict[str, object]]:
+    """Median and per-round miss/hit ratios per server and phase (for JSON)."""
+    out: list[dict[str, object]] = []
+    for label, hit, miss in pairs_by_system(targets):
+        rounds = miss_hit_ratios(hit, miss)
+        out.append(
+            {
+                "label": label,
+                "system": hit.system,
+                "miss_hit": median(rounds),
+                "min": min(rounds, default=None),
+                "max": max(rounds, default=None),
+                "per_round": rounds,
+            }
+        )
+    return out
+
+
+def print_report(targets: list[Target], checks: list[dict[str, object]]) -> None:
     print()
-    print_table(results)
+    print_table(targets)
     print()
-    print("miss/hit requests/s ratio:")
-    for label, hit, miss in pairs_by_system(results):
-        print(f"  {label:<32} {miss.rps / hit.rps if hit.rps else 0.0:.2f}")
+    print("per-round ratios (round 1, 2, ...):")
+    for t in targets:
+        if t.ratios:
+            print(f"  {t.label + ' vs nginx':<40} {' '.join(f'{x:.2f}' for x in t.ratios)}")
+    for label, hit, miss in pairs_by_system(targets):
+        rounds = miss_hit_ratios(hit, miss)
+        print(f"  {label + ' miss/hit':<40} {' '.join(f'{x:.2f}' for x in rounds)}")
+    print()
+    print("miss/hit requests/s ratio (median of the per-round ratios, min-max):")
+    for label, hit, miss in pairs_by_system(targets):
+        rounds = miss_hit_ratios(hit, miss)
+        print(f"  {label:<32} {median(rounds):.2f}  ({fmt_range(rounds, '.2f')})")
     if checks:
         print()
         print("budgets:")
@@ -755,9 +934,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--duration", type=int, default=10, help="seconds per measured run (10)")
-    p.add_argument("--warmup", type=int, default=2, help="warm-up seconds before each run (2)")
-    p.add_argument("--quick", action="store_true", help="2 s runs, 1 s warm-ups (smoke test)")
+    p.add_argument("--duration", type=int, help=f"seconds per measured run ({DEFAULT_DURATION})")
+    p.add_argument(
+        "--warmup",
+        type=int,
+        help=f"warm-up seconds, once per URL at the start of each phase ({DEFAULT_WARMUP})",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        help="rounds per phase; a round measures nginx hit, layout hit, nginx miss, "
+        f"layout miss ({DEFAULT_ROUNDS})",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke test: 2 s runs, 1 s warm-ups, 2 rounds (explicit flags still win)",
+    )
     p.add_argument("--connections", type=int, default=32, help="wrk connections (32)")
     p.add_argument("--threads", type=int, default=1, help="wrk threads (1)")
     p.add_argument("--links", type=int, default=10_000, help="redirect links to create (10000)")
@@ -777,15 +970,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("-v", "--verbose", action="store_true", help="print raw wrk output")
     args = p.parse_args(argv)
-    if args.quick:
-        args.duration, args.warmup = 2, 1
-    if args.duration < 1 or args.warmup < 0 or args.links < 1:
-        p.error("--duration must be >= 1, --warmup >= 0, --links >= 1")
+    defaults = QUICK if args.quick else (DEFAULT_DURATION, DEFAULT_WARMUP, DEFAULT_ROUNDS)
+    for name, default in zip(("duration", "warmup", "rounds"), defaults, strict=True):
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    if args.duration < 1 or args.warmup < 0 or args.rounds < 1 or args.links < 1:
+        p.error("--duration must be >= 1, --warmup >= 0, --rounds >= 1, --links >= 1")
     return args
 
 
 def bench(args: argparse.Namespace) -> dict[str, object]:
     """Set everything up, measure, and return the report data."""
+    started = time.monotonic()
     print(f"command: {shlex.join([sys.executable, *sys.argv])}")
     print(f"nproc: {cpu_count()}")
     ensure_tools()
@@ -796,6 +992,7 @@ def bench(args: argparse.Namespace) -> dict[str, object]:
         "nginx": tool_version(["nginx", "-v"]),
         "duration_s": args.duration,
         "warmup_s": args.warmup,
+        "rounds": args.rounds,
         "wrk_threads": args.threads,
         "wrk_connections": args.connections,
         "links": args.links,
@@ -810,13 +1007,22 @@ def bench(args: argparse.Namespace) -> dict[str, object]:
         )
     print(f"wrk: {meta['wrk']}")
     print(f"nginx: {meta['nginx']}")
+    systems = {"all": ["all-in-one", "redirector"], "none": []}.get(args.system, [args.system])
+    per_round = 4 if systems else 2
     print(
-        f"runs: wrk -t{args.threads} -c{args.connections} -d{args.duration}s --latency "
-        f"(after a {args.warmup} s warm-up), {args.links} links over {len(USERS)} users"
+        f"runs: wrk -t{args.threads} -c{args.connections} -d{args.duration}s --latency, "
+        f"{args.rounds} round(s) of {per_round} runs per phase, one {args.warmup} s warm-up "
+        f"per URL; {args.links} links over {len(USERS)} users"
+    )
+    phases = len(systems) or 1
+    planned = phases * phase_seconds(args, bool(systems))
+    meta["planned_wrk_s"] = planned
+    print(
+        f"expected duration: about {planned / 60:.1f} min of wrk runs ({phases} phase(s) x "
+        f"({per_round} warm-ups x {args.warmup} s + {args.rounds} rounds x {per_round} runs x "
+        f"{args.duration} s)) plus start-up and sanity checks (some seconds per layout)"
     )
     print(CPU_NOTE)
-
-    systems = {"all": ["all-in-one", "redirector"], "none": []}.get(args.system, [args.system])
     venv_bin = args.venv.resolve() / "bin"
     if systems and not (venv_bin / "trunk8").exists():
         raise BenchError(f"{venv_bin}/trunk8 not found (is the venv set up? `make install`)")
@@ -847,7 +1053,7 @@ def bench(args: argparse.Namespace) -> dict[str, object]:
     wait_port(nginx, nginx_port)
     sanity_check("nginx", nginx, nginx_port, hit, wait_for_data=False)
 
-    results: list[WrkResult] = []
+    results: list[Target] = []
     if not systems:
         print("\nmeasuring nginx only")
         results += measure_phase("", 0, nginx, nginx, nginx_port, hit[0], args)
@@ -865,9 +1071,16 @@ def bench(args: argparse.Namespace) -> dict[str, object]:
 
     checks = check_budgets(results)
     meta["load_after"] = load_average()
+    meta["elapsed_s"] = round(time.monotonic() - started, 1)
     print_report(results, checks)
     print(f"load average after: {meta['load_after']} (before: {meta['load_before']})")
-    return {"meta": meta, "results": [asdict(r) for r in results], "budgets": checks}
+    print(f"took {meta['elapsed_s']:.0f} s (wrk runs planned: {planned:.0f} s)")
+    return {
+        "meta": meta,
+        "results": [t.to_json() for t in results],
+        "miss_hit": miss_hit_report(results),
+        "budgets": checks,
+    }
 
 
 def _on_sigterm(signum: int, frame: object) -> None:

@@ -124,12 +124,24 @@ class FastPathProtocol(asyncio.Protocol):
         stats = self.server.stats
         stats.batches += 1
         started = 0.0 if stats.batches % stats.TIMING_INTERVAL else time.perf_counter()
+        transport = self.transport
+        assert transport is not None
+        # The common case first: one whole link request in one read.
+        if not self.buffer and data.endswith(b"\r\n\r\n") and len(data) <= MAX_HEAD:
+            reply = self._answer(data, 0, len(data) - 4)
+            if reply is not None:
+                transport.write(reply[0])
+                if started:
+                    stats.latency.observe(time.perf_counter() - started)
+                self.idle_since = self.server.clock.now
+                if not reply[1]:
+                    transport.close()
+                return
+        # Anything else: partial heads, pipelined requests, requests that are not ours.
         continuing = bool(self.buffer)
         if continuing:
             data = self.buffer + data
             self.buffer = b""
-        transport = self.transport
-        assert transport is not None
         answered: list[bytes] = []
         pos = 0
         size = len(data)
@@ -203,9 +215,10 @@ class FastPathProtocol(asyncio.Protocol):
         if minor == b"1" and not has_host:
             answer, keep_alive, connection = _BAD_REQUEST, False, _CLOSE  # RFC 9112 §3.2
         elif b"%" in path:
-            answer = self._lookup_escaped(path)
-            if answer is None:
+            escaped = self._lookup_escaped(path)
+            if escaped is None:
                 return None
+            answer = escaped
         else:
             try:
                 code = path.decode()

@@ -109,9 +109,7 @@ class LinkTable:
 
     def lookup(self, code: str) -> Answer:
         """The answer for a code: its redirect, or the not-found page (unknown or expired)."""
-        answer = self.answers.get(code)
-        if answer is None:
-            return NOT_FOUND
+        answer = self.answers.get(code, NOT_FOUND)
         if answer.expires_at is not None and time.time() > answer.expires_at:
             return EXPIRED_ANSWER
         return answer

@@ -119,3 +119,13 @@ def test_kv_keys_are_valid_and_reversible(code: str) -> None:
     key = kv_key(code)
     assert all(ch.isascii() and (ch.isalnum() or ch in "-_=") for ch in key)
     assert from_kv_key(key) == code
+
+
+def test_informational_fields_of_hand_edits_are_tolerated() -> None:
+    links = parse_links(
+        b'[links.a]\ntype = "file"\npath = "a.pdf"\nfile_size = "48213"\n'
+        b"upload_date = 2025-01-15T10:30:00\n",
+        "f",
+    ).links
+    assert links["a"].file_size == "48213"
+    assert links["a"].upload_date == "2025-01-15T10:30:00"

@@ -129,3 +129,16 @@ async def test_aiohttp_route_gives_the_same_answers(
         assert direct.status == fast[0], path
         assert direct.headers.get("Location") == fast[1].get("Location")
         assert await direct.text() == fast[2]
+
+
+def test_location_header_encoding() -> None:
+    from trunk8_redirector.table import location_header
+
+    assert location_header("https://example.com/ä b") == "https://example.com/%C3%A4%20b"
+    assert location_header("https://MÜNCHEN.de/x") == "https://xn--mnchen-3ya.de/x"
+    assert (
+        location_header("https://u:p@bücher.example:8443/?q=1#f")
+        == "https://u:p@xn--bcher-kva.example:8443/?q=1#f"
+    )
+    assert location_header("https://x.example/a%20b") == "https://x.example/a%20b"
+    assert "\r" not in location_header("https://x.example/\r\nSet-Cookie: a=b")

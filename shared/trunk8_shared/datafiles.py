@@ -49,15 +49,19 @@ class UsersFile(msgspec.Struct, kw_only=True):
 
 
 class LinkEntry(msgspec.Struct, kw_only=True):
-    """One `[links.<code>]` table of users/<name>/links.toml (§1.5 of the reference)."""
+    """One `[links.<code>]` table of users/<name>/links.toml (§1.5 of the reference).
+
+    Fields used to serve a link are strictly typed; informational ones (size, MIME type,
+    upload date) accept what a hand edit may hold, since Trunk8 never reads them to serve.
+    """
 
     type: str
     url: str | None = None
     path: str | None = None
     original_filename: str | None = None
-    file_size: int | None = None
-    mime_type: str | None = None
-    upload_date: str | None = None
+    file_size: int | float | str | None = None
+    mime_type: str | int | float | bool | None = None
+    upload_date: str | int | float | None = None
     expiration_date: str | None = None
 
 

@@ -19,13 +19,13 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext, api
 
+from .background import Backoff
 from .bus import Bus, ensure_bucket
 
 log = logging.getLogger("trunk8.kvmirror")
 
 KV_OPERATION = "KV-Operation"
 MARKER_REASON = "Nats-Marker-Reason"
-MAX_BACKOFF = 5.0
 
 
 class MirrorSink(Protocol):
@@ -90,9 +90,11 @@ async def follow_bucket(
     info = await sub.consumer_info()
     delivered = info.delivered.consumer_seq if info.delivered is not None else 0
     if not live and info.num_pending == 0 and delivered == 0:
-        # An empty bucket delivers nothing: the snapshot is empty and complete now.
+        # An empty bucket delivers nothing: the snapshot is empty and complete now, unless
+        # a message arrived while we asked for the revision (then it completed it already).
         status = await kv.status()
-        finish_snapshot(status.stream_info.state.last_seq)
+        if not live:
+            finish_snapshot(status.stream_info.state.last_seq)
     return sub
 
 
@@ -141,7 +143,7 @@ class KvMirror:
 
     async def run(self) -> None:
         """Follow the bucket forever, subscribing again after reconnects and errors."""
-        backoff = 0.1
+        backoff = Backoff()
         while True:
             await self.bus.wait_connected()
             restart = asyncio.Event()
@@ -149,7 +151,7 @@ class KvMirror:
             sub: Subscription | None = None
             try:
                 sub = await follow_bucket(self.bus.js, self.bucket, self._snapshot, self._change)
-                backoff = 0.1
+                backoff.reset()
                 await restart.wait()
             except asyncio.CancelledError:
                 raise
@@ -157,8 +159,7 @@ class KvMirror:
                 log.warning(
                     "%s: watch failed (%s: %s); retrying", self.bucket, type(err).__name__, err
                 )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF)
+                await backoff.wait()
             finally:
                 unregister()
                 if sub is not None:

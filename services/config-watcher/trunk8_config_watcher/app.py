@@ -1,10 +1,10 @@
-"""The config-watcher's factory: first load, file watch, publishing and reload requests.
+"""The config-watcher's factory: first load, then sync, file watch and reload requests.
 
-Lifecycle, in one cleanup context: the data directory is laid out and loaded before the
-application starts (a users.toml that cannot be loaded stops start-up with a clear
-message); then one task keeps NATS in step with the catalog (full reconcile at start,
-after reconnects and after failed writes), one watches the files, and a subscription
-answers `trunk8.control.reload`.
+The data directory is laid out and loaded before the application starts (a users.toml
+that cannot be loaded stops start-up with a clear message). Then three tasks, each in its
+own cleanup context: one keeps NATS in step with the catalog (a full sync at start, after
+reconnects and after failed writes), one watches the files, and one answers
+`trunk8.control.reload`.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import watchfiles
 from aiohttp import web
 from nats.aio.msg import Msg
 
+from trunk8_shared.background import Backoff, task_ctx
 from trunk8_shared.bus import Bus, setup_bus
 from trunk8_shared.datadir import DataDir, ensure_layout
 from trunk8_shared.ops import setup_ops
@@ -27,6 +28,7 @@ from trunk8_shared.records import (
     ConfigError,
     DuplicateCode,
     Event,
+    LinkRecord,
     ReloadReply,
     json_encoder,
     reload_request_decoder,
@@ -40,7 +42,8 @@ from .reloader import ConfigLoadError, Reload, Reloader
 
 log = logging.getLogger("trunk8.config_watcher")
 
-MAX_BACKOFF = 5.0
+# How long a reload request may wait for the first publication before it is refused.
+READY_WAIT = 30.0
 
 __all__ = [
     "CONFIG_WATCHER",
@@ -63,7 +66,7 @@ class ConfigWatcher:
         self.publisher = Publisher(bus)
         self.metrics = WatcherMetrics()
         self.ready = asyncio.Event()  # set once the first full state is published
-        self._lock = asyncio.Lock()  # one reload or reconcile at a time
+        self._lock = asyncio.Lock()  # one reload or sync at a time
         self._out_of_sync = asyncio.Event()
         self._reported_duplicates: set[str] = set()
 
@@ -84,20 +87,21 @@ class ConfigWatcher:
             loop = asyncio.get_running_loop()
             result = await loop.run_in_executor(None, self.reloader.reload, paths)
             self._record(result)
-            await self.publisher.emit([*result.errors, *self._new_duplicates()])
             error = self._rejections(paths)
             if not self.ready.is_set():
-                # Not published yet: the first full reconcile will carry this change too.
+                # Not published yet: the first full sync will carry this change too.
                 self._out_of_sync.set()
                 return ReloadReply(revision=self.publisher.links.revision, error=error)
-            if not len(result.links) and not result.users_changed:
-                return ReloadReply(revision=self.publisher.links.revision, error=error)
             try:
+                revision = self.publisher.links.revision
                 if result.users_changed:
                     await self.publisher.sync_users(self.catalog.users)
-                codes = result.links.put.keys() | result.links.removed.keys()
-                revision = await self.publisher.sync_links(self.catalog.served, codes)
+                if len(result.links):
+                    codes = result.links.put.keys() | result.links.removed.keys()
+                    revision = await self.publisher.sync_links(self.catalog.served, codes)
+                await self.publisher.emit([*result.errors, *self._new_duplicates()])
             except Exception:
+                # The catalog moved on but NATS may not have: the sync task catches up.
                 self.metrics.publish_errors.inc()
                 self._out_of_sync.set()
                 raise
@@ -134,10 +138,44 @@ class ConfigWatcher:
             DuplicateCode(code=d.code, winner=d.winner, shadowed=list(d.shadowed)) for d in fresh
         ]
 
+    def _adopt_published(self, published: list[LinkRecord]) -> None:
+        """Keep serving what the bucket holds for links files rejected since start.
+
+        Such a file has no last good state in this process; the bucket still has the one a
+        previous run published, and that stays served until the file is fixed.
+        """
+        orphans = {
+            owner
+            for owner in self.catalog.users
+            if owner not in self.catalog.links_by_user
+            and self.reloader.is_rejected(self.data.links_file(owner))
+        }
+        adopted: dict[str, dict[str, LinkRecord]] = {owner: {} for owner in orphans}
+        for record in published:
+            if record.owner in adopted:
+                adopted[record.owner][record.code] = record
+        for owner, links in adopted.items():
+            log.info(
+                "serving the %d published links of %s until its file is fixed", len(links), owner
+            )
+            self.catalog.resolve(self.catalog.set_links(owner, links))
+
+    async def _sync_all(self) -> int:
+        """Read both buckets back and write every difference from the catalog."""
+        await self.publisher.read_back()
+        self._adopt_published(self.publisher.published_links())
+        await self.publisher.sync_users(self.catalog.users)
+        revision = await self.publisher.sync_links(self.catalog.served)
+        log.info(
+            "published %d links of %d users at revision %d",
+            len(self.catalog.served), len(self.catalog.users), revision,
+        )  # fmt: skip
+        return revision
+
     async def keep_in_sync(self) -> None:
-        """Reconcile NATS with the catalog at start, after reconnects and after failures."""
+        """Sync NATS with the catalog at start, after reconnects and after failures."""
         unregister = self.bus.on_reconnect(self._out_of_sync.set)
-        backoff = 0.1
+        backoff = Backoff()
         first = True
         try:
             while True:
@@ -145,17 +183,13 @@ class ConfigWatcher:
                 try:
                     async with self._lock:
                         self._out_of_sync.clear()  # a failure from here on sets it again
-                        errors = [
-                            *(self._rejection_events() if first else []),
-                            *self._new_duplicates(),
-                        ]
-                        revision = await self.publisher.reconcile(
-                            self.catalog.served, self.catalog.users
-                        )
-                        await self.publisher.emit(errors)
+                        revision = await self._sync_all()
+                        rejections = self._rejection_events() if first else []
+                        await self.publisher.emit([*rejections, *self._new_duplicates()])
+                    self._record(Reload())
                     self.metrics.revision.set(revision)
                     first = False
-                    backoff = 0.1
+                    backoff.reset()
                     self.ready.set()
                     await self._out_of_sync.wait()
                 except asyncio.CancelledError:
@@ -165,36 +199,38 @@ class ConfigWatcher:
                     log.warning(
                         "publishing to NATS failed (%s: %s); retrying", type(err).__name__, err
                     )
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, MAX_BACKOFF)
+                    await backoff.wait()
         finally:
             unregister()
 
     def _rejection_events(self) -> list[Event]:
         return [ConfigError(file=f, reason=r) for f, r in self.reloader.rejected.items()]
 
+    def _watched(self, path: str) -> bool:
+        """TOML files, and users' folders (a folder moved in or out changes its links)."""
+        return path.endswith(".toml") or Path(path).parent == self.data.users_dir
+
     async def watch_files(self) -> None:
-        """Reload changed TOML files as the filesystem reports them; re-watch after errors."""
-        backoff = 0.5
+        """Reload changed files as the filesystem reports them; re-watch after errors."""
+        backoff = Backoff(first=0.5)
         while True:
             try:
                 async for changes in watchfiles.awatch(
                     self.data.users_dir,
                     self.data.config_dir,
-                    watch_filter=lambda _change, path: path.endswith(".toml"),
+                    watch_filter=lambda _change, path: self._watched(path),
                     debounce=500,
                     step=30,
                     force_polling=self.settings.force_polling,
                     poll_delay_ms=200,
                 ):
-                    backoff = 0.5
+                    backoff.reset()
                     await self._reload_quietly({Path(path) for _change, path in changes})
             except asyncio.CancelledError:
                 raise
             except Exception as err:
                 log.warning("file watch failed (%s: %s); watching again", type(err).__name__, err)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, MAX_BACKOFF)
+            await backoff.wait()
             await self._reload_quietly(None)  # catch up on changes the watch may have missed
 
     async def _reload_quietly(self, paths: set[Path] | None) -> None:
@@ -202,22 +238,36 @@ class ConfigWatcher:
             await self.reload(paths)
         except Exception as err:
             count = "all files" if paths is None else f"{len(paths)} file(s)"
-            log.warning("reload of %s not published yet (%s); will reconcile", count, err)
+            log.warning("reload of %s not published yet (%s); will resync", count, err)
 
     async def answer_reload(self, msg: Msg) -> None:
         """`trunk8.control.reload`: reload a file (or everything) and reply with the revision."""
         try:
+            await asyncio.wait_for(self.ready.wait(), READY_WAIT)
             request = reload_request_decoder.decode(msg.data) if msg.data else None
             paths = None
             if request is not None and request.path:
                 paths = {self.data.root / request.path}
             reply = await self.reload(paths)
+        except TimeoutError:
+            reply = ReloadReply(revision=0, error="not ready: nothing is published yet")
         except Exception as err:
-            reply = ReloadReply(
-                revision=self.publisher.links.revision, error=f"{type(err).__name__}: {err}"
-            )
+            error = f"{type(err).__name__}: {err}"
+            reply = ReloadReply(revision=self.publisher.links.revision, error=error)
         if msg.reply:
             await msg.respond(json_encoder.encode(reply))
+
+    async def serve_reload_requests(self) -> None:
+        """Answer reload requests until cancelled (one responder per queue group)."""
+        await self.bus.wait_connected()
+        sub = await self.bus.nc.subscribe(
+            RELOAD_SUBJECT, queue="trunk8-config-watcher", cb=self.answer_reload
+        )
+        try:
+            await asyncio.Future()  # until cancelled
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
 
 CONFIG_WATCHER = web.AppKey("trunk8.config_watcher", ConfigWatcher)
@@ -230,34 +280,19 @@ def setup_config_watcher(app: web.Application, settings: Settings) -> ConfigWatc
     app[CONFIG_WATCHER] = watcher
     setup_ops(app).add_service("config-watcher", watcher.ready.is_set, watcher.metrics.registry)
 
-    async def config_watcher_ctx(app: web.Application) -> AsyncIterator[None]:
+    async def data_dir_ctx(app: web.Application) -> AsyncIterator[None]:
         await watcher.load()
-        tasks = [
-            asyncio.create_task(watcher.keep_in_sync(), name="config-sync"),
-            asyncio.create_task(watcher.watch_files(), name="config-watch"),
-            asyncio.create_task(_serve_reload_requests(watcher), name="config-control"),
-        ]
         yield
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
-    app.cleanup_ctx.append(config_watcher_ctx)
-    return watcher
-
-
-async def _serve_reload_requests(watcher: ConfigWatcher) -> None:
-    await watcher.bus.wait_connected()
-    sub = await watcher.bus.nc.subscribe(
-        RELOAD_SUBJECT, queue="trunk8-config-watcher", cb=watcher.answer_reload
+    app.cleanup_ctx.extend(
+        [
+            data_dir_ctx,
+            task_ctx("config-sync", watcher.keep_in_sync),
+            task_ctx("config-watch", watcher.watch_files),
+            task_ctx("config-control", watcher.serve_reload_requests),
+        ]
     )
-    try:
-        await asyncio.Future()  # until cancelled
-    finally:
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
+    return watcher
 
 
 def create_app(settings: Settings) -> web.Application:

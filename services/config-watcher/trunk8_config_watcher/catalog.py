@@ -23,9 +23,9 @@ def link_record(code: str, owner: str, entry: LinkEntry) -> LinkRecord:
         url=entry.url,
         path=entry.path,
         original_filename=entry.original_filename,
-        file_size=entry.file_size,
-        mime_type=entry.mime_type,
-        upload_date=entry.upload_date,
+        file_size=entry.file_size if isinstance(entry.file_size, int) else None,
+        mime_type=entry.mime_type if isinstance(entry.mime_type, str) else None,
+        upload_date=entry.upload_date if isinstance(entry.upload_date, str) else None,
         expiration_date=entry.expiration_date,
         expires_at=expiry_timestamp(entry.expiration_date),
     )

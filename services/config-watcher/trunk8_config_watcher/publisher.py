@@ -1,8 +1,8 @@
 """Writing the catalog to NATS: KV puts and deletes, then the matching domain events.
 
 `Publisher` remembers what it knows to be in each bucket, so a normal reload writes only
-its differences, and `reconcile` (at start and after any failure or reconnect) reads the
-bucket back and writes whatever differs from the wanted state, deletes included.
+its differences; a full sync (at start, after any failure or reconnect) first reads the
+buckets back, then writes whatever differs from the wanted state, deletes included.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Sequence
+
+import msgspec
 
 from trunk8_shared.bus import Bus, ensure_bucket
 from trunk8_shared.codes import from_kv_key, kv_key
@@ -29,13 +31,20 @@ from trunk8_shared.records import (
     event_subject,
     json_encoder,
     link_decoder,
-    user_decoder,
 )
 
 log = logging.getLogger("trunk8.config_watcher")
 
 # Puts are JetStream publishes awaiting an ack each; send this many at a time.
 WRITE_WINDOW = 256
+
+
+def decode_link(value: bytes) -> LinkRecord | None:
+    """A link record from the bucket, or None for a value this version cannot read."""
+    try:
+        return link_decoder.decode(value)
+    except msgspec.DecodeError:
+        return None
 
 
 class BucketWriter:
@@ -53,12 +62,13 @@ class BucketWriter:
         removals = [key for key in deletes if key in self.known]
         writes: list[tuple[str, bytes | None]] = [*puts.items(), *((k, None) for k in removals)]
         for start in range(0, len(writes), WRITE_WINDOW):
-            await asyncio.gather(
-                *(
-                    kv.put(key, value, validate_keys=False) if value is not None else kv.delete(key)
-                    for key, value in writes[start : start + WRITE_WINDOW]
-                )
-            )
+            # A task group cancels the rest of a window when one write fails.
+            async with asyncio.TaskGroup() as group:
+                for key, value in writes[start : start + WRITE_WINDOW]:
+                    if value is None:
+                        group.create_task(kv.delete(key))
+                    else:
+                        group.create_task(kv.put(key, value, validate_keys=False))
         self.known.update(puts)
         for key in removals:
             del self.known[key]
@@ -97,8 +107,8 @@ class Publisher:
             if record is None:
                 if before is not None:
                     deletes.append(key)
-                    old = link_decoder.decode(before)
-                    events.append(LinkDeleted(code=code, owner=old.owner))
+                    old = decode_link(before)
+                    events.append(LinkDeleted(code=code, owner=old.owner if old else ""))
                 continue
             encoded = json_encoder.encode(record)
             if encoded != before:
@@ -123,18 +133,18 @@ class Publisher:
                 created = before is None
                 events.append(UserCreated(user=user) if created else UserUpdated(user=user))
         gone = [key for key in known if from_kv_key(key) not in wanted]
-        events += [UserDeleted(username=user_decoder.decode(known[key]).username) for key in gone]
+        events += [UserDeleted(username=from_kv_key(key)) for key in gone]
         await self.users.write(puts, gone)
         await self.emit(events)
 
-    async def reconcile(self, links: dict[str, LinkRecord], users: dict[str, UserRecord]) -> int:
-        """Read both buckets back and write every difference from the wanted state."""
+    async def read_back(self) -> None:
+        """Learn what both buckets hold now (before a full `sync_users` + `sync_links`)."""
         await self.users.read_back()
         await self.links.read_back()
-        await self.sync_users(users)
-        revision = await self.sync_links(links)
-        log.info("published %d links of %d users at revision %d", len(links), len(users), revision)
-        return revision
+
+    def published_links(self) -> list[LinkRecord]:
+        """The link records in the bucket as last read or written (undecodable ones skipped)."""
+        return [record for value in self.links.known.values() if (record := decode_link(value))]
 
     async def emit(self, events: Sequence[Event]) -> None:
         """Publish domain events on core NATS (fire and forget, for taps and audits)."""

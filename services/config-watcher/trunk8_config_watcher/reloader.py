@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,16 +55,19 @@ class Reloader:
         return result
 
     def reload(self, paths: set[Path] | None = None) -> Reload:
-        """Re-read the given files (every file when None) and apply what changed."""
+        """Re-read the given files (every file when None) and apply what changed.
+
+        A path may also be a user's folder (moved in or out): it stands for its links.toml.
+        """
         result = Reload()
         if paths is None:
-            self._reload_users(result, force_links=True)
-            return result
-        resolved = {p.resolve() for p in paths}
-        if self.data.users_file in resolved and self._reload_users(result):
-            resolved.discard(self.data.users_file)
+            users_file = self.data.users_file
+            paths = {users_file, *(self.data.links_file(owner) for owner in self.catalog.users)}
+        normalised = {Path(os.path.abspath(p)) for p in paths}  # symlinks kept as they are
+        if self.data.users_file in normalised and self._reload_users(result):
+            normalised.discard(self.data.users_file)
         touched: set[str] = set()
-        for path in resolved:
+        for path in normalised:
             owner = self._owner_of(path)
             if owner is not None:
                 touched |= self._reload_links(owner, result)
@@ -72,10 +76,13 @@ class Reloader:
         return result
 
     def _owner_of(self, path: Path) -> str | None:
-        """The account whose links.toml this is, if it is one of a listed account."""
-        if path.name != "links.toml" or path.parent.parent != self.data.users_dir:
+        """The listed account whose links.toml (or folder) this path is."""
+        if path.parent == self.data.users_dir:
+            owner = path.name  # the folder itself appeared or went away
+        elif path.name == "links.toml" and path.parent.parent == self.data.users_dir:
+            owner = path.parent.name
+        else:
             return None
-        owner = path.parent.name
         return owner if owner in self.catalog.users else None
 
     def _read(self, path: Path) -> tuple[bytes | None, bool]:
@@ -84,10 +91,18 @@ class Reloader:
             content: bytes | None = path.read_bytes()
         except FileNotFoundError:
             content = None
+        except OSError as err:
+            self._hashes.pop(path, None)  # read it again next time
+            reason = f"cannot read the file ({err.strerror or err})"
+            raise DataFileError(self.data.relative(path), reason) from err
         digest = hashlib.sha256(content).hexdigest() if content is not None else None
         changed = path not in self._hashes or self._hashes[path] != digest
         self._hashes[path] = digest
         return content, changed
+
+    def is_rejected(self, path: Path) -> bool:
+        """Whether the file is currently rejected."""
+        return self.data.relative(path) in self.rejected
 
     def _reject(self, result: Reload, err: DataFileError) -> None:
         if self.rejected.get(err.file) != err.reason:
@@ -99,17 +114,18 @@ class Reloader:
         if self.rejected.pop(file, None) is not None:
             log.info("%s is valid again", file)
 
-    def _reload_users(self, result: Reload, force_links: bool = False) -> bool:
-        """Re-read users.toml; on change, (re)load links of new accounts and re-resolve all."""
+    def _reload_users(self, result: Reload) -> bool:
+        """Re-read users.toml; on change, load links of new accounts and re-resolve all."""
         file = self.data.relative(self.data.users_file)
-        content, changed = self._read(self.data.users_file)
-        if not changed and not force_links:
-            return True
-        if content is None:
-            self._reject(result, DataFileError(file, "file is missing"))
-            return False
         try:
+            content, changed = self._read(self.data.users_file)
+            if not changed:
+                return file not in self.rejected
+            if content is None:
+                raise DataFileError(file, "file is missing")
             users = user_records(parse_users(content, file).users)
+            if not users:
+                raise DataFileError(file, "no accounts (an empty or partly written file?)")
         except DataFileError as err:
             self._reject(result, err)
             return False
@@ -118,9 +134,13 @@ class Reloader:
         before = self.catalog.users
         self.catalog.set_users(users)
         result.users_changed = result.users_changed or before != users
+        for owner in before.keys() - users.keys():  # forget what we knew of removed accounts
+            links = self.data.links_file(owner)
+            self._hashes.pop(links, None)
+            self._accept(self.data.relative(links))
         for owner in users:
-            if force_links or owner not in before:
-                self._hashes.pop(self.data.links_file(owner), None)
+            if owner not in before:
+                self._hashes.pop(self.data.links_file(owner), None)  # read it whatever its hash
             self._reload_links(owner, result)
         self._merge(result.links, self.catalog.resolve())
         return True
@@ -129,13 +149,13 @@ class Reloader:
         """Re-read one user's links.toml; returns the codes it touched."""
         path = self.data.links_file(owner)
         file = self.data.relative(path)
-        content, changed = self._read(path)
-        if not changed:
-            return set()
-        if content is None:
-            self._accept(file)
-            return self.catalog.set_links(owner, {})  # no file: no links, as in Trunk8
         try:
+            content, changed = self._read(path)
+            if not changed:
+                return set()
+            if content is None:
+                self._accept(file)
+                return self.catalog.set_links(owner, {})  # no file: no links, as in Trunk8
             parsed = parse_links(content, file)
         except DataFileError as err:
             self._reject(result, err)

@@ -9,11 +9,11 @@ to aiohttp, so every path gives the same answer. Unmatched paths get the same fr
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from trunk8_shared.background import task_ctx
 from trunk8_shared.bus import setup_bus
 from trunk8_shared.kvmirror import KvMirror
 from trunk8_shared.ops import setup_ops
@@ -86,14 +86,7 @@ def setup_redirector(app: web.Application, settings: Settings) -> Redirector:
     app.middlewares.append(not_found_page)
     app.router.add_get("/{code}", serve_link)
 
-    async def link_mirror_ctx(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(mirror.run(), name="link-mirror")
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    app.cleanup_ctx.append(link_mirror_ctx)
+    app.cleanup_ctx.append(task_ctx("link-mirror", mirror.run))
     return redirector
 
 

@@ -42,10 +42,11 @@ def location_header(url: str) -> str:
     url = url.strip()
     try:
         parts = urlsplit(url)
-        host = parts.hostname or ""
-        if host and not host.isascii():
+        userinfo, at, hostport = parts.netloc.rpartition("@")
+        host, colon, port = hostport.partition(":")
+        if not host.isascii():
             ascii_host = host.encode("idna").decode("ascii")
-            url = urlunsplit(parts._replace(netloc=parts.netloc.replace(host, ascii_host)))
+            url = urlunsplit(parts._replace(netloc=userinfo + at + ascii_host + colon + port))
     except (UnicodeError, ValueError):
         pass
     return quote(url, safe=_LOCATION_SAFE)
@@ -54,7 +55,7 @@ def location_header(url: str) -> str:
 class Answer:
     """One prepared response: status, headers and body, plus the same as raw bytes."""
 
-    __slots__ = ("body", "expires_at", "head", "headers", "outcome", "status", "tail")
+    __slots__ = ("expires_at", "head", "headers", "outcome", "status", "tail")
 
     def __init__(
         self,
@@ -66,7 +67,6 @@ class Answer:
     ) -> None:
         self.status = status
         self.headers = headers
-        self.body = body
         self.outcome = outcome
         self.expires_at = expires_at
         lines = [f"HTTP/1.1 {status} {REASONS[status]}\r\n"]
@@ -74,7 +74,12 @@ class Answer:
         lines.append(f"Content-Length: {len(body)}\r\n")
         # The response is head + [Connection] + Date + tail; HEAD answers end after "\r\n".
         self.head = "".join(lines).encode("latin-1")
-        self.tail = b"\r\n" + body
+        self.tail = b"\r\n" + body  # the body is kept only here: a table can hold millions
+
+    @property
+    def body(self) -> bytes:
+        """The response body."""
+        return self.tail[2:]
 
 
 def redirect_answer(record: LinkRecord) -> Answer:

@@ -121,3 +121,16 @@ async def test_emptied_users_file_is_rejected(system: RunningSystem, data_dir: P
 
     await wait_until(flagged)
     assert await system.location("/docs") == "https://example.com/docs"
+
+
+async def test_deleted_bucket_is_rebuilt_and_followed_again(
+    system: RunningSystem, data_dir: Path, bus_client: nats.NATS
+) -> None:
+    await bus_client.jetstream().delete_key_value(LINKS_BUCKET)
+    bob = data_dir / "users" / "bob" / "links.toml"
+    write(bob, bob.read_text().replace("/docs", "/docs3"))
+    # The watcher rewrites the whole bucket; the redirector notices its consumer is gone.
+    await wait_until(lambda: _served(system, "docs", "https://example.com/docs3"), timeout=15)
+    kv = await ensure_bucket(bus_client.jetstream(), LINKS_BUCKET)
+    assert "carol1" in await kv.keys()
+    assert await system.location("/carol1") == "https://example.org/carol"

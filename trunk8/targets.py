@@ -12,6 +12,7 @@ from aiohttp import web
 
 from trunk8_config_watcher import setup_config_watcher
 from trunk8_redirector import setup_redirector
+from trunk8_shared.bus import setup_bus
 from trunk8_shared.settings import Settings
 
 SERVICES: dict[str, Callable[[web.Application, Settings], object]] = {
@@ -24,7 +25,8 @@ TARGETS = (*SERVICES, "all")
 def build_app(target: str, settings: Settings) -> web.Application:
     """One application running `target` (a service name, or `all`)."""
     names = list(SERVICES) if target == "all" else [target]
-    app = web.Application(client_max_size=1024**2)
+    app = web.Application()
+    setup_bus(app, settings, f"trunk8-{target}")  # one connection, named after the process
     for name in names:
         SERVICES[name](app, settings)
     return app

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext, api
+from nats.js.errors import NotFoundError
 
 from .background import Backoff
 from .bus import Bus, ensure_bucket
@@ -25,6 +25,8 @@ from .bus import Bus, ensure_bucket
 log = logging.getLogger("trunk8.kvmirror")
 
 KV_OPERATION = "KV-Operation"
+# Seconds between checks that the consumer still exists (no error says when it is lost).
+CONSUMER_CHECK_INTERVAL = 5.0
 MARKER_REASON = "Nats-Marker-Reason"
 
 
@@ -50,7 +52,7 @@ async def follow_bucket(
     bucket: str,
     on_snapshot: Callable[[dict[str, bytes], int], None],
     on_change: Callable[[str, bytes | None, int], None],
-) -> Subscription:
+) -> JetStreamContext.PushSubscription:
     """Start following `bucket`; callbacks get the stream revision with each delivery."""
     kv = await ensure_bucket(js, bucket)
     prefix = f"$KV.{bucket}."
@@ -141,6 +143,22 @@ class KvMirror:
         self.sink.apply(key, value)
         self.revision = revision
 
+    async def _until_stale(
+        self, sub: JetStreamContext.PushSubscription, restart: asyncio.Event
+    ) -> None:
+        """Return after a reconnect, or once the consumer is gone (bucket deleted, say)."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(restart.wait(), CONSUMER_CHECK_INTERVAL)
+                return
+            try:
+                await sub.consumer_info()
+            except NotFoundError:
+                log.warning("%s: consumer gone; following the bucket again", self.bucket)
+                return
+            except Exception:  # NATS busy or away: the reconnect path handles it
+                pass
+
     async def run(self) -> None:
         """Follow the bucket forever, subscribing again after reconnects and errors."""
         backoff = Backoff()
@@ -148,11 +166,11 @@ class KvMirror:
             await self.bus.wait_connected()
             restart = asyncio.Event()
             unregister = self.bus.on_reconnect(restart.set)
-            sub: Subscription | None = None
+            sub: JetStreamContext.PushSubscription | None = None
             try:
                 sub = await follow_bucket(self.bus.js, self.bucket, self._snapshot, self._change)
                 backoff.reset()
-                await restart.wait()
+                await self._until_stale(sub, restart)
             except asyncio.CancelledError:
                 raise
             except Exception as err:

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Iterable, Sequence
 
 import msgspec
+from nats.js.errors import BucketNotFoundError
 
 from trunk8_shared.bus import Bus, ensure_bucket
 from trunk8_shared.codes import from_kv_key, kv_key
@@ -58,7 +59,14 @@ class BucketWriter:
 
     async def write(self, puts: dict[str, bytes], deletes: Iterable[str]) -> int:
         """Apply puts and deletes; returns the bucket revision after them."""
-        kv = await ensure_bucket(self.bus.js, self.bucket)
+        try:
+            kv = await self.bus.js.key_value(self.bucket)
+        except BucketNotFoundError:
+            if self.known:
+                # Deleted under us: what we remember is gone. A full sync rewrites it all.
+                self.known = {}
+                raise
+            kv = await ensure_bucket(self.bus.js, self.bucket)
         removals = [key for key in deletes if key in self.known]
         writes: list[tuple[str, bytes | None]] = [*puts.items(), *((k, None) for k in removals)]
         for start in range(0, len(writes), WRITE_WINDOW):

@@ -56,3 +56,24 @@ def test_users_removed_from_the_list_lose_their_links() -> None:
     changes = catalog.resolve()
     assert set(changes.removed) == {"y"}
     assert catalog.served == {}
+
+
+def test_reordering_users_hands_duplicates_to_the_new_first() -> None:
+    catalog = catalog_with("bob", "amy")
+    catalog.set_links("amy", {"x": record("x", "amy"), "solo": record("solo", "amy")})
+    catalog.set_links("bob", {"x": record("x", "bob")})
+    catalog.resolve()
+    touched = catalog.set_users(user_records({"amy": UserEntry(), "bob": UserEntry()}))
+    assert touched == {"x"}  # only codes held twice can change hands
+    changes = catalog.resolve(touched)
+    assert changes.put["x"].owner == "amy"
+    assert catalog.duplicates["x"].winner == "amy"
+
+
+def test_renaming_display_names_touches_no_code() -> None:
+    catalog = catalog_with("bob", "amy")
+    catalog.set_links("bob", {"x": record("x", "bob")})
+    catalog.set_links("amy", {"x": record("x", "amy")})
+    catalog.resolve()
+    renamed = user_records({"bob": UserEntry(display_name="Robert"), "amy": UserEntry()})
+    assert catalog.set_users(renamed) == set()

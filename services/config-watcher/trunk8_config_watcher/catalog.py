@@ -66,25 +66,46 @@ class Duplicate:
 
 
 class LinkCatalog:
-    """Users in order, their links, and the served table derived from them."""
+    """Users in order, their links, and the served table derived from them.
+
+    `owners` indexes which users define each code, so resolving a code costs as many
+    steps as it has owners, whatever the number of users.
+    """
 
     def __init__(self) -> None:
         self.users: dict[str, UserRecord] = {}
         self.links_by_user: dict[str, dict[str, LinkRecord]] = {}
+        self.owners: dict[str, set[str]] = {}
         self.served: dict[str, LinkRecord] = {}
         self.duplicates: dict[str, Duplicate] = {}
 
-    def set_users(self, users: dict[str, UserRecord]) -> None:
-        """Replace the account list; links of accounts no longer listed are dropped."""
+    def set_users(self, users: dict[str, UserRecord]) -> set[str]:
+        """Replace the account list; returns the codes whose owner may have changed.
+
+        Links of accounts no longer listed are dropped; when the order of the remaining
+        accounts changes, every code defined twice may change hands.
+        """
+        before = [name for name in self.users if name in users]
         self.users = users
-        for name in list(self.links_by_user):
-            if name not in users:
-                del self.links_by_user[name]
+        touched: set[str] = set()
+        for name in [name for name in self.links_by_user if name not in users]:
+            touched |= self.set_links(name, {})
+            del self.links_by_user[name]
+        if before != [name for name in users if name in before]:
+            touched |= {code for code, owners in self.owners.items() if len(owners) > 1}
+        return touched
 
     def set_links(self, owner: str, links: dict[str, LinkRecord]) -> set[str]:
         """Replace one user's links; returns the codes whose owner may have changed."""
         previous = self.links_by_user.get(owner, {})
         self.links_by_user[owner] = links
+        for code in previous.keys() - links.keys():
+            holders = self.owners[code]
+            holders.discard(owner)
+            if not holders:
+                del self.owners[code]
+        for code in links.keys() - previous.keys():
+            self.owners.setdefault(code, set()).add(owner)
         return {
             code for code in previous.keys() | links.keys() if previous.get(code) != links.get(code)
         }
@@ -92,21 +113,25 @@ class LinkCatalog:
     def resolve(self, codes: Iterable[str] | None = None) -> Changes:
         """Recompute the served owner of `codes` (all codes when None) and return the diff."""
         if codes is None:
-            codes = set(self.served).union(*(links.keys() for links in self.links_by_user.values()))
+            codes = self.served.keys() | self.owners.keys()
         changes = Changes()
         for code in codes:
-            owners = [u for u in self.users if code in self.links_by_user.get(u, ())]
+            holders = sorted(self.owners.get(code, ()), key=self._position)
             current = self.served.get(code)
-            if owners:
-                winner = self.links_by_user[owners[0]][code]
+            if holders:
+                winner = self.links_by_user[holders[0]][code]
                 if winner != current:
                     self.served[code] = winner
                     changes.put[code] = winner
             elif current is not None:
                 del self.served[code]
                 changes.removed[code] = current
-            if len(owners) > 1:
-                self.duplicates[code] = Duplicate(code, owners[0], tuple(owners[1:]))
+            if len(holders) > 1:
+                self.duplicates[code] = Duplicate(code, holders[0], tuple(holders[1:]))
             else:
                 self.duplicates.pop(code, None)
         return changes
+
+    def _position(self, owner: str) -> int:
+        user = self.users.get(owner)
+        return user.position if user is not None else len(self.users)

@@ -132,7 +132,7 @@ class Reloader:
         self._accept(file)
         result.files_applied += 1
         before = self.catalog.users
-        self.catalog.set_users(users)
+        touched = self.catalog.set_users(users)
         result.users_changed = result.users_changed or before != users
         for owner in before.keys() - users.keys():  # forget what we knew of removed accounts
             links = self.data.links_file(owner)
@@ -141,8 +141,8 @@ class Reloader:
         for owner in users:
             if owner not in before:
                 self._hashes.pop(self.data.links_file(owner), None)  # read it whatever its hash
-            self._reload_links(owner, result)
-        self._merge(result.links, self.catalog.resolve())
+            touched |= self._reload_links(owner, result)
+        self._merge(result.links, self.catalog.resolve(touched))
         return True
 
     def _reload_links(self, owner: str, result: Reload) -> set[str]:

@@ -25,6 +25,8 @@ from pathlib import Path
 import pytest
 from conftest import ADMIN_LINKS, BOB_LINKS, CAROL_LINKS, USERS_TOML, write
 
+from trunk8_shared.settings import load_dotenv
+
 BIN = Path(sys.executable).parent
 TRUNK8 = (
     [str(BIN / "trunk8")] if (BIN / "trunk8").exists() else [sys.executable, "-m", "trunk8.cli"]
@@ -595,3 +597,109 @@ def test_tap_without_a_reachable_nats_is_one_line_error(launch: Launch, tmp_path
         assert token not in tap.stderr
     assert time.monotonic() - started < 15
     assert f"***@127.0.0.1:{stale.rsplit(':', 1)[1]}" in by_data.stderr
+
+
+# --- the embedded nats-server ----------------------------------------------------------
+
+
+def fake_nats_server(folder: Path, script: str) -> Path:
+    """An executable `nats-server` that runs `script` (sh), for start-up failures."""
+    path = folder / "nats-server"
+    path.write_text(f"#!/bin/sh\n{script}\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_killed_nats_server_is_restarted(launch: Launch, sample_dir: Path) -> None:
+    port = free_port()
+    proc = up(launch, sample_dir, port)
+    store = sample_dir / ".trunk8" / "nats"
+    url = (sample_dir / ".trunk8" / "nats.url").read_text().strip()
+    token = url.removeprefix("nats://").split("@")[0]
+    [(old_pid, old_start)] = nats_children(proc.pid)
+    # The token is in an owner-only config file, not in argv (which `ps` shows to anyone).
+    assert token not in "\0".join(_cmdline(old_pid)), _cmdline(old_pid)
+    assert (store / "nats-server.conf").stat().st_mode & 0o777 == 0o600
+
+    os.kill(old_pid, signal.SIGKILL)
+    append_link(sample_dir, "bob", "after", "https://example.com/after")
+    wait_for(
+        lambda: location(port, "/after") == "https://example.com/after",
+        15, "hand edit served after the nats-server was killed", proc, interval=0.1,
+    )  # fmt: skip
+    assert location(port, "/docs") == "https://example.com/docs"
+    [(new_pid, new_start)] = nats_children(proc.pid)
+    assert new_pid != old_pid and not alive(old_pid, old_start)
+    assert token not in "\0".join(_cmdline(new_pid))
+    assert (sample_dir / ".trunk8" / "nats.url").read_text().strip() == url  # same port, token
+    assert "embedded nats-server exited with status -9" in proc.stderr, proc.describe()
+    assert "embedded nats-server restarted" in proc.stderr, proc.describe()
+
+    assert proc.signal_and_wait(signal.SIGTERM)[0] == 0, proc.describe()
+    assert not alive(new_pid, new_start)
+    assert not processes_mentioning(str(sample_dir))
+    assert "Error cleaning up ports file" not in (store / "nats-server.log").read_text()
+
+
+def test_nats_server_that_cannot_restart_stops_up(launch: Launch, tmp_path: Path) -> None:
+    # A nats-server that starts once, then fails every time, as a broken store would make it.
+    started = tmp_path / "started-once"
+    binary = fake_nats_server(
+        tmp_path,
+        f'if [ -e "{started}" ]; then echo "fake: cannot start again" >&2; exit 1; fi\n'
+        f'touch "{started}"\nexec "{NATS_SERVER}" "$@"',
+    )
+    data, port = tmp_path / "data", free_port()
+    proc = up(launch, data, port, env=clean_env(TRUNK8_NATS_SERVER=str(binary)))
+    [(pid, _)] = nats_children(proc.pid)
+
+    os.kill(pid, signal.SIGKILL)
+    assert proc.wait(30) == 1, proc.describe()
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("trunk8: embedded nats-server failed 5 restarts"), proc.describe()
+    assert "fake: cannot start again" in last, proc.describe()
+    assert "Traceback" not in proc.stderr, proc.describe()
+    assert proc.stderr.count("restarting the embedded nats-server failed") == 5
+    assert port_is_free(port)
+    assert not processes_mentioning(str(data))
+
+
+def test_nats_server_start_error_is_one_line_error(launch: Launch, tmp_path: Path) -> None:
+    binary = fake_nats_server(tmp_path, 'echo "fake: listen tcp: permission denied" >&2\nexit 1')
+    data = tmp_path / "data"
+    # An earlier run's failure stays in the (appended) log; only this start's lines count.
+    write(data / ".trunk8" / "nats" / "nats-server.log", "[1] [FTL] an earlier failure\n")
+    env = clean_env(TRUNK8_NATS_SERVER=str(binary))
+    proc = launch("up", "--data", str(data), "--port", str(free_port()), env=env)
+    line = assert_one_line_error(proc, "nats-server exited at start")
+    assert line.endswith("fake: listen tcp: permission denied"), proc.describe()
+
+
+def test_nats_server_from_dotenv(launch: Launch, tmp_path: Path) -> None:
+    workdir = tmp_path / "project"
+    workdir.mkdir()
+    (workdir / ".env").write_text("TRUNK8_NATS_SERVER=/nonexistent/nats-server  # not here\n")
+    proc = launch("up", "--port", str(free_port()), cwd=workdir)
+    assert_one_line_error(proc, "nats-server not found at /nonexistent/nats-server:")
+
+
+@pytest.mark.parametrize(
+    ("line", "value"),
+    [
+        ("TRUNK8_PORT=5080 # public port", "5080"),
+        ("TRUNK8_PORT=5080\t# tab, then a comment", "5080"),
+        ("TRUNK8_PORT=a#b", "a#b"),
+        ("TRUNK8_PORT=#all of it", "#all of it"),
+        ("TRUNK8_PORT='a # b'  # comment", "a # b"),
+        ('TRUNK8_PORT="a # b"', "a # b"),
+        ('export TRUNK8_PORT = "say \\"hi\\"\\n"', 'say "hi"\n'),
+        ("TRUNK8_PORT='raw \\n'", "raw \\n"),
+        ("TRUNK8_PORT=  spaced value  ", "spaced value"),
+        ("TRUNK8_PORT=", ""),
+    ],
+)
+def test_dotenv_values_as_python_dotenv_reads_them(tmp_path: Path, line: str, value: str) -> None:
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(f"# Trunk8\n{line}\n")
+    assert load_dotenv(dotenv, {}) == {"TRUNK8_PORT": value}
+    assert load_dotenv(dotenv, {"TRUNK8_PORT": "1"}) == {"TRUNK8_PORT": "1"}

@@ -67,16 +67,23 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _serve(target: str, settings: Settings, embedded: EmbeddedNats | None) -> None:
-    """Run until SIGINT/SIGTERM, then stop the services and the embedded server."""
+    """Run until SIGINT/SIGTERM, then stop the services and the embedded server.
+
+    The embedded server is supervised; if it cannot be kept running, everything stops and
+    the reason is raised (exit status 1), so a process manager can restart the whole.
+    """
     sock = bind(settings.host, settings.port)
+    stop = asyncio.Event()
+    supervisor: asyncio.Task[None] | None = None
     try:
         if embedded is not None:
             url = await embedded.start()
             embedded.write_url_file(DataDir(settings.data_path).state_dir / NATS_URL_FILE)
             settings = settings_from({}, **{**_as_dict(settings), "nats_url": url})
             log.info("embedded NATS listening on 127.0.0.1:%d", embedded.port)
+            supervisor = asyncio.create_task(embedded.supervise(), name="nats-supervisor")
+            supervisor.add_done_callback(lambda _: stop.set())  # it ends only when it gives up
         server = HttpServer(build_app(target, settings), settings, sock)
-        stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
@@ -89,8 +96,13 @@ async def _serve(target: str, settings: Settings, embedded: EmbeddedNats | None)
             await server.stop()
     finally:
         sock.close()
+        if supervisor is not None:
+            supervisor.cancel()  # before stop(), so no restart races it
+            await asyncio.wait([supervisor])
         if embedded is not None:
             await embedded.stop()
+    if supervisor is not None and not supervisor.cancelled():
+        supervisor.result()  # raises why the embedded server could not be kept running
 
 
 def _as_dict(settings: Settings) -> dict[str, object]:
@@ -128,7 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return uvloop.run(tap(_tap_url(args, settings, env), args.subject))
         embedded = None
         if args.command == "up" and not (args.nats or env.get("TRUNK8_NATS_URL")):
-            embedded = EmbeddedNats(DataDir(settings.data_path).state_dir / "nats")
+            store = DataDir(settings.data_path).state_dir / "nats"
+            embedded = EmbeddedNats(store, binary=settings.nats_server)
         target = "all" if args.command == "up" else args.target
         uvloop.run(_serve(target, settings, embedded))
     except (StartupError, ConfigLoadError) as err:

@@ -6,8 +6,10 @@ passes it to every service factory. Unknown fields are rejected so typos fail lo
 
 from __future__ import annotations
 
+import codecs
 import logging
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     nats_reconnect_wait: float = 1.0
     # Poll the data directory instead of using inotify (network filesystems).
     force_polling: bool = False
+    # The nats-server binary `up` starts; empty: the one beside Python, else on PATH.
+    nats_server: str = ""
 
     @property
     def data_path(self) -> Path:
@@ -49,6 +53,7 @@ _ENV_FIELDS = {
     "TRUNK8_KEEPALIVE_TIMEOUT": "keepalive_timeout",
     "TRUNK8_HEADER_TIMEOUT": "header_timeout",
     "TRUNK8_FORCE_POLLING": "force_polling",
+    "TRUNK8_NATS_SERVER": "nats_server",
 }
 
 
@@ -68,11 +73,25 @@ def load_dotenv(path: Path, environ: Mapping[str, str]) -> dict[str, str]:
         if not line or line.startswith("#") or "=" not in line:
             continue
         key, _, value = line.removeprefix("export ").partition("=")
-        key, value = key.strip(), value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        merged.setdefault(key, value)
+        merged.setdefault(key.strip(), _dotenv_value(value.strip()))
     return merged
+
+
+# python-dotenv's rules, which Trunk8 uses: a quoted value ends at its closing quote (a
+# backslash escapes it) and may be followed by a comment; an unquoted one ends before ` #`.
+_QUOTED = re.compile(r"""('(?:\\'|[^'])*'|"(?:\\"|[^"])*")\s*(?:#.*)?""")
+_ESCAPES = {"'": re.compile(r"\\[\\']"), '"': re.compile(r"""\\[\\'"abfnrtv]""")}
+
+
+def _dotenv_value(value: str) -> str:
+    """One value as python-dotenv reads it (single-line values only)."""
+    quoted = _QUOTED.fullmatch(value)
+    if quoted is None:
+        return re.sub(r"\s+#.*", "", value).rstrip()
+    body = quoted.group(1)
+    return _ESCAPES[body[0]].sub(
+        lambda escape: codecs.decode(escape.group(0), "unicode-escape"), body[1:-1]
+    )
 
 
 def settings_from(environ: Mapping[str, str], **overrides: Any) -> Settings:

@@ -215,31 +215,24 @@ class FastPathProtocol(asyncio.Protocol):
         server = self.server
         if minor == b"1" and not has_host:
             answer, keep_alive, connection = _BAD_REQUEST, False, _CLOSE  # RFC 9112 §3.2
-        elif b"%" in path:
-            escaped = self._lookup_escaped(path)
-            if escaped is None:
-                return None
-            answer = escaped
         else:
-            try:
-                code = path.decode()
-            except UnicodeDecodeError:
-                code = ""
-            if code in ROUTED_SEGMENTS:
+            found = self._lookup(path)
+            if found is None:
                 return None
-            answer = server.table.lookup(code)
+            answer = found
         server.stats.outcomes[answer.outcome] += 1
         tail = b"\r\n" if method == b"HEAD" else answer.tail
         return answer.head + connection + server.clock.date_line + tail, keep_alive
 
-    def _lookup_escaped(self, path: bytes) -> Answer | None:
-        """The answer for a percent-encoded path (`/a%2Fb` names no code); None = routed."""
-        raw = unquote_to_bytes(path)
+    def _lookup(self, path: bytes) -> Answer | None:
+        """The answer for a one-segment path (`/a%2Fb` names no code); None = routed."""
+        if b"%" in path:
+            path = unquote_to_bytes(path)
+            if b"/" in path:
+                return NOT_FOUND
         try:
-            code = raw.decode()
+            code = path.decode()
         except UnicodeDecodeError:
-            return NOT_FOUND
-        if b"/" in raw:
             return NOT_FOUND
         if code in ROUTED_SEGMENTS:
             return None

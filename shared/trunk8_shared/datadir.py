@@ -79,10 +79,6 @@ class DataDir:
         self.users_file = self.users_dir / "users.toml"
         self.state_dir = self.root / ".trunk8"
 
-    def user_dir(self, username: str) -> Path:
-        """users/<name>/."""
-        return self.users_dir / username
-
     def links_file(self, username: str) -> Path:
         """users/<name>/links.toml."""
         return self.users_dir / username / "links.toml"

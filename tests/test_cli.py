@@ -528,8 +528,8 @@ def test_services_as_separate_processes(
     assert "trunk8_redirector_links" in redirector_metrics
     assert "trunk8_config_watcher_links" not in redirector_metrics
     assert "trunk8_config_watcher_links 5.0" in watcher_metrics
-    # The redirector holds the redirect links only (file links are the files service's).
-    assert "trunk8_redirector_links 3.0" in redirector_metrics
+    # The redirector knows every code (file links by type only, to hand them over).
+    assert "trunk8_redirector_links 5.0" in redirector_metrics
 
     # The redirector has no data directory: nothing appeared in its working directory.
     assert not any((sample_dir.parent / "cwd").iterdir())

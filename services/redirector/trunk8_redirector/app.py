@@ -1,28 +1,29 @@
-"""The redirector's factory: the link table, its NATS mirror, and the aiohttp routes.
+"""The redirector's factory: the link table, its NATS mirror, and its share of `/{code}`.
 
 Link requests are normally answered by the fast path (`fastpath.py`) before aiohttp sees
-them; the `/{code}` route here answers the same table for connections that were handed
-to aiohttp, so every path gives the same answer. Unmatched paths get the same friendly
-404 page as unknown codes.
+them; for connections handed to aiohttp, the application's one `/{code}` dispatcher
+(`trunk8_shared.dispatch`) asks this table for a code's type and calls `serve_redirect`
+for redirects, so every path gives the same answer.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from aiohttp import web
 
 from trunk8_shared.background import task_ctx
 from trunk8_shared.bus import setup_bus
+from trunk8_shared.dispatch import setup_code_routes
 from trunk8_shared.kvmirror import KvMirror
 from trunk8_shared.ops import setup_ops
 from trunk8_shared.records import LINKS_BUCKET
 from trunk8_shared.settings import Settings
 
-from .fastpath import FastPathServer, RedirectorStats
-from .stats import redirector_registry
-from .table import NOT_FOUND, Answer, LinkTable
+from .fastpath import FastPathServer
+from .stats import RedirectorStats, redirector_registry
+from .table import Answer, LinkTable
 
 
 class Redirector:
@@ -43,6 +44,12 @@ class Redirector:
             keepalive_timeout=settings.keepalive_timeout,
         )
 
+    async def serve_redirect(self, request: web.Request, code: str) -> web.Response:
+        """A redirect link inside aiohttp (connections that were handed over)."""
+        answer = self.table.lookup(code)
+        self.stats.outcomes[answer.outcome] += 1
+        return _response(answer)
+
 
 REDIRECTOR = web.AppKey("trunk8.redirector", Redirector)
 
@@ -52,25 +59,6 @@ def _response(answer: Answer) -> web.Response:
     for name, value in answer.headers:
         response.headers[name] = value
     return response
-
-
-async def serve_link(request: web.Request) -> web.Response:
-    """`GET`/`HEAD /<code>` inside aiohttp (connections that were handed over)."""
-    redirector = request.app[REDIRECTOR]
-    answer = redirector.table.lookup(request.match_info["code"])
-    redirector.stats.outcomes[answer.outcome] += 1
-    return _response(answer)
-
-
-@web.middleware
-async def not_found_page(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Unmatched paths answer the friendly not-found page instead of aiohttp's text."""
-    try:
-        return await handler(request)
-    except web.HTTPNotFound:
-        return _response(NOT_FOUND)
 
 
 def setup_redirector(app: web.Application, settings: Settings) -> Redirector:
@@ -83,8 +71,9 @@ def setup_redirector(app: web.Application, settings: Settings) -> Redirector:
     setup_ops(app).add_service(
         "redirector", mirror.ready.is_set, redirector_registry(redirector.stats, table, mirror)
     )
-    app.middlewares.append(not_found_page)
-    app.router.add_get("/{code}", serve_link)
+    code_routes = setup_code_routes(app)
+    code_routes.add_finder(table.link_type)
+    code_routes.add_handler("redirect", redirector.serve_redirect)
 
     app.cleanup_ctx.append(task_ctx("link-mirror", mirror.run))
     return redirector

@@ -22,9 +22,9 @@ from typing import cast
 from urllib.parse import unquote_to_bytes
 
 from trunk8_shared.codes import ROUTED_SEGMENTS
-from trunk8_shared.plainmetrics import PlainHistogram
 
-from .table import BAD_REQUEST, NOT_FOUND, TIMEOUT, TOO_LARGE, Answer, LinkTable
+from .stats import RedirectorStats
+from .table import BAD_REQUEST, NOT_FOUND, TIMEOUT, TOO_LARGE, Answer, HandOver, LinkTable
 
 MAX_HEAD = 16384
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]++"
@@ -73,22 +73,6 @@ class Clock:
         """Refresh both values."""
         self.now = time.monotonic()
         self.date_line = b"Date: " + formatdate(usegmt=True).encode("ascii") + b"\r\n"
-
-
-class RedirectorStats:
-    """Plain counters of the hot path, exported on scrape."""
-
-    __slots__ = ("batches", "connections", "handed_over", "latency", "outcomes")
-
-    # Reads timed for the latency histogram: one in this many (timing each costs ~5 %).
-    TIMING_INTERVAL = 8
-
-    def __init__(self) -> None:
-        self.outcomes = [0] * 6  # indexed by the outcome constants of table.py
-        self.latency = PlainHistogram()
-        self.batches = 0
-        self.connections = 0
-        self.handed_over = 0
 
 
 class FastPathProtocol(asyncio.Protocol):
@@ -217,7 +201,7 @@ class FastPathProtocol(asyncio.Protocol):
             answer, keep_alive, connection = _BAD_REQUEST, False, _CLOSE  # RFC 9112 §3.2
         else:
             found = self._lookup(path)
-            if found is None:
+            if found is None or type(found) is HandOver:
                 return None
             answer = found
         server.stats.outcomes[answer.outcome] += 1

@@ -15,9 +15,10 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import msgspec
 
 from trunk8_shared.codes import from_kv_key
+from trunk8_shared.pages import NOT_FOUND_HEADERS, NOT_FOUND_PAGE
 from trunk8_shared.records import LinkRecord, link_decoder
 
-from .pages import NOT_FOUND_PAGE, redirect_page
+from .pages import redirect_page
 
 log = logging.getLogger("trunk8.redirector")
 
@@ -90,16 +91,25 @@ def redirect_answer(record: LinkRecord) -> Answer:
 
 
 def _page_answer(status: int, outcome: int, body: bytes) -> Answer:
-    headers = (
-        ("Content-Type", "text/html; charset=utf-8"),
-        ("Cache-Control", "no-cache"),
-        ("X-Content-Type-Options", "nosniff"),
-    )
-    return Answer(status, headers, body, outcome)
+    return Answer(status, tuple(NOT_FOUND_HEADERS.items()), body, outcome)
 
 
 NOT_FOUND = _page_answer(404, UNKNOWN, NOT_FOUND_PAGE.encode())
 EXPIRED_ANSWER = _page_answer(404, EXPIRED, NOT_FOUND_PAGE.encode())
+
+
+class HandOver(Answer):
+    """A live code of another type (file, markdown, html): answered through aiohttp.
+
+    The fast path hands such requests over; the `/{code}` dispatcher then picks the
+    handler for `link_type`. Only the type is kept, so a code costs the same either way.
+    """
+
+    __slots__ = ("link_type",)
+
+    def __init__(self, link_type: str, expires_at: float | None) -> None:
+        super().__init__(404, (), b"", UNKNOWN, expires_at)
+        self.link_type = link_type
 
 
 class LinkTable:
@@ -113,11 +123,18 @@ class LinkTable:
         return len(self.answers)
 
     def lookup(self, code: str) -> Answer:
-        """The answer for a code: its redirect, or the not-found page (unknown or expired)."""
+        """The answer for a code: its redirect, a `HandOver`, or the not-found page."""
         answer = self.answers.get(code, NOT_FOUND)
         if answer.expires_at is not None and time.time() > answer.expires_at:
             return EXPIRED_ANSWER
         return answer
+
+    def link_type(self, code: str) -> str | None:
+        """The type of a live code, or None when unknown or expired (a `TypeFinder`)."""
+        answer = self.lookup(code)
+        if isinstance(answer, HandOver):
+            return answer.link_type
+        return "redirect" if answer.status == 302 else None
 
     def replace_all(self, entries: dict[str, bytes]) -> None:
         """Swap in a full snapshot of the links bucket."""
@@ -146,5 +163,5 @@ class LinkTable:
             log.warning("ignoring undecodable record for key %r: %s", key, err)
             return None
         if record.type != "redirect":
-            return None  # file, markdown and html links belong to the files service
+            return record.code, HandOver(record.type, record.expires_at)
         return record.code, redirect_answer(record)

@@ -23,7 +23,8 @@ from trunk8_shared.logs import setup_logging
 from trunk8_shared.settings import Settings, SettingsError, environment, settings_from
 
 from .embedded_nats import EmbeddedNats
-from .server import HttpServer, StartupError, bind
+from .errors import StartupError
+from .server import HttpServer, bind
 from .tap import DEFAULT_SUBJECT, tap
 from .targets import TARGETS, build_app
 

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import BinaryIO
 
-from .server import StartupError
+from .errors import StartupError
 
 STARTUP_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0

@@ -16,11 +16,9 @@ from trunk8_redirector import REDIRECTOR
 from trunk8_redirector.fastpath import FastPathServer
 from trunk8_shared.settings import Settings
 
+from .errors import StartupError
+
 SHUTDOWN_TIMEOUT = 10.0
-
-
-class StartupError(Exception):
-    """The server cannot start; the message is meant for the person who started it."""
 
 
 def bind(host: str, port: int) -> socket.socket:

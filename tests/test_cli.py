@@ -703,3 +703,19 @@ def test_dotenv_values_as_python_dotenv_reads_them(tmp_path: Path, line: str, va
     dotenv.write_text(f"# Trunk8\n{line}\n")
     assert load_dotenv(dotenv, {}) == {"TRUNK8_PORT": value}
     assert load_dotenv(dotenv, {"TRUNK8_PORT": "1"}) == {"TRUNK8_PORT": "1"}
+
+
+def test_dotenv_multiline_values_interpolation_and_bare_names(tmp_path: Path) -> None:
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(
+        'TRUNK8_DATA_DIR="/srv/first\nsecond"\n'
+        "TRUNK8_BASE=/srv/trunk8\n"
+        "TRUNK8_NATS_SERVER=${TRUNK8_BASE}/bin/nats-server\n"
+        "TRUNK8_FORCE_POLLING\n"
+    )
+    assert load_dotenv(dotenv, {}) == {
+        "TRUNK8_DATA_DIR": "/srv/first\nsecond",
+        "TRUNK8_BASE": "/srv/trunk8",
+        "TRUNK8_NATS_SERVER": "/srv/trunk8/bin/nats-server",
+    }
+    assert load_dotenv(tmp_path, {"A": "1"}) == {"A": "1"}  # a folder named .env: ignored

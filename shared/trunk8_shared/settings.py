@@ -6,15 +6,14 @@ passes it to every service factory. Unknown fields are rejected so typos fail lo
 
 from __future__ import annotations
 
-import codecs
 import logging
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import msgspec
+from dotenv import dotenv_values
 
 DEFAULT_PORT = 5001
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
@@ -62,36 +61,18 @@ class SettingsError(ValueError):
 
 
 def load_dotenv(path: Path, environ: Mapping[str, str]) -> dict[str, str]:
-    """Return `environ` completed by the KEY=VALUE lines of `path`; real variables win (T8-016)."""
+    """Return `environ` completed by the variables of the `.env` file `path`; real ones win.
+
+    The file is read by python-dotenv, as Trunk8 reads it (T8-016): its quoting, comment and
+    `${VAR}` rules apply. A name without `=` (no value) sets nothing.
+    """
     merged = dict(environ)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (FileNotFoundError, IsADirectoryError):
+    if not path.is_file():
         return merged
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.removeprefix("export ").partition("=")
-        merged.setdefault(key.strip(), _dotenv_value(value.strip()))
+    for key, value in dotenv_values(path, encoding="utf-8").items():
+        if value is not None:
+            merged.setdefault(key, value)
     return merged
-
-
-# python-dotenv's rules, which Trunk8 uses: a quoted value ends at its closing quote (a
-# backslash escapes it) and may be followed by a comment; an unquoted one ends before ` #`.
-_QUOTED = re.compile(r"""('(?:\\'|[^'])*'|"(?:\\"|[^"])*")\s*(?:#.*)?""")
-_ESCAPES = {"'": re.compile(r"\\[\\']"), '"': re.compile(r"""\\[\\'"abfnrtv]""")}
-
-
-def _dotenv_value(value: str) -> str:
-    """One value as python-dotenv reads it (single-line values only)."""
-    quoted = _QUOTED.fullmatch(value)
-    if quoted is None:
-        return re.sub(r"\s+#.*", "", value).rstrip()
-    body = quoted.group(1)
-    return _ESCAPES[body[0]].sub(
-        lambda escape: codecs.decode(escape.group(0), "unicode-escape"), body[1:-1]
-    )
 
 
 def settings_from(environ: Mapping[str, str], **overrides: Any) -> Settings:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from trunk8_admin import setup_admin
 from trunk8_config_watcher import setup_config_watcher
 from trunk8_redirector import setup_redirector
 from trunk8_shared.bus import setup_bus
@@ -18,6 +19,7 @@ from trunk8_shared.settings import Settings
 SERVICES: dict[str, Callable[[web.Application, Settings], object]] = {
     "config-watcher": setup_config_watcher,
     "redirector": setup_redirector,
+    "admin": setup_admin,
 }
 TARGETS = (*SERVICES, "all")
 

@@ -1,0 +1,175 @@
+"""The admin service's factory: sessions, templates, the link index, and its routes.
+
+`setup_admin` adds the admin to an application (alone or beside the other services);
+`create_app` is the stand-alone application. Admin routes are wrapped one by one
+(`pages.admin_page`), so nothing of the admin runs for `/{code}`, `/f/…` or `/-/…`.
+The admin's own static files are served under `/static/admin/` with fingerprinted
+names and a year of caching; Bootswatch themes come from the shared `/static/bootswatch/`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+from aiohttp_session.cookie_storage import EncryptedCookieStorage
+
+from trunk8_shared.background import task_ctx
+from trunk8_shared.bus import setup_bus
+from trunk8_shared.datadir import DataDir
+from trunk8_shared.kvmirror import KvMirror
+from trunk8_shared.ops import setup_ops
+from trunk8_shared.records import LINKS_BUCKET
+from trunk8_shared.settings import Settings, environment
+
+from . import views_auth, views_links
+from .accounts import AccountBook
+from .linkindex import LinkIndex
+from .linkstore import LinkStore
+from .metrics import AdminMetrics
+from .pages import JINJA, Handler
+from .publish import LinkPublisher
+from .settings import AdminSettings, admin_settings_from, session_key
+from .siteconfig import Themes
+from .state import ADMIN, Admin
+from .throttle import LoginThrottle
+
+log = logging.getLogger("trunk8.admin")
+
+PACKAGE = Path(__file__).parent
+STATIC_DIR = PACKAGE / "static"
+TEMPLATES_DIR = PACKAGE / "templates"
+STATIC_PREFIX = "/static/admin/"
+SESSION_COOKIE = "trunk8_session"
+IMMUTABLE = "public, max-age=31536000, immutable"
+
+
+class IndexMirror(KvMirror):
+    """The links bucket mirrored into the admin's index, telling it each revision reached."""
+
+    def __init__(self, admin_index: LinkIndex, metrics: AdminMetrics, *args: object) -> None:
+        super().__init__(*args)  # type: ignore[arg-type]
+        self.admin_index = admin_index
+        self.metrics = metrics
+
+    def _snapshot(self, entries: dict[str, bytes], revision: int) -> None:
+        super()._snapshot(entries, revision)
+        self._reached(revision)
+
+    def _change(self, key: str, value: bytes | None, revision: int) -> None:
+        super()._change(key, value, revision)
+        self._reached(revision)
+
+    def _reached(self, revision: int) -> None:
+        self.admin_index.reached(revision)
+        self.metrics.revision.set(revision)
+
+
+def fingerprinted_static() -> tuple[dict[str, str], dict[str, Path]]:
+    """URLs of the admin's static files by name, and files by served name."""
+    urls: dict[str, str] = {}
+    files: dict[str, Path] = {}
+    for path in sorted(STATIC_DIR.iterdir()):
+        if not path.is_file():
+            continue
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+        served = f"{path.stem}.{digest}{path.suffix}"
+        urls[path.name] = STATIC_PREFIX + served
+        files[served] = path
+    return urls, files
+
+
+def _static_handler(files: dict[str, Path]) -> Handler:
+    async def static_file(request: web.Request) -> web.StreamResponse:
+        """GET /static/admin/<name>.<hash>.<ext>: cached for a year (the name changes)."""
+        path = files.get(request.match_info["name"])
+        if path is None:
+            raise web.HTTPNotFound()
+        return web.FileResponse(path, headers={"Cache-Control": IMMUTABLE})
+
+    return static_file
+
+
+def setup_admin(
+    app: web.Application, settings: Settings, admin_settings: AdminSettings | None = None
+) -> Admin:
+    """Add the admin to an application; without `admin_settings` they come from the environment."""
+    if admin_settings is None:
+        # The composition root calls this once at start; handlers never read the environment.
+        admin_settings = admin_settings_from(environment())
+    data = DataDir(settings.data_path)
+    bus = setup_bus(app, settings, "trunk8-admin")
+    metrics = AdminMetrics()
+    index = LinkIndex()
+    mirror = IndexMirror(index, metrics, bus, LINKS_BUCKET, index)
+    themes = Themes(data)
+    startup_config = themes.site.get_now()
+    storage = EncryptedCookieStorage(
+        session_key(admin_settings, data.state_dir),
+        cookie_name=SESSION_COOKIE,
+        httponly=True,
+        samesite="Lax",
+        max_age=None,
+    )
+    urls, files = fingerprinted_static()
+    admin = Admin(
+        settings=settings,
+        admin_settings=admin_settings,
+        data=data,
+        accounts=AccountBook(data, admin_settings.admin_password.strip()),
+        themes=themes,
+        index=index,
+        store=LinkStore(data),
+        publisher=LinkPublisher(bus, data, index, metrics, admin_settings.publish_timeout),
+        throttle=LoginThrottle(admin_settings.login_attempts, admin_settings.login_window),
+        metrics=metrics,
+        storage=storage,
+        startup_config=startup_config,
+        static_urls=urls,
+    )
+    app[ADMIN] = admin
+    aiohttp_jinja2.setup(
+        app,
+        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+        autoescape=jinja2.select_autoescape(default=True),
+        app_key=JINJA,
+        undefined=jinja2.StrictUndefined,
+    )
+    setup_ops(app).add_service("admin", mirror.ready.is_set, metrics.registry)
+    _add_routes(app, files)
+    app.cleanup_ctx.append(task_ctx("admin-link-index", mirror.run))
+    if admin_settings.default_password:
+        log.warning(
+            "the admin password is the public default 'admin': set TRUNK8_ADMIN_PASSWORD "
+            "before exposing Trunk8"
+        )
+    return admin
+
+
+def _add_routes(app: web.Application, files: dict[str, Path]) -> None:
+    router = app.router
+    router.add_get("/", views_links.dashboard)
+    router.add_get("/auth/login", views_auth.login_form)
+    router.add_post("/auth/login", views_auth.login)
+    router.add_get("/auth/logout", views_auth.logout_confirm)
+    router.add_post("/auth/logout", views_auth.logout)
+    router.add_get("/add", views_links.add_form)
+    router.add_post("/add", views_links.add)
+    router.add_get("/links", views_links.links)
+    router.add_get("/edit_link/{code}", views_links.edit_form)
+    router.add_post("/edit_link/{code}", views_links.edit)
+    for prefix in ("/delete_link/", "/delete/"):
+        router.add_get(prefix + "{code}", views_links.delete_confirm)
+        router.add_post(prefix + "{code}", views_links.delete)
+    router.add_get(STATIC_PREFIX + "{name}", _static_handler(files))
+
+
+def create_app(settings: Settings, admin_settings: AdminSettings | None = None) -> web.Application:
+    """A stand-alone admin application (`trunk8 run --target admin`)."""
+    app = web.Application()
+    setup_admin(app, settings, admin_settings)
+    return app

@@ -1,0 +1,46 @@
+"""The admin service's state in one application: everything its handlers share.
+
+Built once by `setup_admin`; handlers reach it through the typed `ADMIN` key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+from aiohttp_session import AbstractStorage
+
+from trunk8_shared.datadir import DataDir
+from trunk8_shared.settings import Settings
+
+from .accounts import AccountBook
+from .linkindex import LinkIndex
+from .linkstore import LinkStore
+from .metrics import AdminMetrics
+from .publish import LinkPublisher
+from .settings import AdminSettings
+from .siteconfig import SiteConfig, Themes
+from .throttle import LoginThrottle
+
+
+@dataclass
+class Admin:
+    """Settings, data files, the link index and the helpers of the admin service."""
+
+    settings: Settings
+    admin_settings: AdminSettings
+    data: DataDir
+    accounts: AccountBook
+    themes: Themes
+    index: LinkIndex
+    store: LinkStore
+    publisher: LinkPublisher
+    throttle: LoginThrottle
+    metrics: AdminMetrics
+    storage: AbstractStorage
+    # Read once at start, as in Trunk8 (T8-085): the request cap and remember-me lifetime.
+    startup_config: SiteConfig
+    static_urls: dict[str, str]
+
+
+ADMIN = web.AppKey("trunk8.admin", Admin)

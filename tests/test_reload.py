@@ -19,6 +19,7 @@ from trunk8_shared.records import (
     DuplicateCode,
     LinkCreated,
     LinkDeleted,
+    LinkRejected,
     LinkUpdated,
     ReloadRequest,
     UserCreated,
@@ -131,19 +132,48 @@ async def test_malformed_toml_keeps_the_last_good_links(
     assert await metric(system, "trunk8_config_watcher_last_reload_successful") == 1
 
 
-async def test_invalid_link_rejects_the_whole_file(
+async def test_an_invalid_link_is_refused_alone(
     system: RunningSystem, data_dir: Path, tap: EventTap
 ) -> None:
     path = bob_links(data_dir)
     write(
         path,
         '[links.docs]\ntype = "redirect"\nurl = "https://example.com/new"\n'
-        '[links.evil]\ntype = "redirect"\nurl = "javascript:alert(1)"\n',
+        '[links.evil]\ntype = "redirect"\nurl = "javascript:alert(1)"\n'
+        '[links.settings]\ntype = "redirect"\nurl = "https://example.com/reserved"\n'
+        '[links.odd]\ntype = "video"\nurl = "https://example.com/v"\n'
+        '[links.escape]\ntype = "file"\npath = "../../users.toml"\n',
     )
-    await wait_until(lambda: _true(tap.of(ConfigError)))
-    assert "link 'evil': URL scheme 'javascript' is not allowed" in tap.of(ConfigError)[0].reason
-    assert await system.location("/docs") == "https://example.com/docs"  # unchanged
+
+    async def new_docs_served() -> bool:
+        return await system.location("/docs") == "https://example.com/new"
+
+    await wait_until(new_docs_served)
+    await wait_until(lambda: _true(len(tap.of(LinkRejected)) == 4))
+    reasons = {e.code: e.reason for e in tap.of(LinkRejected)}
+    assert set(reasons) == {"evil", "settings", "odd", "escape"}
+    assert "URL scheme 'javascript' is not allowed" in reasons["evil"]
+    assert "reserved word" in reasons["settings"]
+    assert {e.file for e in tap.of(LinkRejected)} == {"users/bob/links.toml"}
     assert (await system.get("/evil"))[0] == 404
+    assert tap.of(ConfigError) == []  # the file itself is fine
+    assert await metric(system, "trunk8_config_watcher_rejected_entries") == 4
+    assert await metric(system, "trunk8_config_watcher_last_reload_successful") == 1
+    _, _, body = await system.get("/-/rejected")
+    view = msgspec.json.decode(body)
+    assert view["files"] == []
+    assert {(e["file"], e["entry"]) for e in view["entries"]} == {
+        ("users/bob/links.toml", code) for code in reasons
+    }
+
+    # Fixing one entry serves it and takes it off the list; the others stay refused.
+    write(path, path.read_text().replace("javascript:alert(1)", "https://example.com/ok"))
+
+    async def fixed() -> bool:
+        return await system.location("/evil") == "https://example.com/ok"
+
+    await wait_until(fixed)
+    assert await metric(system, "trunk8_config_watcher_rejected_entries") == 3
 
 
 async def test_new_user_with_existing_links_file_is_served(

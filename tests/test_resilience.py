@@ -9,7 +9,7 @@ from pathlib import Path
 import nats
 from conftest import RunningSystem, StartSystem, wait_until, write
 
-from trunk8_shared.bus import ensure_bucket
+from trunk8_shared.buckets import ensure_bucket
 from trunk8_shared.records import LINKS_BUCKET
 
 
@@ -51,7 +51,7 @@ async def test_file_rejected_at_start_keeps_its_published_links(
     await first.server.stop()
 
     bob = data_dir / "users" / "bob" / "links.toml"
-    write(bob, bob.read_text() + '\n[links.evil]\ntype = "redirect"\nurl = "javascript:x"\n')
+    write(bob, bob.read_text() + '\n[links.evil]\ntype = "redirect"\nurl = "https://x"\n[')
     second = await start_system()
     assert await second.location("/docs") == "https://example.com/docs"
     assert await _gone(second, "evil")

@@ -1,4 +1,4 @@
-"""The NATS connection of a process, as one aiohttp cleanup context, and KV bucket helpers.
+"""The NATS connection of a process, as one aiohttp cleanup context.
 
 The connection is opened in the background and retried forever, so a service starts (and
 answers `/-/healthz`) while NATS is still away; whoever needs it awaits `wait_connected`.
@@ -14,12 +14,9 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlsplit, urlunsplit
 
-import nats
 from aiohttp import web
 from nats.aio.client import Client
-from nats.js import JetStreamContext, api
-from nats.js.errors import BucketNotFoundError
-from nats.js.kv import KeyValue
+from nats.js import JetStreamContext
 
 from .settings import Settings
 
@@ -133,16 +130,3 @@ def setup_bus(app: web.Application, settings: Settings, name: str) -> Bus:
     # First in, last out: every service's contexts stop before the connection closes.
     app.cleanup_ctx.insert(0, bus_ctx)
     return bus
-
-
-async def ensure_bucket(js: JetStreamContext, bucket: str) -> KeyValue:
-    """Bind to a KV bucket, creating it (one value per key, file storage) when missing."""
-    try:
-        return await js.key_value(bucket)
-    except BucketNotFoundError:
-        pass
-    try:
-        return await js.create_key_value(bucket=bucket, history=1, storage=api.StorageType.FILE)
-    except nats.js.errors.BadRequestError:
-        # Somebody else created it in between with their own options: use theirs.
-        return await js.key_value(bucket)

@@ -1,7 +1,9 @@
-"""Short codes: the validation rule, the reserved words, and the mapping to NATS KV keys.
+"""Short codes and usernames: their validation rules, the reserved words, and NATS KV keys.
 
 The reserved words are kept here and only here: Trunk8's own list plus the first path
 segments that belong to services other than the redirector (DESIGN.md, public routes).
+A KV key that `kv_key` would never produce (written by another tool, or damaged) is
+foreign: `code_of_key` answers None for it instead of raising.
 """
 
 from __future__ import annotations
@@ -45,6 +47,21 @@ def short_code_problem(code: str) -> str | None:
     return None
 
 
+def username_problem(name: str) -> str | None:
+    """Why `name` cannot be an account's folder name (Trunk8's character rule), or None.
+
+    Letters, digits, `-` and `_` only, so a name can never leave users/ (`..`, `/`).
+    Trunk8's 3-character minimum applies to registration only: shorter accounts written
+    by hand keep working.
+    """
+    if not name:
+        return "Username is required."
+    letters = name.replace("-", "").replace("_", "")
+    if not letters or not letters.isalnum():
+        return "Username can only contain letters, numbers, hyphens, and underscores."
+    return None
+
+
 # NATS KV keys allow `[-/_=.a-zA-Z0-9]`; codes may hold any Unicode letter or digit.
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _ENCODED_PREFIX = "="
@@ -58,9 +75,22 @@ def kv_key(code: str) -> str:
     return _ENCODED_PREFIX + encoded
 
 
-def from_kv_key(key: str) -> str:
-    """Invert `kv_key`."""
+def code_of_key(key: str) -> str | None:
+    """Invert `kv_key`; None for a foreign key (one `kv_key` never makes), never an error."""
     if not key.startswith(_ENCODED_PREFIX):
-        return key
+        return key if _PLAIN_KEY.fullmatch(key) else None
     body = key[len(_ENCODED_PREFIX) :]
-    return base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode("utf-8")
+    try:
+        code = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode("utf-8")
+    except ValueError:  # bad base64 (binascii.Error) or bytes that are not UTF-8
+        return None
+    # b64decode skips stray characters: only the one spelling kv_key makes is ours.
+    return code if code and kv_key(code) == key else None
+
+
+def from_kv_key(key: str) -> str:
+    """Invert `kv_key`; raises ValueError for a foreign key (see `code_of_key`)."""
+    code = code_of_key(key)
+    if code is None:
+        raise ValueError(f"{key!r} is not a key Trunk8 writes")
+    return code

@@ -89,8 +89,10 @@ class DataDir:
 
     def relative(self, path: Path) -> str:
         """A path inside the data directory as the POSIX text used in events and logs."""
+        # Symbolic links are not followed: a loop must not raise, and a user folder that
+        # is a link is still named by where it sits in the data directory.
         try:
-            return path.resolve().relative_to(self.root).as_posix()
+            return Path(os.path.abspath(path)).relative_to(self.root).as_posix()
         except ValueError:
             return str(path)
 

@@ -1,27 +1,35 @@
-"""Trunk8's TOML files as typed structs, and the rules that make a links file valid.
+"""Trunk8's TOML files: reading them safely, typed structs, and what makes an entry valid.
 
-Parsing is strict about types and tolerant of unknown keys (Trunk8 files carry extras such
-as `created_at` that must survive). Any problem is raised as `DataFileError` naming the
-file, so a caller can keep the last good state of exactly that file.
+Reading refuses anything but a regular file within a size cap, without ever blocking (a
+FIFO) or loading what it refuses. Parsing is strict about types and tolerant of unknown
+keys (Trunk8 files carry extras such as `created_at` that must survive). A file that
+cannot be read or parsed raises `DataFileError` naming it, so a caller keeps the last good
+state of exactly that file; an invalid entry (one link, one account) is refused alone and
+returned with its reason beside the valid ones.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import errno
+import os
+import stat
 import tomllib
-from pathlib import PurePosixPath
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
 
-from .codes import short_code_problem
+from .codes import short_code_problem, username_problem
 from .expiry import expiry_timestamp
 
 LINK_TYPES = frozenset({"redirect", "file", "markdown", "html"})
 ALLOWED_URL_SCHEMES = ("http", "https", "mailto")
 MAX_REPORTED_PROBLEMS = 5
 _T = TypeVar("_T")
+_E = TypeVar("_E")
 
 
 class DataFileError(Exception):
@@ -31,6 +39,64 @@ class DataFileError(Exception):
         super().__init__(f"{file}: {reason}")
         self.file = file
         self.reason = reason
+
+
+def read_data_file(path: Path, file: str, max_bytes: int) -> bytes | None:
+    """The bytes of a regular file of at most `max_bytes`; None when it does not exist.
+
+    Opened non-blocking, so a FIFO or device in its place is refused at once instead of
+    stalling the reader; a file over the cap is refused from its size, before any read.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise DataFileError(file, f"cannot read the file ({_os_reason(err)})") from err
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise DataFileError(file, f"not a regular file ({_file_kind(info.st_mode)})")
+        if info.st_size > max_bytes:
+            raise DataFileError(file, _too_large(info.st_size, max_bytes))
+        chunks: list[bytes] = []
+        size = 0
+        while size <= max_bytes:  # the file may grow after fstat: read at most cap + 1
+            chunk = os.read(fd, max_bytes + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > max_bytes:
+            raise DataFileError(file, _too_large(size, max_bytes))
+        return b"".join(chunks)
+    except OSError as err:
+        raise DataFileError(file, f"cannot read the file ({_os_reason(err)})") from err
+    finally:
+        os.close(fd)
+
+
+def _os_reason(err: OSError) -> str:
+    if err.errno == errno.ELOOP:
+        return "a symbolic link loop"
+    return err.strerror or str(err)
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a plain file"
+
+
+def _too_large(size: int, max_bytes: int) -> str:
+    return (
+        f"file is larger than the {max_bytes / 1_000_000:g} MB cap "
+        f"({size} bytes; TRUNK8_MAX_DATA_FILE_MB)"
+    )
 
 
 class UserEntry(msgspec.Struct, kw_only=True):
@@ -85,11 +151,13 @@ def _datetimes_as_text(value: Any) -> Any:
 def _load_toml(data: bytes, file: str) -> dict[str, Any]:
     try:
         document = tomllib.loads(data.decode("utf-8"))
+        converted: dict[str, Any] = _datetimes_as_text(document)
     except UnicodeDecodeError as err:
         raise DataFileError(file, f"not UTF-8 text ({err.reason} at byte {err.start})") from err
     except tomllib.TOMLDecodeError as err:
         raise DataFileError(file, f"TOML syntax error: {err}") from err
-    converted: dict[str, Any] = _datetimes_as_text(document)
+    except RecursionError as err:  # tomllib recurses once per nesting level
+        raise DataFileError(file, "arrays or tables nested too deeply") from err
     return converted
 
 
@@ -98,6 +166,8 @@ def _convert(value: Any, kind: type[_T], file: str, where: str = "") -> _T:
         return msgspec.convert(value, kind)
     except msgspec.ValidationError as err:
         raise DataFileError(file, f"{where}{err}") from err
+    except RecursionError as err:
+        raise DataFileError(file, f"{where}values nested too deeply") from err
 
 
 def parse_users(data: bytes, file: str = "users/users.toml") -> UsersFile:
@@ -105,27 +175,63 @@ def parse_users(data: bytes, file: str = "users/users.toml") -> UsersFile:
     return _convert(_load_toml(data, file), UsersFile, file)
 
 
-def parse_links(data: bytes, file: str) -> LinksFile:
-    """Parse a links.toml and check every link; any bad link rejects the whole file."""
+@dataclass(frozen=True)
+class Checked(Generic[_E]):
+    """A data file's valid entries in file order, and each refused entry with its reason."""
+
+    entries: dict[str, _E]
+    rejected: dict[str, str]
+
+
+def check_users(data: bytes, file: str = "users/users.toml") -> Checked[UserEntry]:
+    """Parse users/users.toml; accounts whose entry or name is invalid are refused alone."""
+    table = _load_toml(data, file).get("users", {})
+    if not isinstance(table, dict):
+        raise DataFileError(file, "`users` must be a table")
+    users: dict[str, UserEntry] = {}
+    rejected: dict[str, str] = {}
+    for name, value in table.items():
+        try:
+            entry = _convert(value, UserEntry, file)
+        except DataFileError as err:
+            rejected[name] = err.reason
+            continue
+        if problem := username_problem(name):
+            rejected[name] = problem
+        else:
+            users[name] = entry
+    return Checked(users, rejected)
+
+
+def check_links(data: bytes, file: str) -> Checked[LinkEntry]:
+    """Parse a links.toml; each invalid link is refused alone, with its reason."""
     table = _load_toml(data, file).get("links", {})
     if not isinstance(table, dict):
         raise DataFileError(file, "`links` must be a table")
-    problems: list[str] = []
     links: dict[str, LinkEntry] = {}
+    rejected: dict[str, str] = {}
     for code, value in table.items():
         try:
             entry = _convert(value, LinkEntry, file)
         except DataFileError as err:
-            problems.append(f"link {code!r}: {err.reason}")
+            rejected[code] = err.reason
             continue
         if problem := link_problem(code, entry):
-            problems.append(f"link {code!r}: {problem}")
-        links[code] = entry
+            rejected[code] = problem
+        else:
+            links[code] = entry
+    return Checked(links, rejected)
+
+
+def parse_links(data: bytes, file: str) -> LinksFile:
+    """Parse a links.toml strictly: any invalid link raises, naming up to five of them."""
+    checked = check_links(data, file)
+    problems = [f"link {code!r}: {reason}" for code, reason in checked.rejected.items()]
     if problems:
         more = len(problems) - MAX_REPORTED_PROBLEMS
         reason = "; ".join(problems[:MAX_REPORTED_PROBLEMS])
         raise DataFileError(file, reason + (f"; and {more} more" if more > 0 else ""))
-    return LinksFile(links=links)
+    return LinksFile(links=checked.entries)
 
 
 def link_problem(code: str, entry: LinkEntry) -> str | None:
@@ -175,13 +281,17 @@ def display_name(entry: LinkEntry) -> str:
 
 
 __all__ = [
+    "Checked",
     "DataFileError",
     "LinkEntry",
     "LinksFile",
     "UserEntry",
     "UsersFile",
+    "check_links",
+    "check_users",
     "display_name",
     "expiry_timestamp",
     "parse_links",
     "parse_users",
+    "read_data_file",
 ]

@@ -2,7 +2,7 @@
 
 Naive values are server-local time, as in Trunk8; values with an offset or `Z` are
 compared correctly instead of crashing (T8-W16); a value that does not parse never
-expires (T8-041).
+expires (T8-041). Dates at the edges of the calendar (`0001-01-01`) convert too.
 """
 
 from __future__ import annotations
@@ -21,5 +21,9 @@ def expiry_timestamp(value: str | None) -> float | None:
         moment = dt.datetime.fromisoformat(text)
     except ValueError:
         return None
-    # A naive datetime's timestamp() is taken in the server's local time zone.
-    return moment.timestamp()
+    try:
+        # A naive datetime's timestamp() is taken in the server's local time zone.
+        return moment.timestamp()
+    except (OverflowError, OSError, ValueError):
+        # Local time has no answer in year 1 or 9999: there a zone offset hardly matters.
+        return moment.replace(tzinfo=dt.UTC).timestamp()

@@ -5,6 +5,8 @@ current content to `on_snapshot` once caught up, then every change to `on_change
 `KvMirror` keeps that running: after a reconnect (a consumer does not survive a server
 restart, and no error says so) or any error it subscribes again and delivers a fresh
 snapshot, so keys deleted meanwhile disappear too. Until then the last state stays in use.
+Foreign keys (ones `kv_key` never makes, e.g. written by another tool) are skipped, and a
+sink that fails never raises into a NATS callback: the mirror logs it and subscribes again.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 
 from .background import Backoff
-from .bus import Bus, ensure_bucket
+from .buckets import ensure_bucket
+from .bus import Bus
+from .codes import code_of_key
 
 log = logging.getLogger("trunk8.kvmirror")
 
@@ -126,9 +130,18 @@ class KvMirror:
         self.ready = asyncio.Event()  # set after the first complete snapshot
         self.revision = 0
         self.resyncs = 0
+        self._restart = asyncio.Event()  # set after a reconnect or a failed update
+        self._failure: Exception | None = None
 
     def _snapshot(self, entries: dict[str, bytes], revision: int) -> None:
-        self.sink.replace_all(entries)
+        ours = {key: value for key, value in entries.items() if code_of_key(key) is not None}
+        if len(ours) != len(entries):
+            log.warning("%s: skipping %d foreign keys", self.bucket, len(entries) - len(ours))
+        try:
+            self.sink.replace_all(ours)
+        except Exception as err:  # called from a NATS callback: never raise there
+            self._sink_failed(err)
+            return
         self.revision = revision
         self.resyncs += 1
         if not self.ready.is_set():
@@ -140,16 +153,27 @@ class KvMirror:
         self.ready.set()
 
     def _change(self, key: str, value: bytes | None, revision: int) -> None:
-        self.sink.apply(key, value)
+        if code_of_key(key) is None:
+            log.warning("%s: skipping foreign key %r", self.bucket, key)
+        else:
+            try:
+                self.sink.apply(key, value)
+            except Exception as err:  # called from a NATS callback: never raise there
+                self._sink_failed(err)
+                return
         self.revision = revision
 
-    async def _until_stale(
-        self, sub: JetStreamContext.PushSubscription, restart: asyncio.Event
-    ) -> None:
+    def _sink_failed(self, err: Exception) -> None:
+        """A sink bug loses no update silently: log it and load a fresh snapshot."""
+        log.error("%s: applying an update failed; reloading the bucket", self.bucket, exc_info=err)
+        self._failure = err
+        self._restart.set()
+
+    async def _until_stale(self, sub: JetStreamContext.PushSubscription) -> None:
         """Return after a reconnect, or once the consumer is gone (bucket deleted, say)."""
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(restart.wait(), CONSUMER_CHECK_INTERVAL)
+                await asyncio.wait_for(self._restart.wait(), CONSUMER_CHECK_INTERVAL)
                 return
             try:
                 await sub.consumer_info()
@@ -164,13 +188,17 @@ class KvMirror:
         backoff = Backoff()
         while True:
             await self.bus.wait_connected()
-            restart = asyncio.Event()
-            unregister = self.bus.on_reconnect(restart.set)
+            self._restart.clear()
+            unregister = self.bus.on_reconnect(self._restart.set)
             sub: JetStreamContext.PushSubscription | None = None
             try:
                 sub = await follow_bucket(self.bus.js, self.bucket, self._snapshot, self._change)
-                backoff.reset()
-                await self._until_stale(sub, restart)
+                await self._until_stale(sub)
+                if self._failure is None:
+                    backoff.reset()
+                else:  # a sink that fails again must not spin: back off as after errors
+                    self._failure = None
+                    await backoff.wait()
             except asyncio.CancelledError:
                 raise
             except Exception as err:

@@ -85,6 +85,22 @@ class ConfigError(Event, tag="config.error", frozen=True, kw_only=True):
     reason: str
 
 
+class LinkRejected(Event, tag="config.link_rejected", frozen=True, kw_only=True):
+    """One link of a links file is refused and not served; the file's other links are."""
+
+    file: str
+    code: str
+    reason: str
+
+
+class UserRejected(Event, tag="config.user_rejected", frozen=True, kw_only=True):
+    """One account of users.toml is refused (its name or entry); its links are not served."""
+
+    file: str
+    username: str
+    reason: str
+
+
 class DuplicateCode(Event, tag="config.duplicate", frozen=True, kw_only=True):
     """A code appears in several users' files; `winner` is served (first in users.toml)."""
 
@@ -101,6 +117,8 @@ AnyEvent = (
     | UserUpdated
     | UserDeleted
     | ConfigError
+    | LinkRejected
+    | UserRejected
     | DuplicateCode
 )
 

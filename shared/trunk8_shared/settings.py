@@ -10,7 +10,7 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from dotenv import dotenv_values
@@ -34,6 +34,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     nats_reconnect_wait: float = 1.0
     # Poll the data directory instead of using inotify (network filesystems).
     force_polling: bool = False
+    # Seconds between full re-reads of the data directory (lost events, network
+    # filesystems; unchanged files cost a hash); 0 turns them off.
+    reconcile_interval: Annotated[float, msgspec.Meta(ge=0)] = 60.0
+    # Largest users.toml or links.toml the config-watcher reads, in megabytes.
+    max_data_file_mb: Annotated[float, msgspec.Meta(gt=0)] = 16.0
     # The nats-server binary `up` starts; empty: the one beside Python, else on PATH.
     nats_server: str = ""
 
@@ -52,6 +57,8 @@ _ENV_FIELDS = {
     "TRUNK8_KEEPALIVE_TIMEOUT": "keepalive_timeout",
     "TRUNK8_HEADER_TIMEOUT": "header_timeout",
     "TRUNK8_FORCE_POLLING": "force_polling",
+    "TRUNK8_RECONCILE_INTERVAL": "reconcile_interval",
+    "TRUNK8_MAX_DATA_FILE_MB": "max_data_file_mb",
     "TRUNK8_NATS_SERVER": "nats_server",
 }
 

@@ -1,8 +1,12 @@
-"""The config-watcher's Prometheus metrics, in its own registry."""
+"""The config-watcher's Prometheus metrics, in its own registry, and how a reload sets them."""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from .catalog import LinkCatalog
+from .rejections import Rejections
+from .reloader import Reload
 
 
 class WatcherMetrics:
@@ -27,6 +31,11 @@ class WatcherMetrics:
         self.rejected_files = Gauge(
             f"{prefix}_rejected_files", "Data files currently rejected.", registry=self.registry
         )
+        self.rejected_entries = Gauge(
+            f"{prefix}_rejected_entries",
+            "Links and accounts currently refused alone (the rest of their file is served).",
+            registry=self.registry,
+        )
         self.publish_errors = Counter(
             f"{prefix}_publish_errors",
             "Failed writes to NATS (retried by a full reconcile).",
@@ -45,3 +54,14 @@ class WatcherMetrics:
             registry=self.registry,
         )
         self.last_reload_successful.set(1)
+
+    def record(self, result: Reload, catalog: LinkCatalog, rejections: Rejections) -> None:
+        """Count a reload and set the gauges to the state it left."""
+        self.reloads.inc(result.files_applied)
+        self.reload_errors.inc(result.files_rejected)
+        self.rejected_files.set(len(rejections.files))
+        self.rejected_entries.set(rejections.entry_count)
+        self.last_reload_successful.set(0 if rejections.files else 1)
+        self.links.set(len(catalog.served))
+        self.users.set(len(catalog.users))
+        self.duplicate_codes.set(len(catalog.duplicates))

@@ -2,7 +2,8 @@
 
 `Publisher` remembers what it knows to be in each bucket, so a normal reload writes only
 its differences; a full sync (at start, after any failure or reconnect) first reads the
-buckets back, then writes whatever differs from the wanted state, deletes included.
+buckets back, then writes whatever differs from the wanted state, deletes included, and
+removes foreign keys (ones this service never writes). A failed write names its keys.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 
 import msgspec
 from nats.js.errors import BucketNotFoundError
 
-from trunk8_shared.bus import Bus, ensure_bucket
-from trunk8_shared.codes import from_kv_key, kv_key
+from trunk8_shared.buckets import BUS_ERRORS, ensure_bucket
+from trunk8_shared.bus import Bus
+from trunk8_shared.codes import code_of_key, kv_key
 from trunk8_shared.kvmirror import read_bucket
 from trunk8_shared.records import (
     LINKS_BUCKET,
@@ -38,6 +41,35 @@ log = logging.getLogger("trunk8.config_watcher")
 
 # Puts are JetStream publishes awaiting an ack each; send this many at a time.
 WRITE_WINDOW = 256
+# Failed keys named in a PublishError message.
+REPORTED_FAILURES = 3
+
+
+class PublishError(Exception):
+    """Some writes of a batch failed; the message names which keys and why."""
+
+    def __init__(self, bucket: str, failures: list[tuple[str, BaseException]], total: int):
+        shown = "; ".join(
+            f"{key!r}: {type(err).__name__}: {err}" for key, err in failures[:REPORTED_FAILURES]
+        )
+        more = len(failures) - REPORTED_FAILURES
+        super().__init__(
+            f"{len(failures)} of {total} writes to {bucket} failed ({shown}"
+            + (f"; and {more} more)" if more > 0 else ")")
+        )
+        self.failures = failures
+
+
+class BucketReplacedError(Exception):
+    """The bucket was deleted and created again since it was read: sync it whole."""
+
+
+# What a write to NATS may fail with: retried by a full sync, never a crash.
+PUBLISH_ERRORS: tuple[type[BaseException], ...] = (
+    PublishError,
+    BucketReplacedError,
+    *BUS_ERRORS,
+)
 
 
 def decode_link(value: bytes) -> LinkRecord | None:
@@ -55,6 +87,7 @@ class BucketWriter:
         self.bus = bus
         self.bucket = bucket
         self.known: dict[str, bytes] = {}
+        self.created: datetime | None = None  # the bucket's creation time, as last seen
         self.revision = 0
 
     async def write(self, puts: dict[str, bytes], deletes: Iterable[str]) -> int:
@@ -69,24 +102,43 @@ class BucketWriter:
             kv = await ensure_bucket(self.bus.js, self.bucket)
         removals = [key for key in deletes if key in self.known]
         writes: list[tuple[str, bytes | None]] = [*puts.items(), *((k, None) for k in removals)]
+        failures: list[tuple[str, BaseException]] = []
         for start in range(0, len(writes), WRITE_WINDOW):
-            # A task group cancels the rest of a window when one write fails.
-            async with asyncio.TaskGroup() as group:
-                for key, value in writes[start : start + WRITE_WINDOW]:
-                    if value is None:
-                        group.create_task(kv.delete(key))
-                    else:
-                        group.create_task(kv.put(key, value, validate_keys=False))
-        self.known.update(puts)
-        for key in removals:
-            del self.known[key]
+            window = writes[start : start + WRITE_WINDOW]
+            outcomes = await asyncio.gather(
+                *(
+                    kv.put(key, value, validate_keys=False)
+                    if value is not None
+                    else kv.delete(key, validate_keys=False)  # a foreign key may be odd
+                    for key, value in window
+                ),
+                return_exceptions=True,
+            )
+            for (key, value), outcome in zip(window, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    failures.append((key, outcome))
+                elif value is None:
+                    self.known.pop(key, None)
+                else:
+                    self.known[key] = value
+            if failures:  # NATS is likely away: the rest would only wait for timeouts too
+                raise PublishError(self.bucket, failures, len(writes))
         status = await kv.status()
+        created = status.stream_info.created
+        if self.created is not None and created != self.created:
+            # Deleted and created again (by a reader binding to it): what we remember of
+            # it is gone, and our writes went into an otherwise empty bucket.
+            self.known, self.created = {}, None
+            raise BucketReplacedError(f"{self.bucket} was replaced; rewriting it whole")
+        self.created = created
         self.revision = status.stream_info.state.last_seq
         return self.revision
 
     async def read_back(self) -> dict[str, bytes]:
         """What the bucket holds now; becomes the known state."""
         self.known = await read_bucket(self.bus.js, self.bucket)
+        status = await (await ensure_bucket(self.bus.js, self.bucket)).status()
+        self.created = status.stream_info.created
         return self.known
 
 
@@ -101,22 +153,26 @@ class Publisher:
     async def sync_links(
         self, wanted: dict[str, LinkRecord], codes: Iterable[str] | None = None
     ) -> int:
-        """Make the bucket hold `wanted` for `codes` (all codes when None); emit events."""
+        """Make the bucket hold `wanted` for `codes` (all codes when None); emit events.
+
+        A full sync (codes None) also removes keys that name none of our codes.
+        """
         known = self.links.known
-        keys = {kv_key(c): c for c in (wanted if codes is None else codes)}
+        keys: dict[str, str | None] = {kv_key(c): c for c in (wanted if codes is None else codes)}
         if codes is None:
-            keys.update({key: from_kv_key(key) for key in known})
+            keys.update({key: code_of_key(key) for key in known if key not in keys})
         puts: dict[str, bytes] = {}
         deletes: list[str] = []
         events: list[Event] = []
         for key, code in keys.items():
-            record = wanted.get(code)
+            record = wanted.get(code) if code is not None else None
             before = known.get(key)
             if record is None:
                 if before is not None:
                     deletes.append(key)
                     old = decode_link(before)
-                    events.append(LinkDeleted(code=code, owner=old.owner if old else ""))
+                    if code is not None:
+                        events.append(LinkDeleted(code=code, owner=old.owner if old else ""))
                 continue
             encoded = json_encoder.encode(record)
             if encoded != before:
@@ -124,12 +180,15 @@ class Publisher:
                 events.append(
                     LinkCreated(link=record) if before is None else LinkUpdated(link=record)
                 )
+        foreign = [key for key, code in keys.items() if code is None and key in known]
+        if foreign:
+            log.warning("removing %d foreign keys from %s", len(foreign), self.links.bucket)
         revision = await self.links.write(puts, deletes)
         await self.emit(events)
         return revision
 
     async def sync_users(self, wanted: dict[str, UserRecord]) -> None:
-        """Make the users bucket hold exactly `wanted`; emit account events."""
+        """Make the users bucket hold exactly `wanted` (foreign keys removed); emit events."""
         known = self.users.known
         puts: dict[str, bytes] = {}
         events: list[Event] = []
@@ -140,8 +199,9 @@ class Publisher:
                 puts[kv_key(name)] = encoded
                 created = before is None
                 events.append(UserCreated(user=user) if created else UserUpdated(user=user))
-        gone = [key for key in known if from_kv_key(key) not in wanted]
-        events += [UserDeleted(username=from_kv_key(key)) for key in gone]
+        gone = {key: code_of_key(key) for key in known}
+        gone = {key: name for key, name in gone.items() if name is None or name not in wanted}
+        events += [UserDeleted(username=name) for name in gone.values() if name is not None]
         await self.users.write(puts, gone)
         await self.emit(events)
 
@@ -151,10 +211,19 @@ class Publisher:
         await self.links.read_back()
 
     def published_links(self) -> list[LinkRecord]:
-        """The link records in the bucket as last read or written (undecodable ones skipped)."""
-        return [record for value in self.links.known.values() if (record := decode_link(value))]
+        """The link records in the bucket as last read or written (unusable ones skipped)."""
+        records = []
+        for key, value in self.links.known.items():
+            record = decode_link(value)
+            if record is not None and code_of_key(key) == record.code:
+                records.append(record)
+        return records
 
     async def emit(self, events: Sequence[Event]) -> None:
         """Publish domain events on core NATS (fire and forget, for taps and audits)."""
         for event in events:
-            await self.bus.nc.publish(event_subject(event), json_encoder.encode(event))
+            await self.emit_one(event)
+
+    async def emit_one(self, event: Event) -> None:
+        """Publish one domain event on its subject."""
+        await self.bus.nc.publish(event_subject(event), json_encoder.encode(event))

@@ -1,9 +1,10 @@
 """Reading the data directory into the catalog: a full load, then only the files that changed.
 
 Blocking work (file reads, TOML parsing, resolving owners) happens here in plain functions
-that the service runs in an executor. A file that fails to read, parse or validate changes
-nothing: its last good links stay in the catalog and the problem is returned as a
-`ConfigError` event. A file whose bytes did not change is skipped entirely.
+that the service runs in an executor. Whatever goes wrong with one file, expected or not,
+is that file's rejection: its last good links stay in the catalog, a `ConfigError` event
+is returned, and every other file of the batch is applied. An invalid link or account is
+refused alone, the rest of its file applies. A file whose bytes did not change is skipped.
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trunk8_shared.datadir import DataDir
-from trunk8_shared.datafiles import DataFileError, parse_links, parse_users
-from trunk8_shared.records import ConfigError
+from trunk8_shared.datafiles import DataFileError, check_links, check_users, read_data_file
+from trunk8_shared.records import Event, LinkRecord
 
 from .catalog import Changes, LinkCatalog, link_record, user_records
+from .rejections import Rejections
 
 log = logging.getLogger("trunk8.config_watcher")
+
+EMPTY_LINKS_FILE = "file is empty (being rewritten?); its last good links stay served"
 
 
 class ConfigLoadError(Exception):
@@ -29,28 +33,33 @@ class ConfigLoadError(Exception):
 
 @dataclass
 class Reload:
-    """Outcome of one reload: link changes, account changes, rejected files."""
+    """Outcome of one reload: link changes, account changes, events to publish."""
 
     links: Changes = field(default_factory=Changes)
     users_changed: bool = False
-    errors: list[ConfigError] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
     files_applied: int = 0
+    files_rejected: int = 0
 
 
 class Reloader:
     """Keeps a `LinkCatalog` equal to the last good content of the data directory."""
 
-    def __init__(self, data: DataDir, catalog: LinkCatalog) -> None:
+    def __init__(
+        self, data: DataDir, catalog: LinkCatalog, rejections: Rejections, max_bytes: int
+    ) -> None:
         self.data = data
         self.catalog = catalog
+        self.rejections = rejections
+        self.max_bytes = max_bytes
         self._hashes: dict[Path, str | None] = {}
-        self.rejected: dict[str, str] = {}  # file -> reason, while it stays rejected
 
     def load_all(self) -> Reload:
         """The first full load; raises ConfigLoadError when users.toml is unusable."""
         result = Reload()
         if not self._reload_users(result):
-            reason = self.rejected.get(self.data.relative(self.data.users_file), "missing")
+            file = self.data.relative(self.data.users_file)
+            reason = self.rejections.files.get(file, "missing")
             raise ConfigLoadError(f"cannot load {self.data.users_file}: {reason}")
         return result
 
@@ -75,6 +84,10 @@ class Reloader:
             self._merge(result.links, self.catalog.resolve(touched))
         return result
 
+    def owner_rejected(self, owner: str) -> bool:
+        """Whether the owner's links file is currently rejected whole."""
+        return self.rejections.is_rejected(self.data.relative(self.data.links_file(owner)))
+
     def _owner_of(self, path: Path) -> str | None:
         """The listed account whose links.toml (or folder) this path is."""
         if path.parent == self.data.users_dir:
@@ -85,51 +98,50 @@ class Reloader:
             return None
         return owner if owner in self.catalog.users else None
 
-    def _read(self, path: Path) -> tuple[bytes | None, bool]:
+    def _read(self, path: Path, file: str) -> tuple[bytes | None, bool]:
         """The file's bytes (None when missing) and whether they differ from last time."""
         try:
-            content: bytes | None = path.read_bytes()
-        except FileNotFoundError:
-            content = None
-        except OSError as err:
+            content = read_data_file(path, file, self.max_bytes)
+        except DataFileError:
             self._hashes.pop(path, None)  # read it again next time
-            reason = f"cannot read the file ({err.strerror or err})"
-            raise DataFileError(self.data.relative(path), reason) from err
+            raise
         digest = hashlib.sha256(content).hexdigest() if content is not None else None
         changed = path not in self._hashes or self._hashes[path] != digest
         self._hashes[path] = digest
         return content, changed
 
-    def is_rejected(self, path: Path) -> bool:
-        """Whether the file is currently rejected."""
-        return self.data.relative(path) in self.rejected
-
-    def _reject(self, result: Reload, err: DataFileError) -> None:
-        if self.rejected.get(err.file) != err.reason:
-            log.error("rejected %s: %s (keeping its last good state)", err.file, err.reason)
-        self.rejected[err.file] = err.reason
-        result.errors.append(ConfigError(file=err.file, reason=err.reason))
-
-    def _accept(self, file: str) -> None:
-        if self.rejected.pop(file, None) is not None:
-            log.info("%s is valid again", file)
+    def _reject(self, result: Reload, path: Path, file: str, err: Exception) -> None:
+        """One file failed, expectedly or not: reject it alone and carry on."""
+        if isinstance(err, DataFileError):
+            reason = err.reason
+        else:
+            # A bug or an input nobody foresaw: still only this file's rejection.
+            log.error("unexpected error reading %s", file, exc_info=err)
+            reason = f"unexpected error: {type(err).__name__}: {err}"
+            self._hashes.pop(path, None)  # try it again next time
+        result.events.append(self.rejections.reject_file(file, reason))
+        result.files_rejected += 1
 
     def _reload_users(self, result: Reload) -> bool:
         """Re-read users.toml; on change, load links of new accounts and re-resolve all."""
-        file = self.data.relative(self.data.users_file)
+        path = self.data.users_file
+        file = self.data.relative(path)
         try:
-            content, changed = self._read(self.data.users_file)
+            content, changed = self._read(path, file)
             if not changed:
-                return file not in self.rejected
+                return not self.rejections.is_rejected(file)
             if content is None:
                 raise DataFileError(file, "file is missing")
-            users = user_records(parse_users(content, file).users)
-            if not users:
-                raise DataFileError(file, "no accounts (an empty or partly written file?)")
-        except DataFileError as err:
-            self._reject(result, err)
+            checked = check_users(content, file)
+            if not checked.entries:
+                empty = "no accounts (an empty or partly written file?)"
+                raise DataFileError(file, "no valid account" if checked.rejected else empty)
+            users = user_records(checked.entries)
+        except Exception as err:
+            self._reject(result, path, file, err)
             return False
-        self._accept(file)
+        self.rejections.accept_file(file)
+        result.events += self.rejections.refuse_users(file, checked.rejected)
         result.files_applied += 1
         before = self.catalog.users
         touched = self.catalog.set_users(users)
@@ -137,7 +149,7 @@ class Reloader:
         for owner in before.keys() - users.keys():  # forget what we knew of removed accounts
             links = self.data.links_file(owner)
             self._hashes.pop(links, None)
-            self._accept(self.data.relative(links))
+            self.rejections.forget(self.data.relative(links))
         for owner in users:
             if owner not in before:
                 self._hashes.pop(self.data.links_file(owner), None)  # read it whatever its hash
@@ -150,19 +162,30 @@ class Reloader:
         path = self.data.links_file(owner)
         file = self.data.relative(path)
         try:
-            content, changed = self._read(path)
+            content, changed = self._read(path, file)
             if not changed:
                 return set()
             if content is None:
-                self._accept(file)
+                self.rejections.forget(file)
                 return self.catalog.set_links(owner, {})  # no file: no links, as in Trunk8
-            parsed = parse_links(content, file)
-        except DataFileError as err:
-            self._reject(result, err)
+            if not content:
+                # Truncate-then-write caught half way; `[links]` alone means "no links".
+                raise DataFileError(file, EMPTY_LINKS_FILE)
+            checked = check_links(content, file)
+            refused = dict(checked.rejected)
+            links: dict[str, LinkRecord] = {}
+            for code, entry in checked.entries.items():
+                try:
+                    links[code] = link_record(code, owner, entry)
+                except Exception as err:  # one link nobody foresaw: refuse it alone
+                    log.error("unexpected error in %s, link %r", file, code, exc_info=err)
+                    refused[code] = f"unexpected error: {type(err).__name__}: {err}"
+        except Exception as err:
+            self._reject(result, path, file, err)
             return set()
-        self._accept(file)
+        self.rejections.accept_file(file)
+        result.events += self.rejections.refuse_links(file, refused)
         result.files_applied += 1
-        links = {code: link_record(code, owner, entry) for code, entry in parsed.links.items()}
         return self.catalog.set_links(owner, links)
 
     @staticmethod

@@ -14,7 +14,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import msgspec
 
-from trunk8_shared.codes import from_kv_key
+from trunk8_shared.codes import code_of_key
 from trunk8_shared.pages import NOT_FOUND_HEADERS, NOT_FOUND_PAGE
 from trunk8_shared.records import LinkRecord, link_decoder
 
@@ -137,31 +137,43 @@ class LinkTable:
         return "redirect" if answer.status == 302 else None
 
     def replace_all(self, entries: dict[str, bytes]) -> None:
-        """Swap in a full snapshot of the links bucket."""
+        """Swap in a full snapshot of the links bucket; entries it cannot serve are skipped."""
         answers: dict[str, Answer] = {}
+        skipped: list[str] = []
         for key, value in entries.items():
             prepared = self._prepare(key, value)
-            if prepared is not None:
+            if prepared is None:
+                skipped.append(key)
+            else:
                 answers[prepared[0]] = prepared[1]
+        if skipped:  # one line, however many: a foreign tool may have written thousands
+            log.warning("ignoring %d unusable records (keys %r...)", len(skipped), skipped[:3])
         self.answers = answers
         self.updates += 1
 
     def apply(self, key: str, value: bytes | None) -> None:
-        """Apply one put (value) or delete (None)."""
+        """Apply one put (value) or delete (None); never raises (a NATS callback calls it)."""
         self.updates += 1
+        code = code_of_key(key)
+        if code is None:
+            return  # a foreign key names none of our codes
         prepared = self._prepare(key, value) if value is not None else None
         if prepared is None:
-            self.answers.pop(from_kv_key(key), None)
+            if value is not None:
+                log.warning("ignoring an unusable links record for key %r", key)
+            self.answers.pop(code, None)
         else:
             self.answers[prepared[0]] = prepared[1]
 
     @staticmethod
     def _prepare(key: str, value: bytes) -> tuple[str, Answer] | None:
+        """The code and answer for one bucket entry; None for a foreign or unusable one."""
         try:
             record = link_decoder.decode(value)
-        except msgspec.DecodeError as err:
-            log.warning("ignoring undecodable record for key %r: %s", key, err)
+            if code_of_key(key) != record.code:
+                return None  # stored under another code's key: not ours to serve
+            if record.type != "redirect":
+                return record.code, HandOver(record.type, record.expires_at)
+            return record.code, redirect_answer(record)
+        except (msgspec.DecodeError, ValueError, TypeError):
             return None
-        if record.type != "redirect":
-            return record.code, HandOver(record.type, record.expires_at)
-        return record.code, redirect_answer(record)

@@ -1,0 +1,121 @@
+"""The config-watcher's state and its two critical sections: reloading files, syncing NATS.
+
+`ConfigWatcher` holds the catalog, what is rejected, the publisher and the events not
+published yet. One lock serialises a reload and a full sync, so NATS only ever receives
+a whole reload or a whole sync. The loops that call these (file watch, reconcile, sync,
+control requests) live in their own modules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from trunk8_shared.bus import Bus
+from trunk8_shared.datadir import DataDir, ensure_layout
+from trunk8_shared.records import ReloadReply
+from trunk8_shared.settings import Settings
+
+from .adoption import adopt_published
+from .catalog import LinkCatalog
+from .duplicates import DuplicateReporter
+from .metrics import WatcherMetrics
+from .outbox import EventOutbox
+from .publisher import PUBLISH_ERRORS, Publisher
+from .rejections import Rejections
+from .reloader import Reload, Reloader
+
+log = logging.getLogger("trunk8.config_watcher")
+
+MEGABYTE = 1_000_000
+
+
+class ConfigWatcher:
+    """Keeps NATS equal to the last good content of the data directory."""
+
+    def __init__(self, settings: Settings, bus: Bus) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.data = DataDir(settings.data_path)
+        self.catalog = LinkCatalog()
+        self.rejections = Rejections()
+        max_bytes = int(settings.max_data_file_mb * MEGABYTE)
+        self.reloader = Reloader(self.data, self.catalog, self.rejections, max_bytes)
+        self.publisher = Publisher(bus)
+        self.metrics = WatcherMetrics()
+        self.outbox = EventOutbox()
+        self.duplicates = DuplicateReporter()
+        self.ready = asyncio.Event()  # set once the first full state is published
+        self.out_of_sync = asyncio.Event()  # NATS may differ from the catalog: sync again
+        self._lock = asyncio.Lock()  # one reload or sync at a time
+
+    async def load(self) -> None:
+        """Lay out a missing data directory and load it (blocking work off the loop)."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, ensure_layout, self.data)
+        result = await loop.run_in_executor(None, self.reloader.load_all)
+        self._record(result)
+        log.info(
+            "loaded %d links of %d users from %s",
+            len(self.catalog.served), len(self.catalog.users), self.data.root,
+        )  # fmt: skip
+
+    async def reload(self, paths: set[Path] | None = None) -> ReloadReply:
+        """Re-read files now and publish what changed; the reply carries the links revision.
+
+        Raises one of `PUBLISH_ERRORS` when NATS did not take it; the sync loop catches up.
+        """
+        async with self._lock:
+            loop = asyncio.get_running_loop()
+            result = await loop.run_in_executor(None, self.reloader.reload, paths)
+            self._record(result)
+            files = None if paths is None else [self.data.relative(p) for p in paths]
+            error = self.rejections.summary(files)
+            if not self.ready.is_set():
+                # Not published yet: the first full sync carries this change and its events.
+                self.out_of_sync.set()
+                return ReloadReply(revision=self.publisher.links.revision, error=error)
+            try:
+                revision = self.publisher.links.revision
+                if result.users_changed:
+                    await self.publisher.sync_users(self.catalog.users)
+                if len(result.links):
+                    codes = result.links.put.keys() | result.links.removed.keys()
+                    revision = await self.publisher.sync_links(self.catalog.served, codes)
+                await self._flush_events()
+            except PUBLISH_ERRORS:
+                # The catalog moved on but NATS may not have: the sync task catches up.
+                self.metrics.publish_errors.inc()
+                self.out_of_sync.set()
+                raise
+            self.metrics.revision.set(revision)
+            return ReloadReply(revision=revision, changed=len(result.links), error=error)
+
+    async def sync_all(self) -> int:
+        """Read both buckets back and write every difference from the catalog."""
+        async with self._lock:
+            self.out_of_sync.clear()  # a failure from here on sets it again
+            await self.publisher.read_back()
+            adopt_published(
+                self.catalog, self.reloader.owner_rejected, self.publisher.published_links()
+            )
+            await self.publisher.sync_users(self.catalog.users)
+            revision = await self.publisher.sync_links(self.catalog.served)
+            await self._flush_events()
+            self._record(Reload())
+            self.metrics.revision.set(revision)
+        log.info(
+            "published %d links of %d users at revision %d",
+            len(self.catalog.served), len(self.catalog.users), revision,
+        )  # fmt: skip
+        return revision
+
+    async def _flush_events(self) -> None:
+        """Publish rejections and duplicates waiting since NATS was last reachable."""
+        self.outbox.add(self.duplicates.new_events(self.catalog))
+        await self.outbox.flush(self.publisher.emit_one)
+
+    def _record(self, result: Reload) -> None:
+        self.metrics.record(result, self.catalog, self.rejections)
+        self.outbox.add(result.events)

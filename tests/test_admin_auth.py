@@ -1,8 +1,5 @@
 """Signing in and out of the admin, sessions, CSRF and throttling, through real HTTP."""
 
-# Fixtures are imported from test_admin_support, and test arguments name them.
-# ruff: noqa: F811
-
 from __future__ import annotations
 
 import asyncio
@@ -12,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import RunningSystem, StartSystem
-from test_admin_support import (  # noqa: F401  (fixtures)
+from test_admin_support import (
     ADMIN_PASSWORD,
     Browser,
     admin_browser,
@@ -22,6 +19,9 @@ from test_admin_support import (  # noqa: F401  (fixtures)
     fixture_copy,
     flashes,
 )
+
+# Fixtures used by name in test arguments.
+__all__ = ["admin_browser", "admin_env", "admin_system", "browser"]
 
 
 async def test_login_page_has_trunk8_fields(browser: Browser) -> None:

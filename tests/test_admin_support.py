@@ -73,7 +73,7 @@ class Browser:
         """POST a multipart form like the add/edit pages (token first, then fields, files)."""
         if not self.csrf:
             await self.get("/add")
-        form = aiohttp.FormData()
+        form = aiohttp.FormData(default_to_multipart=True)
         if csrf:
             form.add_field("csrf_token", self.csrf)
         for name, value in fields.items():
@@ -88,6 +88,8 @@ class Browser:
         status, _, _ = await self.post(
             "/auth/login", {"username": username, "password": password, **extra}
         )
+        if status == 302:
+            await self.get("/add")  # a signed-in session has a new CSRF token
         return status
 
     async def follow(self, status: int, headers: dict[str, str]) -> tuple[int, dict[str, str], str]:

@@ -42,8 +42,8 @@ CSRF = "csrf"
 FLASHES = "_flashes"
 
 SAFE_THEME = re.compile(r"[a-z0-9_-]{1,40}")
-# Forms without files (login, logout, delete) are small.
-SMALL_FORM_LIMIT = 64 * 1024
+# Forms sent urlencoded (login, logout, delete; scripts posting links) have no files.
+SMALL_FORM_LIMIT = 1024 * 1024
 
 PageHandler = Callable[[web.Request, "Page"], Awaitable[web.StreamResponse]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -134,6 +134,8 @@ async def _check_small_form(page: Page) -> None:
         form = page.form = await request.post()
     except web.HTTPRequestEntityTooLarge as err:
         raise RequestTooLarge(SMALL_FORM_LIMIT) from err
+    except ValueError as err:  # a body that does not decode as a form
+        raise FormError("The form could not be read.") from err
     token = form.get(CSRF_FIELD, "")
     if not isinstance(token, str) or not secrets.compare_digest(token, page.csrf_token):
         raise CsrfError()

@@ -73,6 +73,8 @@ def _file_limits(page: Page) -> dict[str, int]:
 
 async def _read_link_form(page: Page, owner: str) -> UploadForm:
     admin = page.admin
+    if page.form is not None:  # sent urlencoded (a script): fields only, checked already
+        return UploadForm(fields={k: v for k, v in page.form.items() if isinstance(v, str)})
     return await read_upload_form(
         page.request,
         page.csrf_token,
@@ -93,6 +95,7 @@ def _add_form(
         editing=False,
         values=values,
         error_field=problem.field if problem else "",
+        error_message=problem.message if problem else "",
         max_mb=page.admin.startup_config.max_file_size_mb,
     )
 
@@ -210,6 +213,7 @@ def _edit_page(
         current_file=display_name(entry) if record.path else "",
         values=values,
         error_field=problem_field,
+        error_message="",
         max_mb=page.admin.startup_config.max_file_size_mb,
     )
 

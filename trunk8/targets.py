@@ -12,6 +12,7 @@ from aiohttp import web
 
 from trunk8_admin import setup_admin
 from trunk8_config_watcher import setup_config_watcher
+from trunk8_files import setup_files
 from trunk8_redirector import setup_redirector
 from trunk8_shared.bus import setup_bus
 from trunk8_shared.settings import Settings
@@ -19,6 +20,7 @@ from trunk8_shared.settings import Settings
 SERVICES: dict[str, Callable[[web.Application, Settings], object]] = {
     "config-watcher": setup_config_watcher,
     "redirector": setup_redirector,
+    "files": setup_files,
     "admin": setup_admin,
 }
 TARGETS = (*SERVICES, "all")

@@ -10,7 +10,7 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from dotenv import dotenv_values
@@ -41,6 +41,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_data_file_mb: Annotated[float, msgspec.Meta(gt=0)] = 16.0
     # The nats-server binary `up` starts; empty: the one beside Python, else on PATH.
     nats_server: str = ""
+    # Who answers file, markdown and html links in a process without the files service:
+    # "in-process" (nobody: run the files service beside the redirector), "accel"
+    # (`X-Accel-Redirect` to nginx's internal `files_accel_prefix`) or "redirect" (307 to
+    # `files_public_url`, the files service's public base URL).
+    files_mode: Literal["in-process", "accel", "redirect"] = "in-process"
+    files_public_url: str = ""
+    files_accel_prefix: str = "/_trunk8_files/"
+
+    def __post_init__(self) -> None:
+        if self.files_mode == "redirect" and not self.files_public_url.startswith(
+            ("http://", "https://")
+        ):
+            raise ValueError("files_mode 'redirect' needs an http(s) files_public_url")
+        if not self.files_accel_prefix.startswith("/"):
+            raise ValueError("files_accel_prefix must start with '/'")
 
     @property
     def data_path(self) -> Path:
@@ -60,6 +75,9 @@ _ENV_FIELDS = {
     "TRUNK8_RECONCILE_INTERVAL": "reconcile_interval",
     "TRUNK8_MAX_DATA_FILE_MB": "max_data_file_mb",
     "TRUNK8_NATS_SERVER": "nats_server",
+    "TRUNK8_FILES_MODE": "files_mode",
+    "TRUNK8_FILES_PUBLIC_URL": "files_public_url",
+    "TRUNK8_FILES_ACCEL_PREFIX": "files_accel_prefix",
 }
 
 

@@ -22,6 +22,7 @@ from trunk8_shared.records import LINKS_BUCKET
 from trunk8_shared.settings import Settings
 
 from .fastpath import FastPathServer
+from .handoff import setup_handoff
 from .stats import RedirectorStats, redirector_registry
 from .table import Answer, LinkTable
 
@@ -74,6 +75,7 @@ def setup_redirector(app: web.Application, settings: Settings) -> Redirector:
     code_routes = setup_code_routes(app)
     code_routes.add_finder(table.link_type)
     code_routes.add_handler("redirect", redirector.serve_redirect)
+    setup_handoff(app, settings)  # file-type links when no files service shares the app
 
     app.cleanup_ctx.append(task_ctx("link-mirror", mirror.run))
     return redirector

@@ -1,0 +1,232 @@
+"""Answering a file, markdown or html link: the one place where asset errors become HTTP.
+
+`ContentServer.serve` checks the code's record (expiry at this moment), finds its asset
+in an executor, then answers by the record's type:
+
+- file: `AssetResponse` (sendfile, Range, 304s) as an attachment with the display name;
+- markdown: the page around the cached rendering; files over `MAX_RENDER_BYTES` (or
+  that fail to render) are shown as plain text instead, so nothing is ever lost;
+- html: the document as it is, or a fragment in Trunk8's wrapper, streamed.
+
+Every answer from user content carries `X-Content-Type-Options: nosniff` and a CSP
+`sandbox`, so nothing it holds runs with the site's origin (T8-W04). Missing assets,
+unknown and expired codes answer the friendly not-found page; an asset path that leaves
+its folder also logs and publishes a `config.error` event, once per link.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import Executor
+from pathlib import Path
+
+from aiohttp import web
+
+from trunk8_shared.bus import Bus
+from trunk8_shared.pages import not_found_response
+from trunk8_shared.records import ConfigError, LinkRecord, event_subject, json_encoder
+
+from .assets import Asset, locate_asset
+from .errors import AssetMissing, AssetOutside
+from .links import FileLinks
+from .markdown import render_markdown
+from .metrics import FilesStats
+from .names import content_disposition, content_type, display_name
+from .pages import (
+    HTML_WRAPPER_TAIL,
+    MARKDOWN_TAIL,
+    html_wrapper_head,
+    is_whole_document,
+    markdown_head,
+)
+from .rendercache import RenderCache
+from .sendfile import AssetResponse
+from .themes import MarkdownThemeSource
+
+log = logging.getLogger("trunk8.files")
+
+# Markdown above this size is shown as plain text: rendering it would hold a thread long.
+MAX_RENDER_BYTES = 2 * 1024 * 1024
+STREAM_CHUNK = 256 * 1024
+MAX_REPORTED = 10_000  # links remembered as already reported
+
+USER_CONTENT = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
+# Downloads and plain text never need to run anything.
+DOWNLOAD_CSP = "sandbox"
+# Rendered markdown: no scripts at all; links may open new tabs that leave the sandbox.
+MARKDOWN_CSP = (
+    "sandbox allow-popups allow-popups-to-escape-sandbox; "
+    "script-src 'none'; object-src 'none'; base-uri 'none'; form-action 'none'"
+)
+# A user's HTML page runs its scripts, but in an opaque origin: no cookies, no storage
+# and no same-origin requests to this site (T8-W04).
+HTML_CSP = "sandbox allow-scripts allow-forms allow-popups"
+
+
+class ContentServer:
+    """Serves the content of file, markdown and html links."""
+
+    def __init__(
+        self,
+        users_dir: Path,
+        links: FileLinks,
+        stats: FilesStats,
+        themes: MarkdownThemeSource,
+        bus: Bus,
+        io_executor: Executor,
+        render_executor: Executor,
+    ) -> None:
+        self.users_dir = users_dir
+        self.links = links
+        self.stats = stats
+        self.themes = themes
+        self.bus = bus
+        self.io_executor = io_executor
+        self.render_executor = render_executor
+        self.cache = RenderCache()
+        self._reported: set[tuple[str, str, str]] = set()
+
+    async def serve(self, request: web.Request, code: str) -> web.StreamResponse:
+        """`/<code>` and `/f/<code>[/<name>]` for file, markdown and html links."""
+        record = self.links.live(code)
+        if record is None:
+            self.stats.count("unknown", 404)
+            return not_found_response()
+        loop = asyncio.get_running_loop()
+        try:
+            asset = await loop.run_in_executor(
+                self.io_executor, locate_asset, self.users_dir, record.owner, record.path or ""
+            )
+        except AssetOutside as err:
+            self.stats.assets_refused += 1
+            await self._report(record, err.reason)
+            self.stats.count(record.type, 404)
+            return not_found_response()
+        except AssetMissing as err:
+            log.info("link %r of %s: %s", record.code, record.owner, err.reason)
+            self.stats.count(record.type, 404)
+            return not_found_response()
+        if record.type == "file":
+            response = await self._download(request, record, asset)
+        elif record.type == "markdown":
+            response = await self._markdown(request, record, asset)
+        else:
+            response = await self._html(request, record, asset)
+        self.stats.count(record.type, response.status)
+        return response
+
+    async def _download(
+        self, request: web.Request, record: LinkRecord, asset: Asset
+    ) -> web.StreamResponse:
+        name = display_name(record)
+        headers = {
+            **USER_CONTENT,
+            "Content-Type": content_type(name),
+            "Content-Disposition": content_disposition(name),
+            "Content-Security-Policy": DOWNLOAD_CSP,
+        }
+        return await self._send_asset(request, asset, headers)
+
+    async def _send_asset(
+        self, request: web.Request, asset: Asset, headers: dict[str, str]
+    ) -> web.StreamResponse:
+        """Send the file itself now (sendfile), counting it as a download in flight."""
+        response = AssetResponse(asset.path, headers=headers, on_sent=self.stats.sent)
+        self.stats.downloads_in_flight += 1
+        try:
+            await response.prepare(request)
+        finally:
+            self.stats.downloads_in_flight -= 1
+        return response
+
+    async def _markdown(
+        self, request: web.Request, record: LinkRecord, asset: Asset
+    ) -> web.StreamResponse:
+        if asset.stat.st_size > MAX_RENDER_BYTES:
+            return await self._plain_text(request, asset)
+        try:
+            body = await self.cache.get(
+                asset.identity, lambda: _render_file(asset.path), self.render_executor
+            )
+        except (OSError, RecursionError, ValueError) as err:
+            log.warning("markdown of link %r not rendered (%s); sent as text", record.code, err)
+            return await self._plain_text(request, asset)
+        theme = self.themes.theme_for(request)
+        page = b"".join((markdown_head(theme, record.path or ""), body, MARKDOWN_TAIL))
+        self.stats.sent(len(page))
+        headers = {**USER_CONTENT, "Content-Security-Policy": MARKDOWN_CSP}
+        return web.Response(body=page, content_type="text/html", charset="utf-8", headers=headers)
+
+    async def _plain_text(self, request: web.Request, asset: Asset) -> web.StreamResponse:
+        headers = {
+            **USER_CONTENT,
+            "Content-Type": "text/plain; charset=utf-8",
+            "Content-Security-Policy": DOWNLOAD_CSP,
+        }
+        return await self._send_asset(request, asset, headers)
+
+    async def _html(
+        self, request: web.Request, record: LinkRecord, asset: Asset
+    ) -> web.StreamResponse:
+        headers = {
+            **USER_CONTENT,
+            "Content-Type": "text/html; charset=utf-8",
+            "Content-Security-Policy": HTML_CSP,
+        }
+        loop = asyncio.get_running_loop()
+        source = await loop.run_in_executor(self.io_executor, open, asset.path, "rb")
+        try:
+            start = await loop.run_in_executor(self.io_executor, source.read, STREAM_CHUNK)
+            if is_whole_document(start):
+                head, tail = b"", b""
+            else:
+                head, tail = html_wrapper_head(record.path or ""), HTML_WRAPPER_TAIL
+            size = asset.stat.st_size
+            response = web.StreamResponse(headers=headers)
+            response.content_length = len(head) + size + len(tail)
+            await response.prepare(request)
+            if request.method == "HEAD":
+                return response
+            await response.write(head)
+            remaining = size
+            chunk = start[:remaining]
+            while remaining > 0:
+                if not chunk:  # the file shrank after the head promised its size
+                    if request.transport is not None:
+                        request.transport.abort()
+                    raise ConnectionResetError("html asset shrank while being sent")
+                await response.write(chunk)
+                remaining -= len(chunk)
+                if remaining > 0:
+                    chunk = await loop.run_in_executor(
+                        self.io_executor, source.read, min(STREAM_CHUNK, remaining)
+                    )
+            await response.write(tail)
+            self.stats.sent(response.content_length)
+            await response.write_eof()
+            return response
+        finally:
+            await loop.run_in_executor(self.io_executor, source.close)
+
+    async def _report(self, record: LinkRecord, reason: str) -> None:
+        """Log and publish an asset path that leaves its folder, once per link and path."""
+        key = (record.owner, record.code, record.path or "")
+        if key in self._reported:
+            return
+        if len(self._reported) >= MAX_REPORTED:
+            self._reported.clear()
+        self._reported.add(key)
+        file = f"users/{record.owner}/links.toml"
+        log.warning("link %r of %s not served: %s", record.code, record.owner, reason)
+        event = ConfigError(file=file, reason=f"link {record.code!r}: {reason}; not served")
+        try:
+            await self.bus.nc.publish(event_subject(event), json_encoder.encode(event))
+        except Exception as err:  # NATS away: the log line above still says it
+            log.debug("could not publish the refused asset: %s", err)
+
+
+def _render_file(path: Path) -> bytes:
+    """Read and render one markdown file (blocking: runs in the render executor)."""
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    return render_markdown(text).encode("utf-8")

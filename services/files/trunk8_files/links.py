@@ -1,0 +1,73 @@
+"""The files service's link table: the live file, markdown and html records by short code.
+
+A `MirrorSink` filled from KV `trunk8_links` by a `KvMirror`; redirect records are left to
+the redirector. `link_type` is this service's finder for the `/{code}` dispatcher, and
+`live` is what a handler serves: both check expiry at the moment they are asked.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import msgspec
+
+from trunk8_shared.codes import from_kv_key
+from trunk8_shared.records import LinkRecord, link_decoder
+
+log = logging.getLogger("trunk8.files")
+
+SERVED_TYPES = frozenset({"file", "markdown", "html"})
+
+
+class FileLinks:
+    """Short code -> record, for the link types this service serves."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, LinkRecord] = {}
+        self.updates = 0  # changes applied since start, snapshots included
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def live(self, code: str) -> LinkRecord | None:
+        """The record of `code` if it is ours and not expired now, else None."""
+        record = self.records.get(code)
+        if record is None:
+            return None
+        if record.expires_at is not None and time.time() > record.expires_at:
+            return None
+        return record
+
+    def link_type(self, code: str) -> str | None:
+        """The type of a live code of ours, or None (a `TypeFinder`)."""
+        record = self.live(code)
+        return record.type if record is not None else None
+
+    def replace_all(self, entries: dict[str, bytes]) -> None:
+        """Swap in a full snapshot of the links bucket."""
+        records: dict[str, LinkRecord] = {}
+        for key, value in entries.items():
+            record = _decode(key, value)
+            if record is not None:
+                records[record.code] = record
+        self.records = records
+        self.updates += 1
+
+    def apply(self, key: str, value: bytes | None) -> None:
+        """Apply one put (value) or delete (None)."""
+        self.updates += 1
+        record = _decode(key, value) if value is not None else None
+        if record is None:
+            self.records.pop(from_kv_key(key), None)
+        else:
+            self.records[record.code] = record
+
+
+def _decode(key: str, value: bytes) -> LinkRecord | None:
+    try:
+        record = link_decoder.decode(value)
+    except msgspec.DecodeError as err:
+        log.warning("ignoring undecodable record for key %r: %s", key, err)
+        return None
+    return record if record.type in SERVED_TYPES else None

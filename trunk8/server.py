@@ -1,7 +1,10 @@
-"""Serving an application on one port, with the redirector's fast path in front when present.
+"""Serving an application on one port, behind the front a service provides, if any.
 
 Used by `trunk8 up`, `trunk8 run` and the tests alike. The socket is bound before anything
-else starts, so a port in use fails at once with a clear message.
+else starts, so a port in use fails at once with a clear message. A service may set
+`trunk8_shared.front.FRONT` on the application (the redirector's fast path does); the
+port is then served by that front, which hands what it does not answer to aiohttp. Either
+way aiohttp's per-request tracebacks for malformed requests become brief, rate-limited lines.
 """
 
 from __future__ import annotations
@@ -12,8 +15,7 @@ import socket
 
 from aiohttp import web
 
-from trunk8_redirector import REDIRECTOR
-from trunk8_redirector.fastpath import FastPathServer
+from trunk8_shared.front import FRONT, Front, MalformedRequests, ProtocolFactory, ServerLog
 from trunk8_shared.settings import Settings
 
 from .errors import StartupError
@@ -35,7 +37,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 class HttpServer:
-    """An aiohttp application served on a socket, fast path first if it has a redirector."""
+    """An aiohttp application served on a socket, behind its front if a service set one."""
 
     def __init__(
         self, app: web.Application, settings: Settings, sock: socket.socket | None = None
@@ -43,14 +45,17 @@ class HttpServer:
         self.app = app
         self.settings = settings
         self.sock = sock
+        self.front: Front | None = app[FRONT](settings) if FRONT in app else None
+        server_log = self.front.server_log if self.front else ServerLog(MalformedRequests())
+        # aiohttp's parser limits are left at their defaults: a front relies on them.
         self.runner = web.AppRunner(
             app,
             handle_signals=False,
             access_log=None,
             keepalive_timeout=settings.keepalive_timeout,
             shutdown_timeout=SHUTDOWN_TIMEOUT,
+            logger=server_log,
         )
-        self._front: FastPathServer | None = None
         self._server: asyncio.Server | None = None
 
     @property
@@ -67,11 +72,9 @@ class HttpServer:
         await self.runner.setup()
         handler_factory = self.runner.server
         assert handler_factory is not None
-        protocol_factory = handler_factory
-        if REDIRECTOR in self.app:
-            self._front = self.app[REDIRECTOR].front(handler_factory, self.settings)
-            self._front.start()
-            protocol_factory = self._front.protocol  # type: ignore[assignment]
+        protocol_factory: ProtocolFactory = handler_factory
+        if self.front is not None:
+            protocol_factory = self.front.serve(self.app, handler_factory)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(protocol_factory, sock=self.sock)
 
@@ -79,6 +82,6 @@ class HttpServer:
         """Stop accepting, close connections, then run the app's cleanup."""
         if self._server is not None:
             self._server.close()
-        if self._front is not None:
-            await self._front.close()
+        if self.front is not None:
+            await self.front.close()
         await self.runner.cleanup()

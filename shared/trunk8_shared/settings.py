@@ -30,6 +30,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Seconds a keep-alive connection may stay idle, and a client may take to send a head.
     keepalive_timeout: float = 75.0
     header_timeout: float = 15.0
+    # Seconds the front waits for a client to take any of its unsent answers, then aborts.
+    send_timeout: float = 60.0
     # Seconds between NATS reconnect attempts.
     nats_reconnect_wait: float = 1.0
     # Poll the data directory instead of using inotify (network filesystems).
@@ -71,6 +73,7 @@ _ENV_FIELDS = {
     "TRUNK8_LOG_LEVEL": "log_level",
     "TRUNK8_KEEPALIVE_TIMEOUT": "keepalive_timeout",
     "TRUNK8_HEADER_TIMEOUT": "header_timeout",
+    "TRUNK8_SEND_TIMEOUT": "send_timeout",
     "TRUNK8_FORCE_POLLING": "force_polling",
     "TRUNK8_RECONCILE_INTERVAL": "reconcile_interval",
     "TRUNK8_MAX_DATA_FILE_MB": "max_data_file_mb",

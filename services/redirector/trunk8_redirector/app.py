@@ -8,14 +8,12 @@ for redirects, so every path gives the same answer.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
-
 from aiohttp import web
 
 from trunk8_shared.background import task_ctx
 from trunk8_shared.bus import setup_bus
 from trunk8_shared.dispatch import setup_code_routes
+from trunk8_shared.front import FRONT
 from trunk8_shared.kvmirror import KvMirror
 from trunk8_shared.ops import setup_ops
 from trunk8_shared.records import LINKS_BUCKET
@@ -34,16 +32,17 @@ class Redirector:
         self.table = table
         self.mirror = mirror
         self.stats = stats
+        self.fronts: list[FastPathServer] = []
 
-    def front(self, fallback: Callable[[], asyncio.Protocol], settings: Settings) -> FastPathServer:
-        """The fast-path front for a listening socket; `fallback` builds aiohttp handlers."""
-        return FastPathServer(
-            self.table,
-            fallback,
-            self.stats,
-            header_timeout=settings.header_timeout,
-            keepalive_timeout=settings.keepalive_timeout,
-        )
+    def front(self, settings: Settings) -> FastPathServer:
+        """The fast-path front for a listening socket (a `trunk8_shared.front.FrontFactory`)."""
+        front = FastPathServer(self.table, self.stats, settings)
+        self.fronts.append(front)
+        return front
+
+    def ready(self) -> bool:
+        """Links loaded, and every front's clock and timeout sweep running."""
+        return self.mirror.ready.is_set() and all(front.healthy for front in self.fronts)
 
     async def serve_redirect(self, request: web.Request, code: str) -> web.Response:
         """A redirect link inside aiohttp (connections that were handed over)."""
@@ -69,8 +68,9 @@ def setup_redirector(app: web.Application, settings: Settings) -> Redirector:
     mirror = KvMirror(bus, LINKS_BUCKET, table)
     redirector = Redirector(table, mirror, RedirectorStats())
     app[REDIRECTOR] = redirector
+    app[FRONT] = redirector.front
     setup_ops(app).add_service(
-        "redirector", mirror.ready.is_set, redirector_registry(redirector.stats, table, mirror)
+        "redirector", redirector.ready, redirector_registry(redirector.stats, table, mirror)
     )
     code_routes = setup_code_routes(app)
     code_routes.add_finder(table.link_type)

@@ -1,4 +1,8 @@
-"""The redirector's counters: plain integers bumped on the hot path, exported on scrape."""
+"""The redirector's counters: plain integers bumped on the hot path, exported on scrape.
+
+They include the front's: connections, hand-overs, send timeouts, and malformed requests
+on the public port (found by the fast path, or by aiohttp after a hand-over).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,20 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from trunk8_shared.front import MalformedRequests
 from trunk8_shared.kvmirror import KvMirror
 from trunk8_shared.plainmetrics import PlainHistogram
 
-from .table import BAD_REQUEST, EXPIRED, HIT, TIMEOUT, TOO_LARGE, UNKNOWN, LinkTable
+from .table import (
+    BAD_REQUEST,
+    EXPIRED,
+    HIT,
+    TIMEOUT,
+    TOO_LARGE,
+    UNKNOWN,
+    URI_TOO_LONG,
+    LinkTable,
+)
 
 _OUTCOMES = {
     HIT: ("hit", "302"),
@@ -20,6 +34,7 @@ _OUTCOMES = {
     BAD_REQUEST: ("bad_request", "400"),
     TIMEOUT: ("timeout", "408"),
     TOO_LARGE: ("too_large", "431"),
+    URI_TOO_LONG: ("uri_too_long", "414"),
 }
 ROUTE = "/{code}"
 
@@ -27,17 +42,27 @@ ROUTE = "/{code}"
 class RedirectorStats:
     """Plain counters of the hot path, exported on scrape."""
 
-    __slots__ = ("batches", "connections", "handed_over", "latency", "outcomes")
+    __slots__ = (
+        "batches",
+        "connections",
+        "handed_over",
+        "latency",
+        "malformed",
+        "outcomes",
+        "send_timeouts",
+    )
 
     # Reads timed for the latency histogram: one in this many (timing each costs ~5 %).
     TIMING_INTERVAL = 8
 
     def __init__(self) -> None:
-        self.outcomes = [0] * 6  # indexed by the outcome constants of table.py
+        self.outcomes = [0] * len(_OUTCOMES)  # indexed by the outcome constants of table.py
         self.latency = PlainHistogram()
         self.batches = 0
         self.connections = 0
         self.handed_over = 0
+        self.send_timeouts = 0
+        self.malformed = MalformedRequests()
 
 
 class RedirectorCollector(Collector):
@@ -77,6 +102,16 @@ class RedirectorCollector(Collector):
             f"{prefix}_handed_over",
             "Connections handed to the aiohttp pipeline (non-link requests).",
             value=self.stats.handed_over,
+        )
+        yield CounterMetricFamily(
+            f"{prefix}_send_timeouts",
+            "Connections aborted because the client took none of its answers in time.",
+            value=self.stats.send_timeouts,
+        )
+        yield CounterMetricFamily(
+            f"{prefix}_malformed_requests",
+            "Malformed requests on the public port (fast path and aiohttp).",
+            value=self.stats.malformed.count,
         )
         yield GaugeMetricFamily(f"{prefix}_links", "Links held in memory.", value=len(self.table))
         yield CounterMetricFamily(

@@ -23,13 +23,14 @@ from .pages import redirect_page
 log = logging.getLogger("trunk8.redirector")
 
 # Outcomes, used as indexes into the plain counters of `RedirectorStats`.
-HIT, UNKNOWN, EXPIRED, BAD_REQUEST, TIMEOUT, TOO_LARGE = range(6)
+HIT, UNKNOWN, EXPIRED, BAD_REQUEST, TIMEOUT, TOO_LARGE, URI_TOO_LONG = range(7)
 
 REASONS = {
     302: "Found",
     400: "Bad Request",
     404: "Not Found",
     408: "Request Timeout",
+    414: "URI Too Long",
     431: "Request Header Fields Too Large",
 }
 

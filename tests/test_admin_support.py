@@ -7,6 +7,7 @@ before the system is built by the real composition root (`build_app`).
 from __future__ import annotations
 
 import html
+import io
 import re
 import shutil
 from collections.abc import AsyncIterator
@@ -34,6 +35,7 @@ class Browser:
             timeout=aiohttp.ClientTimeout(total=30),
         )
         self.csrf = ""
+        self.stale = False
 
     async def close(self) -> None:
         await self.http.close()
@@ -48,6 +50,7 @@ class Browser:
             body = await response.text()
             if found := _CSRF.search(body):
                 self.csrf = found.group(1)
+                self.stale = False
             return response.status, dict(response.headers), body
 
     async def get(self, path: str, **kwargs: Any) -> tuple[int, dict[str, str], str]:
@@ -57,8 +60,8 @@ class Browser:
         self, path: str, data: dict[str, Any] | aiohttp.FormData, csrf: bool = True, **kw: Any
     ) -> tuple[int, dict[str, str], str]:
         """POST a form; the CSRF token of the last page is added unless `csrf` is False."""
-        if not self.csrf:
-            await self.get("/auth/login")
+        if not self.csrf or self.stale:
+            await self.get("/add" if self.stale else "/auth/login")
         if isinstance(data, dict):
             data = {**({"csrf_token": self.csrf} if csrf else {}), **data}
         return await self.request("POST", path, data=data, **kw)
@@ -71,15 +74,16 @@ class Browser:
         csrf: bool = True,
     ) -> tuple[int, dict[str, str], str]:
         """POST a multipart form like the add/edit pages (token first, then fields, files)."""
-        if not self.csrf:
+        if not self.csrf or self.stale:
             await self.get("/add")
-        form = aiohttp.FormData(default_to_multipart=True)
+        # Browsers send file names as raw UTF-8, not percent-encoded.
+        form = aiohttp.FormData(quote_fields=False, default_to_multipart=True)
         if csrf:
             form.add_field("csrf_token", self.csrf)
         for name, value in fields.items():
             form.add_field(name, value)
         for name, (filename, content) in (files or {}).items():
-            form.add_field(name, content, filename=filename)
+            form.add_field(name, io.BytesIO(content), filename=filename)
         return await self.request("POST", path, data=form)
 
     async def login(self, username: str = "", password: str = ADMIN_PASSWORD, **extra: str) -> int:
@@ -88,8 +92,7 @@ class Browser:
         status, _, _ = await self.post(
             "/auth/login", {"username": username, "password": password, **extra}
         )
-        if status == 302:
-            await self.get("/add")  # a signed-in session has a new CSRF token
+        self.stale = status == 302  # a signed-in session has a new CSRF token
         return status
 
     async def follow(self, status: int, headers: dict[str, str]) -> tuple[int, dict[str, str], str]:
@@ -103,9 +106,9 @@ def flashes(body: str) -> list[tuple[str, str]]:
     return [(kind, html.unescape(text)) for kind, text in _ALERT.findall(body)]
 
 
-def fixture_copy(root: Path) -> Path:
-    """A writable copy of the data directory Trunk8 0.7.0 wrote."""
-    target = root / "data"
+def fixture_copy(root: Path, name: str = "data") -> Path:
+    """A writable copy of the data directory Trunk8 0.7.0 wrote, at `root/name`."""
+    target = root / name
     shutil.copytree(FIXTURE, target, ignore=shutil.ignore_patterns("backups", "README.md"))
     for path in [target, *target.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)

@@ -140,6 +140,9 @@ class LinkStore:
             entry = links[code]
             previous = {key: _plain(entry[key]) for key in entry} if isinstance(entry, dict) else {}
             del links[code]
+            if not links:
+                # Keep the `[links]` header Trunk8 writes: an empty file reads as broken.
+                document["links"] = tomlkit.table()
             return previous
 
         return edit_toml(self.data.links_file(owner), edit)

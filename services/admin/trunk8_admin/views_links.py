@@ -133,7 +133,7 @@ async def add(request: web.Request, page: Page) -> web.StreamResponse:
         return _add_form(page, form, Problem(f"Short code '{code}' already exists.", "short_code"))
     except (DataWriteError, OSError) as err:
         form.discard()
-        log.error("saving link %r of %s failed: %s", code, owner, err)
+        log.warning("saving link %r of %s failed: %s", code, owner, err)
         return _add_form(page, form, Problem(f"Error saving link. ({err})"))
     _published_flash(page, published)
     short_url = page.base_url() + code
@@ -247,7 +247,7 @@ async def edit(request: web.Request, page: Page) -> web.StreamResponse:
         page.redirect("/links")
     except (DataWriteError, OSError) as err:
         form.discard()
-        log.error("saving link %r of %s failed: %s", code, record.owner, err)
+        log.warning("saving link %r of %s failed: %s", code, record.owner, err)
         page.flash("error", f"Error saving changes ({err})")
         return _edit_page(page, record, dict(form.fields))
     if warning:
@@ -290,7 +290,7 @@ async def delete(request: web.Request, page: Page) -> web.StreamResponse:
         page.flash("error", f"Link '{code}' not found.")
         page.redirect("/links")
     except (DataWriteError, OSError) as err:
-        log.error("deleting link %r of %s failed: %s", code, record.owner, err)
+        log.warning("deleting link %r of %s failed: %s", code, record.owner, err)
         page.flash("error", "Error deleting link.")
         page.redirect("/links")
     if warning:

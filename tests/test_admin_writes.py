@@ -1,0 +1,478 @@
+"""Admin writes that lose nothing: uploads, edits, deletes, hand edits and concurrent saves."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from conftest import RunningSystem, StartSystem, write
+from test_admin_support import (
+    Browser,
+    admin_browser,
+    admin_env,
+    admin_system,
+    browser,
+    fixture_copy,
+    flashes,
+)
+
+from trunk8_admin.datawrites import edit_toml
+from trunk8_admin.linkstore import LinkStore
+from trunk8_shared.datadir import DataDir
+
+# Fixtures used by name in test arguments.
+__all__ = ["admin_browser", "admin_env", "admin_system", "browser"]
+
+PDF = b"%PDF-1.4 a tiny test file\n"
+
+
+def links_of(data_dir: Path, user: str) -> dict[str, dict[str, object]]:
+    text = (data_dir / "users" / user / "links.toml").read_text()
+    links: dict[str, dict[str, object]] = tomllib.loads(text).get("links", {})
+    return links
+
+
+def assets(data_dir: Path, user: str) -> set[str]:
+    folder = data_dir / "users" / user / "assets"
+    return {p.name for p in folder.iterdir()} if folder.exists() else set()
+
+
+async def test_file_upload_is_stored_like_trunk8(
+    admin_browser: Browser, admin_system: RunningSystem, data_dir: Path
+) -> None:
+    status, _, body = await admin_browser.post_multipart(
+        "/add",
+        {"link_type": "file", "short_code": "report2"},
+        {"file": ("My Report (1) é.PDF", PDF)},
+    )
+    assert status == 200 and "Link Created Successfully!" in body, flashes(body)
+    entry = links_of(data_dir, "admin")["report2"]
+    assert entry["original_filename"] == "My_Report_1_e.PDF"
+    assert entry["file_size"] == len(PDF) and entry["mime_type"] == "application/pdf"
+    path = str(entry["path"])
+    assert path.endswith(".pdf") and len(path) == 36 + 4
+    assert (data_dir / "users" / "admin" / "assets" / path).read_bytes() == PDF
+    assert not [n for n in assets(data_dir, "admin") if n.startswith(".")]  # no temp left
+    _, _, listing = await admin_browser.get("/links?q=report2")
+    assert "My_Report_1_e.PDF" in listing
+
+
+async def test_refused_upload_leaves_nothing(admin_browser: Browser, data_dir: Path) -> None:
+    before = assets(data_dir, "admin")
+    status, _, body = await admin_browser.post_multipart(
+        "/add", {"link_type": "file", "short_code": "exe"}, {"file": ("tool.exe", b"MZ" * 100)}
+    )
+    assert status == 200
+    assert ("error", "File upload error: File type '.exe' not allowed") in flashes(body)
+    _, _, body = await admin_browser.post_multipart("/add", {"link_type": "file"})
+    assert ("error", "No file uploaded for file link.") in flashes(body)
+    assert assets(data_dir, "admin") == before
+    assert "exe" not in links_of(data_dir, "admin")
+
+
+async def test_upload_without_csrf_token_is_refused_before_storing(
+    admin_browser: Browser, data_dir: Path
+) -> None:
+    before = assets(data_dir, "admin")
+    status, _, _ = await admin_browser.post_multipart(
+        "/add", {"link_type": "file", "short_code": "forged"}, {"file": ("a.pdf", PDF)},
+        csrf=False,
+    )  # fmt: skip
+    assert status == 403
+    assert assets(data_dir, "admin") == before
+
+
+@pytest.fixture
+async def small_cap_system(
+    admin_env: None, data_dir: Path, start_system: StartSystem
+) -> RunningSystem:
+    config = data_dir / "config" / "config.toml"
+    write(config, "[app]\nmax_file_size_mb = 1\n")
+    return await start_system()
+
+
+async def test_upload_over_the_cap_is_refused_while_streaming(
+    small_cap_system: RunningSystem, data_dir: Path
+) -> None:
+    client = Browser(small_cap_system)
+    try:
+        assert await client.login() == 302
+        before = assets(data_dir, "admin")
+        big = b"x" * (3 * 1024 * 1024)
+        status, _, body = await client.post_multipart(
+            "/add", {"link_type": "file", "short_code": "big"}, {"file": ("big.txt", big)}
+        )
+        assert status == 413 and "larger than the limit of 1 MB" in body
+        assert assets(data_dir, "admin") == before  # the partial upload is gone
+        assert "big" not in links_of(data_dir, "admin")
+        # Just under the cap is fine.
+        client2 = Browser(small_cap_system)
+        assert await client2.login() == 302
+        ok = b"y" * (1024 * 1024 - 2048)
+        status, _, body = await client2.post_multipart(
+            "/add", {"link_type": "file", "short_code": "fits"}, {"file": ("fits.txt", ok)}
+        )
+        await client2.close()
+        assert "Link Created Successfully!" in body, flashes(body)
+    finally:
+        await client.close()
+
+
+async def test_markdown_and_html_entries(admin_browser: Browser, data_dir: Path) -> None:
+    folder = data_dir / "users" / "admin" / "assets"
+    _, _, body = await admin_browser.post_multipart(
+        "/add",
+        {"link_type": "markdown", "markdown_input_type": "text",
+         "markdown_text_content": "  # Title\r\ntext  ", "short_code": "md-text"},
+    )  # fmt: skip
+    assert "Link Created Successfully!" in body, flashes(body)
+    entry = links_of(data_dir, "admin")["md-text"]
+    assert entry["type"] == "markdown" and entry["original_filename"] == "md-text.md"
+    assert str(entry["path"]).endswith(".md")
+    assert (folder / str(entry["path"])).read_bytes() == b"\n# Title\r\ntext"
+
+    _, _, body = await admin_browser.post_multipart(
+        "/add", {"link_type": "markdown", "short_code": "md-page"},
+        {"markdown_file": ("page.HTML", b"<h1>hi</h1>")},
+    )  # fmt: skip
+    entry = links_of(data_dir, "admin")["md-page"]
+    assert entry["type"] == "html" and str(entry["path"]).endswith(".html")
+    assert entry["original_filename"] == "page.HTML"
+
+    _, _, body = await admin_browser.post_multipart(
+        "/add", {"link_type": "html", "html_input_type": "text",
+                 "html_text_content": "<p>x</p>", "short_code": "html-text"},
+    )  # fmt: skip
+    entry = links_of(data_dir, "admin")["html-text"]
+    assert entry["original_filename"] == "html-text.html"
+    assert (folder / str(entry["path"])).read_text() == "<p>x</p>"
+
+    _, _, body = await admin_browser.post_multipart(
+        "/add", {"link_type": "markdown", "short_code": "latin1"},
+        {"markdown_file": ("notes.md", "café".encode("latin-1"))},
+    )  # fmt: skip
+    assert ("error", "Markdown upload error: the file is not UTF-8 text") in flashes(body)
+    _, _, body = await admin_browser.post_multipart(
+        "/add", {"link_type": "html", "html_input_type": "text", "html_text_content": "  "},
+    )  # fmt: skip
+    assert ("error", "No HTML content provided.") in flashes(body)
+
+
+async def test_script_posting_urlencoded_still_works(
+    admin_browser: Browser, admin_system: RunningSystem
+) -> None:
+    status, _, body = await admin_browser.post(
+        "/add", {"link_type": "redirect", "url": "https://example.com/s", "short_code": "script"}
+    )
+    assert status == 200 and "Link Created Successfully!" in body
+    assert await admin_system.location("/script") == "https://example.com/s"
+
+
+async def test_edit_redirect_is_served_at_once(
+    admin_browser: Browser, admin_system: RunningSystem, data_dir: Path
+) -> None:
+    status, _, body = await admin_browser.get("/edit_link/docs")
+    assert status == 200 and "Edit Link" in body and 'value="https://example.com/docs"' in body
+    status, headers, _ = await admin_browser.post_multipart(
+        "/edit_link/docs",
+        {"link_type": "redirect", "url": "https://example.com/v2", "short_code": "ignored",
+         "enable_expiration": "on", "expiration_date": "2031-01-02T03:04"},
+    )  # fmt: skip
+    assert (status, headers["Location"]) == (302, "/links")
+    assert await admin_system.location("/docs") == "https://example.com/v2"
+    entry = links_of(data_dir, "bob")["docs"]  # the owner's file, not the admin's
+    assert entry["url"] == "https://example.com/v2"
+    assert entry["created_at"] == "2025-01-02T10:00:00"  # a key the admin does not manage
+    _, _, body = await admin_browser.get("/links")
+    assert ("success", "Link updated successfully") in flashes(body)
+    _, _, body = await admin_browser.get("/edit_link/docs")
+    assert 'value="2031-01-02T03:04"' in body and "ignored" not in body
+
+
+async def test_edit_errors_flash_and_keep_the_link(
+    admin_browser: Browser, admin_system: RunningSystem, data_dir: Path
+) -> None:
+    before = (data_dir / "users" / "bob" / "links.toml").read_bytes()
+    status, headers, _ = await admin_browser.post_multipart(
+        "/edit_link/docs", {"link_type": "redirect", "url": "javascript:alert(1)"}
+    )
+    assert (status, headers["Location"]) == (302, "/edit_link/docs")
+    _, _, body = await admin_browser.get("/edit_link/docs")
+    assert any("not allowed" in m for _, m in flashes(body))
+    status, headers, _ = await admin_browser.post_multipart(
+        "/edit_link/docs", {"link_type": "file"}, {"file": ("x.exe", b"MZ")}
+    )
+    assert status == 302
+    assert (data_dir / "users" / "bob" / "links.toml").read_bytes() == before
+    assert await admin_system.location("/docs") == "https://example.com/docs"
+
+
+async def test_unknown_code_and_foreign_links(browser: Browser, data_dir: Path) -> None:
+    from trunk8_admin.passwords import hash_password
+
+    users = data_dir / "users" / "users.toml"
+    users.write_text(
+        users.read_text().replace(
+            "[users.carol]\n", f'[users.carol]\npassword_hash = "{hash_password("pw", 1000)}"\n'
+        )
+    )
+    assert await browser.login("carol", "pw") == 302
+    status, headers, _ = await browser.get("/edit_link/nope")
+    assert (status, headers["Location"]) == (302, "/links")
+    _, _, body = await browser.get("/links")
+    assert ("error", "Link 'nope' not found.") in flashes(body)
+    status, _, _ = await browser.get("/edit_link/docs")
+    _, _, body = await browser.get("/links")
+    assert ("error", "You don't have permission to edit this link.") in flashes(body)
+    status, _, _ = await browser.post("/delete_link/docs", {})
+    assert status == 302
+    _, _, body = await browser.get("/links")
+    assert ("error", "You don't have permission to delete this link.") in flashes(body)
+    assert "docs" in links_of(data_dir, "bob")
+
+
+async def test_edit_file_link_keeps_or_replaces_its_asset(
+    admin_browser: Browser, data_dir: Path
+) -> None:
+    await admin_browser.post_multipart(
+        "/add", {"link_type": "file", "short_code": "doc"}, {"file": ("a.pdf", PDF)}
+    )
+    first = str(links_of(data_dir, "admin")["doc"]["path"])
+    # Only the expiry changes: no new file needed, the asset stays (T8-W10).
+    status, _, _ = await admin_browser.post_multipart(
+        "/edit_link/doc",
+        {"link_type": "file", "enable_expiration": "on", "expiration_date": "2031-01-01T00:00"},
+    )
+    assert status == 302
+    entry = links_of(data_dir, "admin")["doc"]
+    assert entry["path"] == first and entry["expiration_date"] == "2031-01-01T00:00"
+    assert first in assets(data_dir, "admin")
+    # A rejected replacement keeps the current file and link.
+    await admin_browser.post_multipart(
+        "/edit_link/doc", {"link_type": "file"}, {"file": ("b.exe", b"MZ")}
+    )
+    assert links_of(data_dir, "admin")["doc"]["path"] == first
+    assert first in assets(data_dir, "admin")
+    # A new file replaces the old one, which is deleted after the record is saved.
+    await admin_browser.post_multipart(
+        "/edit_link/doc", {"link_type": "file"}, {"file": ("b.txt", b"new")}
+    )
+    second = str(links_of(data_dir, "admin")["doc"]["path"])
+    assert second != first and second.endswith(".txt")
+    assert first not in assets(data_dir, "admin") and second in assets(data_dir, "admin")
+    # Switching to a redirect removes the asset instead of orphaning it.
+    await admin_browser.post_multipart(
+        "/edit_link/doc", {"link_type": "redirect", "url": "https://example.com/r"}
+    )
+    assert second not in assets(data_dir, "admin")
+    assert links_of(data_dir, "admin")["doc"] == {
+        "type": "redirect",
+        "url": "https://example.com/r",
+    }
+
+
+async def test_failed_toml_write_removes_the_new_asset(
+    admin_browser: Browser, data_dir: Path
+) -> None:
+    await admin_browser.post_multipart(
+        "/add", {"link_type": "file", "short_code": "keep"}, {"file": ("a.pdf", PDF)}
+    )
+    links_file = data_dir / "users" / "admin" / "links.toml"
+    old_asset = str(links_of(data_dir, "admin")["keep"]["path"])
+    # The file breaks (a half-finished hand edit): the edit must change nothing.
+    broken = links_file.read_text() + "\n[links.half\n"
+    links_file.write_text(broken)
+    before = assets(data_dir, "admin")
+    status, _, body = await admin_browser.post_multipart(
+        "/edit_link/keep", {"link_type": "file"}, {"file": ("new.txt", b"new")}
+    )
+    assert status == 200 and any("Error saving changes" in m for _, m in flashes(body))
+    assert links_file.read_text() == broken
+    assert assets(data_dir, "admin") == before and old_asset in before
+
+
+async def test_delete_removes_entry_and_asset(
+    admin_browser: Browser, admin_system: RunningSystem, data_dir: Path
+) -> None:
+    await admin_browser.post_multipart(
+        "/add", {"link_type": "file", "short_code": "gone"}, {"file": ("a.pdf", PDF)}
+    )
+    asset = str(links_of(data_dir, "admin")["gone"]["path"])
+    status, _, body = await admin_browser.get("/delete_link/gone")
+    assert status == 200 and "Delete" in body  # a confirm page, nothing deleted yet
+    assert "gone" in links_of(data_dir, "admin")
+    status, _, _ = await admin_browser.post("/delete/gone", {}, csrf=False)
+    assert status == 403
+    status, headers, _ = await admin_browser.post("/delete/gone", {})
+    assert (status, headers["Location"]) == (302, "/links")
+    assert "gone" not in links_of(data_dir, "admin") and asset not in assets(data_dir, "admin")
+    _, _, body = await admin_browser.get("/links")
+    assert ("success", "Link 'gone' deleted successfully.") in flashes(body)
+    await admin_browser.post("/delete_link/carol1", {})
+    assert (await admin_system.get("/carol1"))[0] == 404  # gone at once
+    assert links_of(data_dir, "carol") == {}
+
+
+async def test_hand_written_file_keeps_comments_and_extra_keys(
+    admin_browser: Browser, admin_system: RunningSystem, data_dir: Path
+) -> None:
+    links_file = data_dir / "users" / "carol" / "links.toml"
+    original = (
+        "# Carol's links, edited by hand\n"
+        "[links.carol1]  # the first one\n"
+        'type = "redirect"\n'
+        'url = "https://example.org/carol"\n'
+        'note = "keep me"\n'
+        "\n"
+        "[links.other]\n"
+        'type = "redirect"\n'
+        'url = "https://example.org/other"\n'
+        "created_at = 2025-01-02T10:00:00\n"
+        "\n"
+        "[extra_table]\n"
+        "answer = 42\n"
+    )
+    links_file.write_text(original)
+    await admin_system.get("/-/ready")
+
+    async def published() -> bool:
+        return await admin_system.location("/other") == "https://example.org/other"
+
+    from conftest import wait_until
+
+    await wait_until(published, timeout=10)
+    await admin_browser.post_multipart(
+        "/edit_link/carol1", {"link_type": "redirect", "url": "https://example.org/new"}
+    )
+    await admin_browser.post("/delete_link/other", {})
+    text = links_file.read_text()
+    assert "# Carol's links, edited by hand" in text and "# the first one" in text
+    assert 'note = "keep me"' in text and "answer = 42" in text
+    document = tomllib.loads(text)
+    assert document["links"]["carol1"]["url"] == "https://example.org/new"
+    assert "other" not in document["links"] and document["extra_table"] == {"answer": 42}
+    assert await admin_system.location("/carol1") == "https://example.org/new"
+
+
+def test_hand_edit_between_read_and_save_is_kept(tmp_path: Path) -> None:
+    path = tmp_path / "links.toml"
+    path.write_text('[links.a]\ntype = "redirect"\nurl = "https://a.example"\n')
+    calls = 0
+
+    def edit(document: object) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # someone saves the file by hand while we hold our copy
+            path.write_text(
+                path.read_text() + '\n[links.b]\ntype = "redirect"\nurl = "https://b"\n'
+            )
+        document["links"]["c"] = {"type": "redirect", "url": "https://c"}  # type: ignore[index]
+
+    edit_toml(path, edit)
+    assert calls == 2
+    assert set(tomllib.loads(path.read_text())["links"]) == {"a", "b", "c"}
+
+
+def test_replaced_file_keeps_its_mode(tmp_path: Path) -> None:
+    data = DataDir(tmp_path)
+    path = data.links_file("u")
+    write(path, "[links]\n")
+    path.chmod(0o640)
+    LinkStore(data).add("u", "x", {"type": "redirect", "url": "https://x"})
+    LinkStore(data).add("u", "ünï", {"type": "redirect", "url": "https://y"})  # parsing path
+    assert path.stat().st_mode & 0o777 == 0o640
+    assert set(tomllib.loads(path.read_text())["links"]) == {"x", "ünï"}
+
+
+CONCURRENT_WRITER = """
+import sys
+from pathlib import Path
+from trunk8_admin.linkstore import LinkStore
+from trunk8_shared.datadir import DataDir
+store = LinkStore(DataDir(Path(sys.argv[1])))
+for i in range(int(sys.argv[2])):
+    store.add("carol", f"proc{i}", {"type": "redirect", "url": f"https://p.example/{i}"})
+"""
+
+
+async def test_concurrent_saves_from_two_processes_are_all_kept(
+    admin_browser: Browser, admin_system: RunningSystem, data_dir: Path
+) -> None:
+    count = 25
+    other = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CONCURRENT_WRITER, str(data_dir), str(count)
+    )
+    # Meanwhile this admin adds links to the same file (as admin, switched nowhere: the
+    # edit of carol's link goes to carol's file).
+    for i in range(count):
+        await admin_browser.post_multipart(
+            "/edit_link/carol1", {"link_type": "redirect", "url": f"https://web.example/{i}"}
+        )
+    assert await asyncio.wait_for(other.wait(), 60) == 0
+    links = links_of(data_dir, "carol")
+    assert {f"proc{i}" for i in range(count)} <= links.keys()
+    assert links["carol1"]["url"] == f"https://web.example/{count - 1}"
+
+
+async def test_two_admin_instances_saving_at_once(
+    admin_env: None, start_system: StartSystem, data_dir: Path
+) -> None:
+    first = await start_system()
+    second = await start_system(target="admin")
+    clients = [Browser(first), Browser(second)]
+    try:
+        for client in clients:
+            assert await client.login() == 302
+
+        async def add_many(client: Browser, prefix: str) -> None:
+            for i in range(10):
+                _, _, body = await client.post_multipart(
+                    "/add",
+                    {"link_type": "redirect", "url": f"https://x.example/{i}",
+                     "short_code": f"{prefix}{i}"},
+                )  # fmt: skip
+                assert "Link Created Successfully!" in body, flashes(body)
+
+        await asyncio.gather(add_many(clients[0], "one"), add_many(clients[1], "two"))
+        links = links_of(data_dir, "admin")
+        assert {f"one{i}" for i in range(10)} | {f"two{i}" for i in range(10)} <= links.keys()
+        for i in range(10):
+            assert await first.location(f"/two{i}") == f"https://x.example/{i}"
+    finally:
+        for client in clients:
+            await client.close()
+
+
+@pytest.fixture
+def trunk8_data(tmp_path: Path) -> Path:
+    return fixture_copy(tmp_path, "trunk8-data")
+
+
+async def test_editing_a_trunk8_file_changes_only_that_link(
+    admin_env: None, trunk8_data: Path, nats_server: object, start_system: StartSystem
+) -> None:
+    system = await start_system(data_dir=str(trunk8_data))
+    client = Browser(system)
+    try:
+        assert await client.login() == 302
+        links_file = trunk8_data / "users" / "admin" / "links.toml"
+        before = links_file.read_text()
+        _, _, listing = await client.get("/links")
+        for code in ("ex_pdf", "fx-file", "fx-md-as-html", "alice-data", "WtPS9m84", "dave-old"):
+            assert f'data-code="{code}"' in listing
+        assert "Quarterly_Report_1_e.pdf" in listing and "notes from dave.txt" in listing
+        _, _, body = await client.get("/edit_link/fx-expires")
+        assert 'value="2031-06-30T18:00"' in body
+        await client.post_multipart(
+            "/edit_link/fx-redirect",
+            {"link_type": "redirect", "url": "https://example.org/changed"},
+        )
+        after = links_file.read_text()
+        old_block = 'url = "https://example.org/path?x=1&y=ä b"'
+        assert after == before.replace(old_block, 'url = "https://example.org/changed"')
+        assert await system.location("/fx-redirect") == "https://example.org/changed"
+    finally:
+        await client.close()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 import tomllib
 from pathlib import Path
 
 import pytest
-from conftest import RunningSystem, StartSystem, write
+from conftest import RunningSystem, StartSystem, wait_until, write
 from test_admin_support import (
     Browser,
     admin_browser,
@@ -341,8 +342,6 @@ async def test_hand_written_file_keeps_comments_and_extra_keys(
     async def published() -> bool:
         return await admin_system.location("/other") == "https://example.org/other"
 
-    from conftest import wait_until
-
     await wait_until(published, timeout=10)
     await admin_browser.post_multipart(
         "/edit_link/carol1", {"link_type": "redirect", "url": "https://example.org/new"}
@@ -476,3 +475,51 @@ async def test_editing_a_trunk8_file_changes_only_that_link(
         assert await system.location("/fx-redirect") == "https://example.org/changed"
     finally:
         await client.close()
+
+
+async def test_save_without_a_config_watcher_goes_live_when_it_is_back(
+    admin_env: None, start_system: StartSystem, data_dir: Path
+) -> None:
+    alone = await start_system(target="admin")
+    client = Browser(alone)
+    try:
+        assert await client.login() == 302
+        _, _, body = await client.post_multipart(
+            "/add",
+            {"link_type": "redirect", "url": "https://later.example/", "short_code": "later"},
+        )
+        assert "Link Created Successfully!" in body
+        assert any("goes live as soon as it is back" in m for _, m in flashes(body))
+        assert links_of(data_dir, "admin")["later"]["url"] == "https://later.example/"
+        everything = await start_system()  # a config-watcher (and redirector) arrive
+
+        async def served() -> bool:
+            return await everything.location("/later") == "https://later.example/"
+
+        await wait_until(served, timeout=10)
+    finally:
+        await client.close()
+
+
+async def test_hot_path_never_touches_the_session(
+    admin_browser: Browser, admin_system: RunningSystem
+) -> None:
+    for path in ("/docs", "/no-such-code", "/-/healthz"):
+        _, headers, _ = await admin_browser.get(path)
+        assert "Set-Cookie" not in headers, path
+    _, _, text = await admin_system.get("/-/metrics")
+    assert 'route="/{code}"' not in "".join(
+        line for line in text.splitlines() if line.startswith("trunk8_admin_requests")
+    )
+
+
+async def test_admin_static_files_are_fingerprinted_and_cached(admin_browser: Browser) -> None:
+    _, _, body = await admin_browser.get("/add")
+    urls = re.findall(r'(/static/admin/admin\.[0-9a-f]{12}\.(?:js|css))"', body)
+    assert len(urls) == 2
+    for url in urls:
+        status, headers, text = await admin_browser.get(url)
+        assert status == 200 and text
+        assert headers["Cache-Control"] == "public, max-age=31536000, immutable"
+    status, _, _ = await admin_browser.get("/static/admin/admin.js")
+    assert status == 404  # only fingerprinted names are served

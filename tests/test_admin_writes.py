@@ -523,3 +523,36 @@ async def test_admin_static_files_are_fingerprinted_and_cached(admin_browser: Br
         assert headers["Cache-Control"] == "public, max-age=31536000, immutable"
     status, _, _ = await admin_browser.get("/static/admin/admin.js")
     assert status == 404  # only fingerprinted names are served
+
+
+async def test_expired_links_are_purged_on_a_timer(
+    admin_env: None, monkeypatch: pytest.MonkeyPatch, data_dir: Path, start_system: StartSystem
+) -> None:
+    monkeypatch.setenv("TRUNK8_EXPIRY_PURGE_SECONDS", "0.2")
+    folder = data_dir / "users" / "carol" / "assets"
+    folder.mkdir(parents=True)
+    (folder / "old.pdf").write_bytes(PDF)
+    write(
+        data_dir / "users" / "carol" / "links.toml",
+        "# carol's file\n"
+        '[links.carol1]\ntype = "redirect"\nurl = "https://example.org/carol"\n\n'
+        '[links.old]\ntype = "file"\npath = "old.pdf"\nexpiration_date = "2020-01-01T00:00"\n\n'
+        '[links.zulu]\ntype = "redirect"\nurl = "https://z.example"\n'
+        "expiration_date = 2020-01-01T00:00:00Z\n\n"
+        '[links.odd]\ntype = "redirect"\nurl = "https://o.example"\n'
+        'expiration_date = "whenever"\n\n'
+        '[links.later]\ntype = "redirect"\nurl = "https://l.example"\n'
+        'expiration_date = "2031-01-01"\n',
+    )
+    await start_system()  # nobody signs in: the timer purges anyway
+
+    def purged() -> bool:
+        return {"old", "zulu"}.isdisjoint(links_of(data_dir, "carol"))
+
+    async def condition() -> bool:
+        return purged()
+
+    await wait_until(condition, timeout=10)
+    assert set(links_of(data_dir, "carol")) == {"carol1", "odd", "later"}
+    assert not (folder / "old.pdf").exists()
+    assert "# carol's file" in (data_dir / "users" / "carol" / "links.toml").read_text()

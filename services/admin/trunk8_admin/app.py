@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from functools import partial
 from pathlib import Path
 
 import aiohttp_jinja2
@@ -33,6 +34,7 @@ from .linkstore import LinkStore
 from .metrics import AdminMetrics
 from .pages import JINJA, Handler
 from .publish import LinkPublisher
+from .purge import purge_forever
 from .settings import AdminSettings, admin_settings_from, session_key
 from .siteconfig import Themes
 from .state import ADMIN, Admin
@@ -130,6 +132,7 @@ def setup_admin(
         storage=storage,
         startup_config=startup_config,
         static_urls=urls,
+        index_ready=mirror.ready,
     )
     app[ADMIN] = admin
     aiohttp_jinja2.setup(
@@ -142,6 +145,7 @@ def setup_admin(
     setup_ops(app).add_service("admin", mirror.ready.is_set, metrics.registry)
     _add_routes(app, files)
     app.cleanup_ctx.append(task_ctx("admin-link-index", mirror.run))
+    app.cleanup_ctx.append(task_ctx("admin-expiry-purge", partial(purge_forever, admin)))
     if admin_settings.default_password:
         log.warning(
             "the admin password is the public default 'admin': set TRUNK8_ADMIN_PASSWORD "

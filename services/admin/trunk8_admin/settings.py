@@ -45,6 +45,8 @@ class AdminSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     publish_timeout: float = 5.0
     # Links per page in /links.
     page_size: int = 50
+    # Seconds between purges of expired links.
+    purge_interval: float = 60.0
 
     @property
     def default_password(self) -> bool:
@@ -57,6 +59,7 @@ _ENV_FIELDS = {
     "TRUNK8_SECRET_KEY": "secret_key",
     "TRUNK8_LOGIN_ATTEMPTS": "login_attempts",
     "TRUNK8_SESSION_IDLE_HOURS": "session_idle_hours",
+    "TRUNK8_EXPIRY_PURGE_SECONDS": "purge_interval",
 }
 
 

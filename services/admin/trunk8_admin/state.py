@@ -5,6 +5,7 @@ Built once by `setup_admin`; handlers reach it through the typed `ADMIN` key.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -41,6 +42,8 @@ class Admin:
     # Read once at start, as in Trunk8 (T8-085): the request cap and remember-me lifetime.
     startup_config: SiteConfig
     static_urls: dict[str, str]
+    # Set once the link index holds the whole bucket.
+    index_ready: asyncio.Event
 
 
 ADMIN = web.AppKey("trunk8.admin", Admin)

@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+from pathlib import Path
 
 import pytest
 
-from trunk8_shared.codes import from_kv_key, kv_key, short_code_problem
-from trunk8_shared.datafiles import DataFileError, display_name, parse_links, parse_users
+from trunk8_shared.codes import (
+    code_of_key,
+    from_kv_key,
+    kv_key,
+    short_code_problem,
+    username_problem,
+)
+from trunk8_shared.datafiles import (
+    DataFileError,
+    check_links,
+    check_users,
+    display_name,
+    parse_links,
+    parse_users,
+    read_data_file,
+)
 from trunk8_shared.expiry import expiry_timestamp
 
 
@@ -129,3 +145,70 @@ def test_informational_fields_of_hand_edits_are_tolerated() -> None:
     ).links
     assert links["a"].file_size == "48213"
     assert links["a"].upload_date == "2025-01-15T10:30:00"
+
+
+@pytest.mark.parametrize("key", ["=a", "=_w", "=", "", "a.b", "=ZG9jcw", "a/b", "=w7x uw68"])
+def test_foreign_kv_keys_decode_to_none(key: str) -> None:
+    assert code_of_key(key) is None
+    with pytest.raises(ValueError, match="not a key Trunk8 writes"):
+        from_kv_key(key)
+
+
+def test_expiry_at_the_edges_of_the_calendar() -> None:
+    assert expiry_timestamp("0001-01-01") == pytest.approx(-62135596800, abs=14 * 3600)
+    assert expiry_timestamp("9999-12-31T23:59:59") == pytest.approx(253402300799, abs=14 * 3600)
+
+
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [("bob", True), ("carol_ü", True), ("a-b_c", True), ("jo", True), ("٣٤", True),
+     ("../../x", False), ("/srv/elsewhere", False), ("a.b", False), ("..", False),
+     ("-_", False), ("", False), ("a b", False), ("a\x00b", False)],
+)  # fmt: skip
+def test_usernames_follow_trunk8s_character_rule(name: str, ok: bool) -> None:
+    assert (username_problem(name) is None) is ok
+
+
+def test_check_links_refuses_bad_links_alone() -> None:
+    checked = check_links(
+        b'[links.good]\ntype = "redirect"\nurl = "https://ok.example"\n'
+        b'[links.bad]\ntype = "nope"\n'
+        b"[links.shape]\ntype = 3\n"
+        b"[links]\nflat = 7\n",
+        "f",
+    )
+    assert list(checked.entries) == ["good"]
+    assert checked.rejected["bad"] == "unknown link type 'nope'"
+    assert "Expected `str`, got `int`" in checked.rejected["shape"]
+    assert "flat" in checked.rejected
+
+
+def test_check_users_refuses_bad_accounts_alone() -> None:
+    checked = check_users(b'[users.bob]\n[users."../x"]\n[users.amy]\nis_admin = "yes"\n')
+    assert list(checked.entries) == ["bob"]
+    assert set(checked.rejected) == {"../x", "amy"}
+
+
+def test_deep_nesting_is_a_clear_rejection() -> None:
+    with pytest.raises(DataFileError, match="nested too deeply"):
+        parse_links(b"x = " + b"[" * 5000 + b"]" * 5000, "f")
+
+
+def test_only_regular_files_are_read(tmp_path: Path) -> None:
+    assert read_data_file(tmp_path / "missing.toml", "m", 100) is None
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(DataFileError, match=r"not a regular file \(a FIFO\)"):
+        read_data_file(fifo, "fifo", 100)
+    with pytest.raises(DataFileError, match=r"not a regular file \(a directory\)"):
+        read_data_file(tmp_path, "dir", 100)
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    with pytest.raises(DataFileError, match="a symbolic link loop"):
+        read_data_file(loop, "loop", 100)
+    small = tmp_path / "small"
+    small.write_bytes(b"x" * 1000)
+    assert read_data_file(small, "small", 1000) == b"x" * 1000
+    with pytest.raises(DataFileError, match=r"larger than the 0\.001 MB cap \(1001 bytes"):
+        small.write_bytes(b"x" * 1001)
+        read_data_file(small, "small", 1000)

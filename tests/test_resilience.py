@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 from pathlib import Path
 
@@ -82,7 +81,11 @@ async def test_user_folder_moved_in_and_out(system: RunningSystem, data_dir: Pat
     write(
         staging / "links.toml", '[links.dave1]\ntype = "redirect"\nurl = "https://dave.example"\n'
     )
-    await asyncio.sleep(0.3)
+
+    async def dave_listed() -> bool:
+        return (await system.metrics())["trunk8_config_watcher_users"] == 4
+
+    await wait_until(dave_listed)  # dave is known before his folder moves in
     shutil.move(staging, data_dir / "users" / "dave")
     await wait_until(lambda: _served(system, "dave1", "https://dave.example"))
     shutil.move(data_dir / "users" / "bob", data_dir.parent / "bob-away")

@@ -24,7 +24,7 @@ from .rejections import Rejections
 
 log = logging.getLogger("trunk8.config_watcher")
 
-EMPTY_LINKS_FILE = "file is empty (being rewritten?); its last good links stay served"
+EMPTY_LINKS_FILE = "file is empty (being rewritten?)"
 
 
 class ConfigLoadError(Exception):

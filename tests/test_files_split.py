@@ -81,19 +81,25 @@ async def test_files_alone_refuses_paths_that_leave_the_assets_folder(
 
     status, _, body = await system.get("/ok")
     assert (status, body) == (200, "fine\n")
+    (bob_assets / "ok.txt").unlink()  # swapped for a link out right after being served
+    (bob_assets / "ok.txt").symlink_to(data_dir / "secret.txt")
+    status, _, body = await system.get("/ok")
+    assert status == 404 and "password" not in body
+    (bob_assets / "ok.txt").unlink()
+    (bob_assets / "ok.txt").write_bytes(b"fine\n")
     for code in [*refused, *missing, "evil_owner"]:
         for path in (f"/{code}", f"/f/{code}", f"/f/{code}/secret.txt"):
             status, _, body = await system.get(path)
             assert status == 404, path
             assert "Link Not Found" in body and "password" not in body, path
     values = await system.metrics()
-    assert values["trunk8_files_assets_refused_total"] == 3 * (len(refused) + 1)
+    assert values["trunk8_files_assets_refused_total"] == 3 * (len(refused) + 1) + 1
 
     async def reported() -> bool:
-        return {e["reason"].split("'")[1] for e in events} >= {*refused, "evil_owner"}
+        return {e["reason"].split("'")[1] for e in events} >= {*refused, "evil_owner", "ok"}
 
     await wait_until(reported)
-    assert len(events) == len(refused) + 1  # once per link, not once per request
+    assert len(events) == len(refused) + 2  # once per link, not once per request
     assert all(e["file"] == "users/bob/links.toml" for e in events if "evil" not in e["reason"])
     await sub.unsubscribe()
 

@@ -23,7 +23,7 @@ from trunk8_config_watcher.catalog import LinkCatalog
 from trunk8_config_watcher.rejections import Rejections
 from trunk8_config_watcher.reloader import ConfigLoadError, Reloader
 from trunk8_shared.datadir import DataDir
-from trunk8_shared.records import ConfigError, UserRejected, event_decoder
+from trunk8_shared.records import RELOAD_SUBJECT, ConfigError, UserRejected, event_decoder
 
 pytestmark = pytest.mark.allow_logged_errors()
 
@@ -152,7 +152,7 @@ async def test_calendar_edge_expiry_applies_with_the_rest_of_its_batch(
     await wait_until(lambda: serves(system, "docs", "https://example.com/moved"))
     assert await system.location("/eternal") == "https://example.com/e"
     assert (await system.get("/ancient"))[0] == 404  # expired long ago
-    assert (await rejected(system)) == {"files": [], "entries": []}
+    assert (await rejected(system)) == {"files": [], "entries": [], "entries_total": 0}
 
 
 async def test_calendar_edge_expiry_at_start(start_system: StartSystem, data_dir: Path) -> None:
@@ -265,6 +265,39 @@ async def test_usernames_cannot_leave_users(
     values = await system.metrics()
     assert values["trunk8_config_watcher_users"] == 4  # admin, bob, carol, dave
     assert values["trunk8_config_watcher_rejected_entries"] == 3
+
+
+async def test_a_file_of_many_bad_links_floods_neither_log_nor_bus(
+    system: RunningSystem,
+    data_dir: Path,
+    bus_client: nats.NATS,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    refused: list[bytes] = []
+
+    async def on_event(msg: nats.aio.msg.Msg) -> None:
+        refused.append(msg.data)
+
+    await bus_client.subscribe("trunk8.events.config.link_rejected", cb=on_event)
+    await bus_client.flush()
+    bad = "".join(
+        f'[links.bad{i}]\ntype = "redirect"\nurl = "javascript:{i}"\n' for i in range(20_000)
+    )
+    write(links_file(data_dir, "bob"), redirect("docs", "https://example.com/kept") + bad)
+    await wait_until(lambda: serves(system, "docs", "https://example.com/kept"), timeout=15)
+
+    async def counted() -> bool:
+        return (await system.metrics())["trunk8_config_watcher_rejected_entries"] == 20_000
+
+    await wait_until(counted)
+    view = await rejected(system)
+    assert view["entries_total"] == 20_000 and len(view["entries"]) == 1000
+    refusals = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) <= 6  # five by name, then one line for the rest
+    await wait_until(lambda: _true(len(refused) >= 100))
+    # The reply to a reload follows every event published before it on the same connection.
+    await bus_client.request(RELOAD_SUBJECT, b"", timeout=5)
+    assert len(refused) == 100
 
 
 async def _true(value: bool) -> bool:

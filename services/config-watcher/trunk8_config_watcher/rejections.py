@@ -8,6 +8,7 @@ what `/-/rejected` answers, so an operator sees at once what to fix.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -19,6 +20,12 @@ from trunk8_shared.records import ConfigError, Event, LinkRejected, UserRejected
 log = logging.getLogger("trunk8.config_watcher")
 
 EntryEvent = Callable[[str, str, str], Event]
+
+# New refusals of one file logged one by one, and published as events, per reload.
+LOGGED_PER_FILE = 5
+EVENTS_PER_FILE = 100
+# Entries listed by `/-/rejected` (the gauge counts them all).
+VIEW_LIMIT = 1000
 
 
 def _link_rejected(file: str, code: str, reason: str) -> Event:
@@ -65,11 +72,20 @@ class Rejections:
         self, file: str, refused: dict[str, str], noun: str, event: EntryEvent
     ) -> list[Event]:
         before = self.entries.get(file, {})
-        events: list[Event] = []
-        for entry, reason in refused.items():
-            if before.get(entry) != reason:
-                log.warning("%s: refused %s %r: %s", file, noun, entry, reason)
-                events.append(event(file, entry, reason))
+        fresh = [
+            (entry, reason) for entry, reason in refused.items() if before.get(entry) != reason
+        ]
+        # A file of a million bad entries must not flood the log or the bus.
+        for entry, reason in fresh[:LOGGED_PER_FILE]:
+            log.warning("%s: refused %s %r: %s", file, noun, entry, reason)
+        if len(fresh) > LOGGED_PER_FILE:
+            log.warning(
+                "%s: refused %d more %ss (see /-/rejected)",
+                file,
+                len(fresh) - LOGGED_PER_FILE,
+                noun,
+            )
+        events = [event(file, entry, reason) for entry, reason in fresh[:EVENTS_PER_FILE]]
         if refused:
             self.entries[file] = dict(refused)
         else:
@@ -92,13 +108,15 @@ class Rejections:
 
     def view(self) -> dict[str, Any]:
         """The JSON answered at `/-/rejected`."""
+        entries = (
+            {"file": f, "entry": entry, "reason": reason}
+            for f, entries in sorted(self.entries.items())
+            for entry, reason in entries.items()
+        )
         return {
             "files": [{"file": f, "reason": r} for f, r in sorted(self.files.items())],
-            "entries": [
-                {"file": f, "entry": entry, "reason": reason}
-                for f, entries in sorted(self.entries.items())
-                for entry, reason in entries.items()
-            ],
+            "entries": list(itertools.islice(entries, VIEW_LIMIT)),
+            "entries_total": self.entry_count,
         }
 
 

@@ -556,3 +556,28 @@ async def test_expired_links_are_purged_on_a_timer(
     assert set(links_of(data_dir, "carol")) == {"carol1", "odd", "later"}
     assert not (folder / "old.pdf").exists()
     assert "# carol's file" in (data_dir / "users" / "carol" / "links.toml").read_text()
+
+
+async def test_codes_stay_unique_while_the_bus_is_away(
+    admin_env: None, start_system: StartSystem, tmp_path: Path, data_dir: Path
+) -> None:
+    # An admin pointed at a NATS server that is not there: no index, no watcher.
+    alone = await start_system(
+        target="admin", wait_ready=False, nats_url="nats://127.0.0.1:9", nats_reconnect_wait=5
+    )
+    client = Browser(alone)
+    try:
+        assert await client.login() == 302
+        _, _, body = await client.get("/links")
+        assert 'id="index-loading"' in body
+        _, _, body = await client.post_multipart(
+            "/add", {"link_type": "redirect", "url": "https://x.example", "short_code": "docs"}
+        )
+        assert ("error", "Short code 'docs' already exists.") in flashes(body)  # bob's file
+        _, _, body = await client.post_multipart(
+            "/add", {"link_type": "redirect", "url": "https://x.example", "short_code": "fresh"}
+        )
+        assert "Link Created Successfully!" in body
+        assert any("goes live as soon as it is back" in m for _, m in flashes(body))
+    finally:
+        await client.close()

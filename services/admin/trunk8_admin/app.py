@@ -122,7 +122,7 @@ def setup_admin(
         settings=settings,
         admin_settings=admin_settings,
         data=data,
-        accounts=AccountBook(data, admin_settings.admin_password.strip()),
+        accounts=AccountBook(data, admin_settings.admin_password),
         themes=themes,
         index=index,
         store=LinkStore(data),

@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from trunk8_shared.datadir import DataDir
 from trunk8_shared.datafiles import asset_path_problem
 
 from .datawrites import fsync_folder
@@ -62,6 +64,28 @@ def remove_asset(assets: Path, fields: LinkFields) -> str | None:
     except OSError as err:
         return err.strerror or str(err)
     return None
+
+
+def _codes_on_disk(data: DataDir, owners: list[str]) -> set[str]:
+    """Every code in every account's links file (only while the index is not loaded)."""
+    codes: set[str] = set()
+    for owner in owners:
+        try:
+            document = tomllib.loads(data.links_file(owner).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            continue  # unreadable files are skipped, as in Trunk8's lookup (§4.2)
+        links = document.get("links")
+        if isinstance(links, dict):
+            codes.update(links)
+    return codes
+
+
+async def taken_codes(admin: Admin) -> set[str] | dict[str, Any]:
+    """Codes in use by any user: the index, or the files while the bus is not there yet."""
+    if admin.index_ready.is_set():
+        return admin.index.links
+    owners = list(await admin.accounts.all())
+    return await _blocking(_codes_on_disk, admin.data, owners)
 
 
 async def save_link(

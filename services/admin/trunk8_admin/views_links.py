@@ -24,7 +24,7 @@ from .linkstore import CodeTaken, LinkMissing
 from .listing import LinkQuery, list_links, type_counts
 from .pages import Page, admin_page
 from .publish import Outcome, Published
-from .saving import delete_link, save_link
+from .saving import delete_link, save_link, taken_codes
 
 log = logging.getLogger("trunk8.admin")
 
@@ -115,7 +115,7 @@ async def add(request: web.Request, page: Page) -> web.StreamResponse:
     form = await _read_link_form(page, owner)
     try:
         code = form.get("short_code").strip()
-        taken = admin.index.links
+        taken = await taken_codes(admin)
         if not code:
             code = random_code(taken)
         if not form.get("link_type").strip():

@@ -1,0 +1,136 @@
+"""End to end in a real headless Chromium: sign in, create a link of each type (one by
+upload, with the progress bar), list them, open them, edit one, delete one, sign out.
+
+Needs Debian's `chromium` package and the `playwright` Python package (driving that
+browser, no browser download); the test is skipped where either is missing.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from conftest import RunningSystem
+from test_admin_support import ADMIN_PASSWORD, admin_env, admin_system
+
+# Fixtures used by name in test arguments.
+__all__ = ["admin_env", "admin_system"]
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+playwright_api = pytest.importorskip("playwright.async_api")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+
+UPLOAD_BYTES = 8 * 1024 * 1024
+# Records, in sessionStorage (it survives the page being replaced), that the upload
+# progress bar was shown and how far it got.
+WATCH_PROGRESS = """() => {
+  const box = document.querySelector('.upload-progress');
+  const bar = box.querySelector('.progress-bar');
+  new MutationObserver(() => {
+    if (!box.hidden) sessionStorage.setItem('progressShown', 'yes');
+    sessionStorage.setItem('progressText', bar.textContent);
+  }).observe(box, {attributes: true, subtree: true, childList: true, characterData: true});
+}"""
+
+
+@pytest.fixture
+async def page(admin_system: RunningSystem) -> AsyncIterator[Any]:
+    async with playwright_api.async_playwright() as driver:
+        browser = await driver.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
+        try:
+            context = await browser.new_context(base_url=admin_system.base)
+            tab = await context.new_page()
+            tab.set_default_timeout(15_000)
+            yield tab
+        finally:
+            await browser.close()
+
+
+async def create(page: Any, link_type: str, code: str, fill: dict[str, str]) -> None:
+    await page.goto("/add")
+    await page.check(f"#type-{link_type}")
+    for selector, value in fill.items():
+        if selector.startswith("radio:"):
+            await page.check(selector[len("radio:") :])
+        else:
+            await page.fill(selector, value)
+    await page.fill("#short_code", code)
+    await page.click("#link-form button[type=submit]")
+    await page.wait_for_selector("text=Link Created Successfully!")
+    assert await page.input_value("#short-url") == f"{page.url.split('/add')[0]}/{code}"
+
+
+async def test_a_links_whole_life_in_chromium(page: Any, admin_system: RunningSystem) -> None:
+    base = admin_system.base
+    # Sign in, administrator mode (password only).
+    await page.goto("/auth/login")
+    await page.check("#adminMode")
+    await page.fill("#password", ADMIN_PASSWORD)
+    await page.click("#login-form button[type=submit]")
+    await page.wait_for_selector("text=Welcome to Trunk8, Administrator!")
+
+    # One link of each type; the file goes up through the progress bar.
+    await create(page, "redirect", "e2e-redirect", {"#url": f"{base}/-/healthz"})
+    await page.goto("/add")
+    await page.check("#type-file")
+    await page.evaluate(WATCH_PROGRESS)
+    await page.set_input_files(
+        "#file",
+        {"name": "report.pdf", "mimeType": "application/pdf", "buffer": b"%" * UPLOAD_BYTES},
+    )
+    await page.fill("#short_code", "e2e-file")
+    await page.click("#link-form button[type=submit]")
+    await page.wait_for_selector("text=Link Created Successfully!")
+    assert await page.evaluate("sessionStorage.getItem('progressShown')") == "yes"
+    assert await page.evaluate("sessionStorage.getItem('progressText')") == "100%"
+    await create(
+        page,
+        "markdown",
+        "e2e-markdown",
+        {"radio:#markdown-input-text": "", "#markdown_text_content": "# Hello from Chromium"},
+    )
+    await create(
+        page,
+        "html",
+        "e2e-html",
+        {"radio:#html-input-text": "", "#html_text_content": "<p>Hello HTML</p>"},
+    )
+
+    # All four are listed.
+    await page.goto("/links?q=e2e-")
+    for code in ("e2e-redirect", "e2e-file", "e2e-markdown", "e2e-html"):
+        assert await page.locator(f'tr[data-code="{code}"]').count() == 1
+
+    # Each short URL answers.
+    await page.goto("/e2e-redirect")
+    assert page.url == f"{base}/-/healthz"
+    for code in ("e2e-file", "e2e-markdown", "e2e-html"):
+        response = await page.request.get(f"/{code}", max_redirects=0)
+        assert response.status == 200, code
+    assert len(await (await page.request.get("/e2e-file")).body()) == UPLOAD_BYTES
+
+    # Edit one.
+    await page.goto("/edit_link/e2e-redirect")
+    await page.fill("#url", f"{base}/-/ready")
+    await page.click("#link-form button[type=submit]")
+    await page.wait_for_selector("text=Link updated successfully")
+    await page.goto("/e2e-redirect")
+    assert page.url == f"{base}/-/ready"
+
+    # Delete one, accepting the browser's confirm.
+    await page.goto("/links?q=e2e-html")
+    page.once("dialog", lambda dialog: dialog.accept())
+    await page.click('tr[data-code="e2e-html"] button:has-text("Delete")')
+    await page.wait_for_selector("text=Link 'e2e-html' deleted successfully.")
+    assert (await page.request.get("/e2e-html", max_redirects=0)).status == 404
+
+    # Sign out through the user menu.
+    await page.click("a.dropdown-toggle:has-text('Administrator')")
+    await page.click("button.dropdown-item:has-text('Logout')")
+    await page.wait_for_selector("text=Successfully logged out!")
+    await page.goto("/links")
+    assert page.url.endswith("/auth/login")

@@ -237,3 +237,15 @@ async def test_dashboard_counts(admin_browser: Browser) -> None:
     assert re.search(r'id="own-link-count">2<', body)
     assert re.search(r'id="user-count">3<', body)
     assert re.search(r'id="total-link-count">5<', body)
+
+
+async def test_new_codes_are_nfc_and_non_ascii_ones_warned_about(
+    admin_browser: Browser, admin_system: RunningSystem, data_dir: Path
+) -> None:
+    _, body = await add_redirect(admin_browser, "https://example.com/cafe", "cafe\u0301")
+    assert "Link Created Successfully!" in body
+    assert any("non-ASCII" in message for _, message in flashes(body))
+    assert "caf\u00e9" in links_of(data_dir, "admin")
+    assert await admin_system.location("/caf%C3%A9") == "https://example.com/cafe"
+    _, body = await add_redirect(admin_browser, "https://example.com/plain", "plain")
+    assert not any("non-ASCII" in message for _, message in flashes(body))

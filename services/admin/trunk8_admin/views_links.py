@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import unicodedata
 from typing import Any
 
 import segno
@@ -114,7 +115,8 @@ async def add(request: web.Request, page: Page) -> web.StreamResponse:
     owner = page.effective.username
     form = await _read_link_form(page, owner)
     try:
-        code = form.get("short_code").strip()
+        # One spelling per code: "é" typed as e + accent becomes the single character.
+        code = unicodedata.normalize("NFC", form.get("short_code").strip())
         taken = await taken_codes(admin)
         if not code:
             code = random_code(taken)
@@ -136,6 +138,12 @@ async def add(request: web.Request, page: Page) -> web.StreamResponse:
         log.warning("saving link %r of %s failed: %s", code, owner, err)
         return _add_form(page, form, Problem(f"Error saving link. ({err})"))
     _published_flash(page, published)
+    if not code.isascii():
+        page.flash(
+            "warning",
+            "This code has non-ASCII characters, some of which look like others (a Cyrillic "
+            "and a Latin 'a', say): share it as a link or QR code rather than by typing it.",
+        )
     short_url = page.base_url() + code
     qr = segno.make(short_url, error="m").svg_inline(scale=4, border=2, dark="#000", light="#fff")
     return page.render("created.html", code=code, short_url=short_url, qr_svg=qr, draft=draft)

@@ -581,3 +581,39 @@ async def test_codes_stay_unique_while_the_bus_is_away(
         assert any("goes live as soon as it is back" in m for _, m in flashes(body))
     finally:
         await client.close()
+
+
+CRASHING_WRITER = """
+import sys
+from pathlib import Path
+from trunk8_admin.linkstore import LinkStore
+from trunk8_shared.datadir import DataDir
+store = LinkStore(DataDir(Path(sys.argv[1])))
+for i in range(100_000):
+    store.add("carol", f"k{i}", {"type": "redirect", "url": f"https://k.example/{i}"})
+    if i == 0:
+        print("started", flush=True)
+"""
+
+
+async def test_a_writer_killed_mid_save_leaves_a_whole_file(data_dir: Path) -> None:
+    links_file = data_dir / "users" / "carol" / "links.toml"
+    original = "# kept\n" + "".join(
+        f'[links.old{i}]\ntype = "redirect"\nurl = "https://old.example/{i}"\n\n'
+        for i in range(3000)
+    )
+    links_file.write_text(original)
+    writer = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CRASHING_WRITER, str(data_dir), stdout=asyncio.subprocess.PIPE
+    )
+    assert writer.stdout is not None
+    assert await asyncio.wait_for(writer.stdout.readline(), 30) == b"started\n"
+    writer.kill()  # SIGKILL: no cleanup, possibly between temp file and rename
+    await asyncio.wait_for(writer.wait(), 30)
+    links = tomllib.loads(links_file.read_text())["links"]
+    assert {f"old{i}" for i in range(3000)} <= links.keys()
+    added = [code for code in links if code.startswith("k")]
+    assert added == [f"k{i}" for i in range(len(added))] and added  # whole saves only
+    assert links_file.read_text().startswith("# kept\n")
+    leftovers = [p.name for p in links_file.parent.iterdir() if p.name != "links.toml"]
+    assert all(name.endswith(".tmp") for name in leftovers)  # never read as TOML

@@ -6,10 +6,12 @@ by the config-watcher over a real nats-server, requests over real sockets.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import os
 import re
+import socket
 import time
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import pytest
 from conftest import RunningSystem, StartSystem, wait_until, write
 from multidict import CIMultiDict
 
+from trunk8_files import sendfile
 from trunk8_files.names import content_disposition, content_type
 from trunk8_shared.static import STATIC_DIR
 
@@ -498,3 +501,73 @@ def test_content_disposition_shapes() -> None:
     assert content_disposition("\x00\r\n") == "attachment; filename=download"
     assert content_type("x.TXT") == "text/plain; charset=utf-8"
     assert content_type("noextension") == "application/octet-stream"
+
+
+# --- hostile clients --------------------------------------------------------------------
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_clients_leaving_mid_download_leave_nothing_behind(
+    files_system: RunningSystem,
+) -> None:
+    await fetch(files_system, "/small")
+    before = _open_descriptors()
+    port = int(files_system.base.rsplit(":", 1)[1])
+
+    async def leave_early() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        await reader.readexactly(256 * 1024)  # headers and the start of the body
+        writer.transport.abort()  # a reset, not a polite close
+
+    await asyncio.gather(*(leave_early() for _ in range(20)))
+
+    async def settled() -> bool:
+        values = await files_system.metrics()
+        return values["trunk8_files_downloads_in_flight"] == 0 and _open_descriptors() <= before
+
+    await wait_until(settled, timeout=10)
+    status, _, body = await fetch(files_system, "/small")  # and the service still serves
+    assert status == 200 and body == "hello, wörld\n".encode()
+
+
+async def test_a_client_that_stops_reading_is_cut_off(
+    files_system: RunningSystem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sendfile, "SEND_TIMEOUT", 0.5)
+    before = _open_descriptors()
+    port = int(files_system.base.rsplit(":", 1)[1])
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    sock.send(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")  # then never reads
+
+    async def cut_off() -> bool:
+        values = await files_system.metrics()
+        return (
+            values["trunk8_files_downloads_in_flight"] == 0
+            and values["trunk8_files_bytes_sent_total"] < len(b"x") * 50 * 1024 * 1024
+        )
+
+    await wait_until(cut_off, timeout=10)
+    sock.close()
+
+    async def released() -> bool:
+        return _open_descriptors() <= before
+
+    await wait_until(released, timeout=5)
+
+
+async def test_a_page_requested_by_many_at_once_is_rendered_once(
+    files_system: RunningSystem,
+) -> None:
+    bodies = await asyncio.gather(*(fetch(files_system, "/page") for _ in range(40)))
+    assert {status for status, _, _ in bodies} == {200}
+    assert len({body for _, _, body in bodies}) == 1
+    values = await files_system.metrics()
+    assert values["trunk8_files_render_cache_misses_total"] == 1
+    assert values["trunk8_files_render_cache_hits_total"] == 39

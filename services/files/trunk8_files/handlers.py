@@ -20,6 +20,7 @@ import asyncio
 import logging
 from concurrent.futures import Executor
 from pathlib import Path
+from typing import BinaryIO
 
 from aiohttp import web
 
@@ -135,6 +136,8 @@ class ContentServer:
         self.stats.downloads_in_flight += 1
         try:
             await response.prepare(request)
+        except ConnectionError as err:  # the client left; the connection is already gone
+            log.debug("download of %s cut short: %s", asset.path, err)
         finally:
             self.stats.downloads_in_flight -= 1
         return response
@@ -184,29 +187,45 @@ class ContentServer:
             size = asset.stat.st_size
             response = web.StreamResponse(headers=headers)
             response.content_length = len(head) + size + len(tail)
-            await response.prepare(request)
-            if request.method == "HEAD":
-                return response
-            await response.write(head)
-            remaining = size
-            chunk = start[:remaining]
-            while remaining > 0:
-                if not chunk:  # the file shrank after the head promised its size
-                    if request.transport is not None:
-                        request.transport.abort()
-                    raise ConnectionResetError("html asset shrank while being sent")
-                await response.write(chunk)
-                remaining -= len(chunk)
-                if remaining > 0:
-                    chunk = await loop.run_in_executor(
-                        self.io_executor, source.read, min(STREAM_CHUNK, remaining)
-                    )
-            await response.write(tail)
-            self.stats.sent(response.content_length)
-            await response.write_eof()
+            try:
+                await self._stream(request, response, source, (head, start, tail), size)
+            except ConnectionError as err:  # the client left, or the file shrank
+                log.debug("html page %s cut short: %s", asset.path, err)
+                if request.transport is not None:
+                    request.transport.abort()
             return response
         finally:
             await loop.run_in_executor(self.io_executor, source.close)
+
+    async def _stream(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        source: BinaryIO,
+        parts: tuple[bytes, bytes, bytes],
+        size: int,
+    ) -> None:
+        """Send head, the file's `size` bytes (the first already read), then tail."""
+        head, chunk, tail = parts
+        await response.prepare(request)
+        if request.method == "HEAD":
+            return
+        await response.write(head)
+        remaining = size
+        chunk = chunk[:remaining]
+        loop = asyncio.get_running_loop()
+        while remaining > 0:
+            if not chunk:  # the head promised more than the file holds now
+                raise ConnectionResetError("html asset shrank while being sent")
+            await response.write(chunk)
+            self.stats.sent(len(chunk))
+            remaining -= len(chunk)
+            if remaining > 0:
+                chunk = await loop.run_in_executor(
+                    self.io_executor, source.read, min(STREAM_CHUNK, remaining)
+                )
+        await response.write(tail)
+        await response.write_eof()
 
     async def _report(self, record: LinkRecord, reason: str) -> None:
         """Log and publish an asset path that leaves its folder, once per link and path."""

@@ -197,9 +197,10 @@ def statuses(raw: bytes) -> list[int]:
 # ---------------------------------------------------------------- fixtures
 
 
-@pytest.fixture
-async def connect() -> AsyncIterator[Connect]:
-    """Open raw connections to a system's port (optionally with a tiny receive buffer)."""
+@contextlib.asynccontextmanager
+async def raw_connections() -> AsyncIterator[Connect]:
+    """Open raw connections to a system's port (optionally with a tiny receive buffer);
+    all are closed on exit."""
     writers: list[asyncio.StreamWriter] = []
 
     async def open_connection(system: RunningSystem, rcvbuf: int | None = None) -> Connection:
@@ -222,11 +223,20 @@ async def connect() -> AsyncIterator[Connect]:
         writers.append(writer)
         return reader, writer
 
-    yield open_connection
-    for writer in writers:
-        writer.close()
-        with contextlib.suppress(OSError, TimeoutError):
-            await asyncio.wait_for(writer.wait_closed(), 2)
+    try:
+        yield open_connection
+    finally:
+        for writer in writers:
+            writer.close()
+            with contextlib.suppress(OSError, TimeoutError):
+                await asyncio.wait_for(writer.wait_closed(), 2)
+
+
+@pytest.fixture
+async def connect() -> AsyncIterator[Connect]:
+    """Raw connections to a system's port (`raw_connections`)."""
+    async with raw_connections() as open_connection:
+        yield open_connection
 
 
 @pytest.fixture(autouse=True)

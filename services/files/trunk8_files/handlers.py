@@ -86,6 +86,8 @@ class ContentServer:
         self.io_executor = io_executor
         self.render_executor = render_executor
         self.cache = RenderCache()
+        # Links already logged (missing) or reported (outside): once each, not per request.
+        self._missing: set[tuple[str, str, str]] = set()
         self._reported: set[tuple[str, str, str]] = set()
 
     async def serve(self, request: web.Request, code: str) -> web.StreamResponse:
@@ -104,7 +106,8 @@ class ContentServer:
             self.stats.count(record.type, 404)
             return not_found_response()
         except AssetMissing as err:
-            log.info("link %r of %s: %s", record.code, record.owner, err.reason)
+            if _first_time(self._missing, (record.owner, record.code, record.path or "")):
+                log.info("link %r of %s: %s", record.code, record.owner, err.reason)
             self.stats.count(record.type, 404)
             return not_found_response()
         if record.type == "file":
@@ -229,12 +232,8 @@ class ContentServer:
 
     async def _report(self, record: LinkRecord, reason: str) -> None:
         """Log and publish an asset path that leaves its folder, once per link and path."""
-        key = (record.owner, record.code, record.path or "")
-        if key in self._reported:
+        if not _first_time(self._reported, (record.owner, record.code, record.path or "")):
             return
-        if len(self._reported) >= MAX_REPORTED:
-            self._reported.clear()
-        self._reported.add(key)
         file = f"users/{record.owner}/links.toml"
         log.warning("link %r of %s not served: %s", record.code, record.owner, reason)
         event = ConfigError(file=file, reason=f"link {record.code!r}: {reason}; not served")
@@ -242,6 +241,16 @@ class ContentServer:
             await self.bus.nc.publish(event_subject(event), json_encoder.encode(event))
         except Exception as err:  # NATS away: the log line above still says it
             log.debug("could not publish the refused asset: %s", err)
+
+
+def _first_time(seen: set[tuple[str, str, str]], key: tuple[str, str, str]) -> bool:
+    """Remember `key`; True if it was new (the set is emptied when it grows too big)."""
+    if key in seen:
+        return False
+    if len(seen) >= MAX_REPORTED:
+        seen.clear()
+    seen.add(key)
+    return True
 
 
 def _render_file(path: str) -> bytes:

@@ -9,6 +9,7 @@ fixture stops whatever is still running at the end (SIGTERM, then SIGKILL).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import http.client
 import json
 import os
@@ -22,9 +23,11 @@ import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import nats
 import pytest
 from conftest import ADMIN_LINKS, BOB_LINKS, CAROL_LINKS, USERS_TOML, write
 
+from trunk8.embedded_nats import EmbeddedNats
 from trunk8_shared.settings import load_dotenv
 
 BIN = Path(sys.executable).parent
@@ -662,6 +665,37 @@ def test_nats_server_that_cannot_restart_stops_up(launch: Launch, tmp_path: Path
     assert proc.stderr.count("restarting the embedded nats-server failed") == 5
     assert port_is_free(port)
     assert not processes_mentioning(str(data))
+
+
+def test_nats_server_dies_with_a_killed_up(launch: Launch, tmp_path: Path) -> None:
+    data, port = tmp_path / "data", free_port()
+    proc = up(launch, data, port)
+    [(pid, start_time)] = nats_children(proc.pid)
+    proc.popen.kill()  # no cleanup runs: only the parent-death signal stops the child
+    proc.wait(STOP_TIMEOUT)
+    wait_for(lambda: not alive(pid, start_time), 10, "nats-server gone with its parent", proc)
+    assert not processes_mentioning(str(data))
+
+
+async def test_embedded_server_child_setup_loads_no_library(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between fork and exec nothing is loaded (a threaded parent could deadlock there)."""
+    first = EmbeddedNats(tmp_path / "first")
+    await first.start()  # the parent resolves what the child setup needs, once
+    await first.stop()
+
+    def load_library(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a library was loaded in the child setup")
+
+    monkeypatch.setattr(ctypes, "CDLL", load_library)
+    second = EmbeddedNats(tmp_path / "second")
+    try:
+        url = await second.start()
+        client = await nats.connect(url)
+        await client.close()
+    finally:
+        await second.stop()
 
 
 def test_nats_server_start_error_is_one_line_error(launch: Launch, tmp_path: Path) -> None:

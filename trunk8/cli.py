@@ -18,12 +18,13 @@ from collections.abc import Sequence
 import uvloop
 
 from trunk8_config_watcher.reloader import ConfigLoadError
+from trunk8_shared.background import setup_supervision
 from trunk8_shared.datadir import DataDir
 from trunk8_shared.logs import setup_logging
 from trunk8_shared.settings import Settings, SettingsError, environment, settings_from
 
 from .embedded_nats import EmbeddedNats
-from .errors import StartupError
+from .errors import ServiceFailed, StartupError
 from .server import HttpServer, bind
 from .tap import DEFAULT_SUBJECT, tap
 from .targets import TARGETS, build_app
@@ -70,8 +71,9 @@ def _parser() -> argparse.ArgumentParser:
 async def _serve(target: str, settings: Settings, embedded: EmbeddedNats | None) -> None:
     """Run until SIGINT/SIGTERM, then stop the services and the embedded server.
 
-    The embedded server is supervised; if it cannot be kept running, everything stops and
-    the reason is raised (exit status 1), so a process manager can restart the whole.
+    The embedded server and the services' background tasks are supervised; if one cannot
+    be kept running, everything stops and the reason is raised (exit status 1), so a
+    process manager can restart the whole.
     """
     sock = bind(settings.host, settings.port)
     stop = asyncio.Event()
@@ -84,7 +86,10 @@ async def _serve(target: str, settings: Settings, embedded: EmbeddedNats | None)
             log.info("embedded NATS listening on 127.0.0.1:%d", embedded.port)
             supervisor = asyncio.create_task(embedded.supervise(), name="nats-supervisor")
             supervisor.add_done_callback(lambda _: stop.set())  # it ends only when it gives up
-        server = HttpServer(build_app(target, settings), settings, sock)
+        app = build_app(target, settings)
+        supervision = setup_supervision(app)
+        watchdog = asyncio.create_task(_stop_when_set(supervision.gave_up, stop))
+        server = HttpServer(app, settings, sock)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
@@ -94,7 +99,10 @@ async def _serve(target: str, settings: Settings, embedded: EmbeddedNats | None)
             await stop.wait()
             log.info("stopping")
         finally:
+            watchdog.cancel()
             await server.stop()
+        if supervision.failed:
+            raise ServiceFailed(supervision.failure)
     finally:
         sock.close()
         if supervisor is not None:
@@ -104,6 +112,11 @@ async def _serve(target: str, settings: Settings, embedded: EmbeddedNats | None)
             await embedded.stop()
     if supervisor is not None and not supervisor.cancelled():
         supervisor.result()  # raises why the embedded server could not be kept running
+
+
+async def _stop_when_set(event: asyncio.Event, stop: asyncio.Event) -> None:
+    await event.wait()
+    stop.set()
 
 
 def _as_dict(settings: Settings) -> dict[str, object]:
@@ -145,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             embedded = EmbeddedNats(store, binary=settings.nats_server)
         target = "all" if args.command == "up" else args.target
         uvloop.run(_serve(target, settings, embedded))
-    except (StartupError, ConfigLoadError) as err:
+    except (StartupError, ServiceFailed, ConfigLoadError) as err:
         print(f"trunk8: {err}", file=sys.stderr)
         return 1
     except OSError as err:  # e.g. a data directory that is a file, or not writable

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -58,10 +60,25 @@ def find_nats_server(override: str = "") -> str:
     )
 
 
-def _die_with_parent() -> None:
-    """In the child: receive SIGTERM when the parent dies, so no server is orphaned."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+@functools.cache
+def _die_with_parent_fn() -> Callable[[], None] | None:
+    """The child setup that makes the server receive SIGTERM when its parent dies.
+
+    `prctl` is looked up here, in the parent, once: loading a library between fork and exec
+    (in `preexec_fn`) can deadlock when another thread held the loader's or malloc's lock at
+    the fork. The returned function only calls the resolved C function. None off Linux.
+    """
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.restype = ctypes.c_int
+    option, signum = ctypes.c_int(_PR_SET_PDEATHSIG), ctypes.c_ulong(signal.SIGTERM)
+
+    def die_with_parent() -> None:
+        prctl(option, signum)
+
+    return die_with_parent
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -115,7 +132,7 @@ class EmbeddedNats:
                     binary, "-c", str(self.config_file),
                     stdin=asyncio.subprocess.DEVNULL, stdout=log_out, stderr=log_out,
                     start_new_session=True,  # Ctrl-C reaches us; we stop it after the services
-                    preexec_fn=_die_with_parent,
+                    preexec_fn=_die_with_parent_fn(),
                 )  # fmt: skip
             except OSError as err:  # e.g. not an executable
                 raise StartupError(f"cannot run {binary}: {err.strerror or err}") from err

@@ -2,8 +2,12 @@
 
 Services register a readiness check and their own Prometheus registry; when several
 services share one application (all-in-one mode) the endpoints answer for all of them:
-ready when every service is ready, metrics of every registry. Requests served by aiohttp
-are counted here too, by route and status.
+ready when every service is ready and no background task has been given up (see
+`background.py`), and the metrics of one application registry into which every service
+registry is registered, so a metric name two services both use fails at setup
+(`DuplicateTimeseries`) instead of making an invalid page. The page is made by
+prometheus-client's own aiohttp handler. Requests served by aiohttp are counted here
+too, by route and status.
 """
 
 from __future__ import annotations
@@ -12,40 +16,45 @@ import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.aiohttp import make_aiohttp_handler
+from prometheus_client.registry import Collector
+
+from .background import Supervision, setup_supervision
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class Ops:
-    """Readiness checks and metric registries of the services in one application."""
+    """Readiness checks and the one metrics registry of the services in one application."""
 
-    def __init__(self) -> None:
+    def __init__(self, supervision: Supervision) -> None:
         self.checks: dict[str, Callable[[], bool]] = {}
-        self.registries: list[CollectorRegistry] = []
-        self.http_registry = CollectorRegistry(auto_describe=True)
+        self.supervision = supervision
+        # auto_describe: a registered collector's names are read (collected) at once, so a
+        # name already taken raises there and then.
+        self.registry = CollectorRegistry(auto_describe=True)
         self.http_requests = Counter(
             "trunk8_http_requests",
             "HTTP requests answered by the aiohttp pipeline, by route and status.",
             ["route", "status"],
-            registry=self.http_registry,
+            registry=self.registry,
         )
         self.http_latency = Histogram(
             "trunk8_http_request_duration_seconds",
             "Time to answer HTTP requests in the aiohttp pipeline.",
             ["route"],
             buckets=LATENCY_BUCKETS,
-            registry=self.http_registry,
+            registry=self.registry,
         )
-        self.registries.append(self.http_registry)
+        self.registry.register(supervision)
 
-    def add_service(
-        self, name: str, ready: Callable[[], bool], registry: CollectorRegistry
-    ) -> None:
-        """Register one service's readiness check and metrics."""
+    def add_service(self, name: str, ready: Callable[[], bool], registry: Collector) -> None:
+        """Register one service's readiness check and metrics (a clashing name raises)."""
+        if name in self.checks:
+            raise ValueError(f"service {name!r} is already part of this application")
+        self.registry.register(registry)
         self.checks[name] = ready
-        self.registries.append(registry)
 
     def readiness(self) -> dict[str, bool]:
         """Each service's readiness now."""
@@ -87,28 +96,22 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    """Readiness: 200 once every service has loaded its state, else 503."""
-    checks = request.app[OPS].readiness()
-    ok = all(checks.values())
-    return web.json_response({"ready": ok, "services": checks}, status=200 if ok else 503)
-
-
-async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text exposition of every registry of the application."""
-    body = b"".join(generate_latest(registry) for registry in request.app[OPS].registries)
-    response = web.Response(body=body)
-    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
-    return response
+    """Readiness: 200 once every service has loaded its state and no task is given up."""
+    ops = request.app[OPS]
+    checks = ops.readiness()
+    ok = all(checks.values()) and not ops.supervision.failed
+    body = {"ready": ok, "services": checks, "tasks": ops.supervision.states()}
+    return web.json_response(body, status=200 if ok else 503)
 
 
 def setup_ops(app: web.Application) -> Ops:
     """Install the `/-/` endpoints and request counting once per application."""
     if OPS in app:
         return app[OPS]
-    ops = Ops()
+    ops = Ops(setup_supervision(app))
     app[OPS] = ops
     app.middlewares.append(count_requests)
     app.router.add_get("/-/healthz", healthz)
     app.router.add_get("/-/ready", ready)
-    app.router.add_get("/-/metrics", metrics)
+    app.router.add_get("/-/metrics", make_aiohttp_handler(ops.registry))
     return ops

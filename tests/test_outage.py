@@ -7,6 +7,7 @@ import socket
 from pathlib import Path
 
 import aiohttp
+import pytest
 from conftest import RunningSystem, StartSystem, wait_until, write
 
 from trunk8.embedded_nats import EmbeddedNats
@@ -20,7 +21,7 @@ async def _hammer(system: RunningSystem, stop: asyncio.Event, results: list[int]
             session.get(system.base + "/docs", allow_redirects=False) as response,
         ):
             results.append(response.status)
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(0.005)  # pacing: a steady trickle, not a flood
 
 
 async def test_nats_restart_while_serving(
@@ -29,7 +30,12 @@ async def test_nats_restart_while_serving(
     stop = asyncio.Event()
     statuses: list[int] = []
     load = asyncio.create_task(_hammer(system, stop, statuses))
-    await asyncio.sleep(0.2)
+
+    async def load_running() -> bool:
+        return len(statuses) >= 5
+
+    await wait_until(load_running)
+    reloads_before = (await system.metrics())["trunk8_config_watcher_reloads_total"]
 
     nats_server.kill()
     await nats_server.process.wait()  # type: ignore[union-attr]
@@ -38,7 +44,11 @@ async def test_nats_restart_while_serving(
         data_dir / "users" / "carol" / "links.toml",
         '[links.carol2]\ntype = "redirect"\nurl = "https://example.org/two"\n',
     )
-    await asyncio.sleep(1.0)
+
+    async def edit_read() -> bool:  # the watcher has the edit, but cannot publish it
+        return (await system.metrics())["trunk8_config_watcher_reloads_total"] > reloads_before
+
+    await wait_until(edit_read)
     assert await system.location("/carol1") == "https://example.org/carol"  # last state kept
     assert (await system.get("/-/healthz"))[0] == 200
 
@@ -79,10 +89,16 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def test_not_ready_until_nats_arrives(start_system: StartSystem, tmp_path: Path) -> None:
+async def test_not_ready_until_nats_arrives(
+    start_system: StartSystem, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     port = _free_port()
     system = await start_system(nats_url=f"nats://secret@127.0.0.1:{port}", wait_ready=False)
-    await asyncio.sleep(0.5)
+
+    async def connect_failed() -> bool:  # the services have tried, and are still waiting
+        return f"NATS nats://***@127.0.0.1:{port}:" in caplog.text
+
+    await wait_until(connect_failed)
     assert (await system.get("/-/healthz"))[0] == 200
     status, _, body = await system.get("/-/ready")
     assert status == 503 and '"redirector": false' in body

@@ -20,7 +20,7 @@ import pytest
 from conftest import RunningSystem, StartSystem, wait_until, write
 from multidict import CIMultiDict
 
-from trunk8_files import sendfile
+from trunk8_files import rendercache, sendfile
 from trunk8_files.names import content_disposition, content_type
 from trunk8_shared.static import STATIC_DIR
 
@@ -571,3 +571,22 @@ async def test_a_page_requested_by_many_at_once_is_rendered_once(
     values = await files_system.metrics()
     assert values["trunk8_files_render_cache_misses_total"] == 1
     assert values["trunk8_files_render_cache_hits_total"] == 39
+
+
+async def test_a_slow_page_renders_aside_and_is_kept(
+    files_system: RunningSystem, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rendercache, "RENDER_TIMEOUT", 0.05)
+    path = data_dir / "users" / "bob" / "assets" / _uuid_asset(5, "md")
+    path.write_text("[" * 150_000)  # markdown-it needs about a second for this
+    status, headers, body = await fetch(files_system, "/page")
+    assert status == 200 and body == b"[" * 150_000  # not rendered in time: shown as text
+    assert headers["Content-Type"] == "text/plain; charset=utf-8"
+
+    async def rendered() -> bool:
+        _, headers, _ = await fetch(files_system, "/page")
+        return headers["Content-Type"] == "text/html; charset=utf-8"
+
+    await wait_until(rendered, timeout=60)  # the rendering went on and was kept
+    values = await files_system.metrics()
+    assert values["trunk8_files_render_cache_misses_total"] == 1

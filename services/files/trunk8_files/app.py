@@ -4,7 +4,8 @@
 and handlers for file, markdown and html links in the shared `/{code}` dispatcher (so
 `/<code>` works in every shape), the `/f/<code>` and `/f/<code>/<any-name>` routes, and
 the vendored stylesheets under `/static/`. Blocking disk work runs in its own small
-thread pool and markdown rendering in another, so slow renders never hold downloads up.
+thread pool and markdown rendering in a separate process, so a slow rendering never holds
+the event loop (or anything else in the process) up.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from .metrics import FilesStats, files_registry
 from .themes import GlobalMarkdownTheme
 
 IO_THREADS = 8
-RENDER_THREADS = 2
 
 
 class Files:
@@ -43,9 +43,6 @@ class Files:
         self.stats = FilesStats()
         self.themes = GlobalMarkdownTheme(DataDir(settings.data_path).config_file)
         self.io_executor = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="trunk8-files-io")
-        self.render_executor = ThreadPoolExecutor(
-            RENDER_THREADS, thread_name_prefix="trunk8-files-render"
-        )
         self.content = ContentServer(
             DataDir(settings.data_path).users_dir,
             links,
@@ -53,7 +50,6 @@ class Files:
             self.themes,
             mirror.bus,
             self.io_executor,
-            self.render_executor,
         )
 
     def gauges(self) -> dict[str, float]:
@@ -82,7 +78,7 @@ def _executors_ctx(files: Files) -> CleanupContext:
         await asyncio.to_thread(files.themes.refresh)  # the theme is known before requests
         yield
         files.io_executor.shutdown(wait=False, cancel_futures=True)
-        files.render_executor.shutdown(wait=False, cancel_futures=True)
+        files.content.cache.close()
 
     return executors_ctx
 

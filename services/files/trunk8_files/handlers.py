@@ -31,7 +31,7 @@ from trunk8_shared.records import ConfigError, LinkRecord, event_subject, json_e
 from .assets import Asset, AssetLocator
 from .errors import AssetMissing, AssetOutside
 from .links import FileLinks
-from .markdown import render_markdown
+from .markdown import render_file
 from .metrics import FilesStats
 from .names import content_disposition, content_type, display_name
 from .pages import (
@@ -41,14 +41,15 @@ from .pages import (
     is_whole_document,
     markdown_head,
 )
-from .rendercache import RenderCache
+from .rendercache import RenderCache, RenderFailed
 from .sendfile import AssetResponse
 from .themes import MarkdownThemeSource
 
 log = logging.getLogger("trunk8.files")
 
-# Markdown above this size is shown as plain text: rendering it would hold a thread long.
-MAX_RENDER_BYTES = 2 * 1024 * 1024
+# Markdown above this size is shown as plain text: hostile input this size already takes
+# seconds to render (documents people write are a few kilobytes).
+MAX_RENDER_BYTES = 512 * 1024
 STREAM_CHUNK = 256 * 1024
 MAX_REPORTED = 10_000  # links remembered as already reported
 
@@ -76,7 +77,6 @@ class ContentServer:
         themes: MarkdownThemeSource,
         bus: Bus,
         io_executor: Executor,
-        render_executor: Executor,
     ) -> None:
         self.assets = AssetLocator(users_dir)
         self.links = links
@@ -84,7 +84,6 @@ class ContentServer:
         self.themes = themes
         self.bus = bus
         self.io_executor = io_executor
-        self.render_executor = render_executor
         self.cache = RenderCache()
         # Links already logged (missing) or reported (outside): once each, not per request.
         self._missing: set[tuple[str, str, str]] = set()
@@ -151,11 +150,9 @@ class ContentServer:
         if asset.stat.st_size > MAX_RENDER_BYTES:
             return await self._plain_text(request, asset)
         try:
-            body = await self.cache.get(
-                asset.identity, lambda: _render_file(asset.path), self.render_executor
-            )
-        except (OSError, RecursionError, ValueError) as err:
-            log.warning("markdown of link %r not rendered (%s); sent as text", record.code, err)
+            body = await self.cache.get(asset.identity, render_file, asset.path)
+        except RenderFailed as err:
+            log.info("markdown of link %r sent as text: %s", record.code, err)
             return await self._plain_text(request, asset)
         theme = self.themes.theme_for(request)
         page = b"".join((markdown_head(theme, record.path or ""), body, MARKDOWN_TAIL))
@@ -251,10 +248,3 @@ def _first_time(seen: set[tuple[str, str, str]], key: tuple[str, str, str]) -> b
         seen.clear()
     seen.add(key)
     return True
-
-
-def _render_file(path: str) -> bytes:
-    """Read and render one markdown file (blocking: runs in the render executor)."""
-    with open(path, "rb") as source:
-        text = source.read().decode("utf-8", errors="replace")
-    return render_markdown(text).encode("utf-8")

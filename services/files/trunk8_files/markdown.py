@@ -83,3 +83,10 @@ def highlight_css(style: str) -> str:
     """Pygments rules for one style, scoped to code blocks."""
     css: str = HtmlFormatter(style=style).get_style_defs("pre > code")
     return css
+
+
+def render_file(path: str) -> bytes:
+    """Read and render one markdown file as UTF-8 (undecodable bytes become U+FFFD)."""
+    with open(path, "rb") as source:
+        text = source.read().decode("utf-8", errors="replace")
+    return render_markdown(text).encode("utf-8")

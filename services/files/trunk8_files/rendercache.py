@@ -1,22 +1,55 @@
-"""Rendered markdown kept per file content: a bounded LRU with one render per key at a time.
+"""Rendered markdown kept per file content, rendered in a separate process with a time limit.
 
 The key is an asset's identity (real path, inode, mtime, size), so an edited file is
-rendered again and an unchanged one never is. Entries are bounded in number and in
-bytes. Concurrent requests for a page that is not cached yet share one render.
+rendered again and an unchanged one never is. Entries are bounded in number and bytes.
+Concurrent requests for a page not cached yet share one rendering; a rendering that
+fails is remembered too, so a file that cannot be rendered is not retried per request.
+
+Rendering runs in a process pool (`forkserver`, markdown modules preloaded): markdown-it
+on hostile input can take seconds of CPU, and in a thread that would hold the GIL the
+event loop needs (redirects share it in the all-in-one shape). A waiter gives up after
+`RENDER_TIMEOUT` seconds; the rendering goes on and its result is still kept. A pool
+whose worker died is replaced.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import multiprocessing
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from concurrent.futures import Executor
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+log = logging.getLogger("trunk8.files")
+
+RENDER_TIMEOUT = 10.0
+MAX_FAILED = 10_000
+
+
+class RenderFailed(Exception):
+    """This content could not be rendered (now, or earlier)."""
+
+
+def render_pool(processes: int = 1) -> ProcessPoolExecutor:
+    """A pool of rendering processes (started on first use)."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["trunk8_files.markdown"])
+    return ProcessPoolExecutor(processes, mp_context=context)
 
 
 class RenderCache:
     """Key -> rendered bytes, least recently used first out."""
 
-    def __init__(self, max_entries: int = 512, max_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        pool_factory: Callable[[], ProcessPoolExecutor] = render_pool,
+        max_entries: int = 512,
+        max_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        self.pool_factory = pool_factory
+        self.pool: ProcessPoolExecutor | None = None
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.entries: OrderedDict[Hashable, bytes] = OrderedDict()
@@ -24,39 +57,72 @@ class RenderCache:
         self.hits = 0
         self.misses = 0
         self._pending: dict[Hashable, asyncio.Future[bytes]] = {}
+        self._failed: set[Hashable] = set()
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    async def get(self, key: Hashable, render: Callable[[], bytes], executor: Executor) -> bytes:
-        """The bytes cached for `key`, else `render()` run once in `executor` and kept."""
+    async def get(self, key: Hashable, render: Callable[[str], bytes], path: str) -> bytes:
+        """The bytes cached for `key`, else `render(path)` run once in the pool and kept."""
         cached = self.entries.get(key)
         if cached is not None:
             self.entries.move_to_end(key)
             self.hits += 1
             return cached
+        if key in self._failed:
+            raise RenderFailed("rendering failed before")
         pending = self._pending.get(key)
-        if pending is not None:
+        if pending is None:
+            self.misses += 1
+            pending = self._submit(key, render, path)
+        else:
             self.hits += 1
-            return await asyncio.shield(pending)
-        self.misses += 1
-        future = asyncio.get_running_loop().run_in_executor(executor, render)
-        self._pending[key] = future
         try:
-            # Shielded: a client that goes away does not cancel a render others wait for.
-            rendered = await asyncio.shield(future)
-        finally:
-            self._pending.pop(key, None)
-        self._keep(key, rendered)
-        return rendered
+            return await asyncio.wait_for(asyncio.shield(pending), RENDER_TIMEOUT)
+        except TimeoutError as err:
+            raise RenderFailed(f"still rendering after {RENDER_TIMEOUT:.0f} s") from err
+
+    def _submit(
+        self, key: Hashable, render: Callable[[str], bytes], path: str
+    ) -> asyncio.Future[bytes]:
+        if self.pool is None:
+            self.pool = self.pool_factory()
+        try:
+            submitted: Future[bytes] = self.pool.submit(render, path)
+        except BrokenProcessPool:
+            log.warning("the markdown rendering process died; starting a new one")
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = self.pool_factory()
+            submitted = self.pool.submit(render, path)
+        pending = asyncio.wrap_future(submitted)
+        self._pending[key] = pending
+        pending.add_done_callback(lambda done: self._settle(key, done))
+        return pending
+
+    def _settle(self, key: Hashable, done: asyncio.Future[bytes]) -> None:
+        """Keep a finished rendering (even if nobody waits for it any more)."""
+        self._pending.pop(key, None)
+        if done.cancelled():
+            return
+        error = done.exception()
+        if error is not None:
+            log.warning("markdown not rendered: %s: %s", type(error).__name__, error)
+            if len(self._failed) >= MAX_FAILED:
+                self._failed.clear()
+            self._failed.add(key)
+            return
+        self._keep(key, done.result())
 
     def _keep(self, key: Hashable, rendered: bytes) -> None:
-        if len(rendered) > self.max_bytes // 4:
+        if len(rendered) > self.max_bytes // 4 or key in self.entries:
             return  # one huge page must not evict everything else
-        if key in self.entries:
-            return
         self.entries[key] = rendered
         self.size += len(rendered)
         while len(self.entries) > self.max_entries or self.size > self.max_bytes:
             _, evicted = self.entries.popitem(last=False)
             self.size -= len(evicted)
+
+    def close(self) -> None:
+        """Stop the rendering processes (they finish what they are doing)."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)

@@ -47,11 +47,10 @@ class MalformedRequests:
         if now - self._logged_at < self.interval:
             return
         log.warning(
-            "malformed request from %s: %s (%d malformed in the last %.0f s)",
+            "malformed request from %s: %s (%d malformed since the last such line)",
             peer or "unknown peer",
             reason[:200],
             self._unlogged,
-            min(now - self._logged_at, 1e9),
         )
         self._logged_at = now
         self._unlogged = 0

@@ -65,10 +65,14 @@ _LINK_REQUEST = re.compile(
     rb"(GET|HEAD) /([!-\"$-.0-9:;=>@-~]++)(?:\?[!-\"$-~]*+)? HTTP/1\.([01])"
     rb"((?:\r\n" + _TOKEN + rb":[\t\x20-\x7e\x80-\xff]*+)*+)"
 )
-# Headers that matter here, found in the lowercased header block (each line starts "\n").
+# Headers that matter here, found in the lowercased header block (each line starts "\n"):
+# those that decide the answer, those that make a request aiohttp's business, and those
+# aiohttp refuses twice in one head (its SINGLETON_HEADERS, minus the ones handed over).
 _SPECIAL_HEADER = re.compile(
-    rb"\n(host|connection|content-length|transfer-encoding|upgrade|expect):([^\r]*)"
+    rb"\n(host|connection|content-(?:length|type|location|range)|transfer-encoding|upgrade"
+    rb"|expect|user-agent|etag|max-forwards|server):([^\r]*)"
 )
+_NOT_OURS = frozenset((b"content-length", b"transfer-encoding", b"upgrade", b"expect"))
 # A Host value (RFC 9110 §7.2): uri-host [":" port], with optional whitespace around it.
 _HOST_VALUE = re.compile(
     rb"[\t ]*+(?:\[[0-9a-z:.\-_~!$&'()*+,;=]++\]|[0-9a-z\-._~!$&'()*+,;=%]*+)(?::[0-9]*+)?[\t ]*+"
@@ -346,6 +350,7 @@ class FastPathProtocol(asyncio.Protocol):
                 return self._refuse(refusal, method, "request over aiohttp's limits")
         hosts = 0
         close = keep_alive_asked = False
+        once: set[bytes] | None = None
         for name, value in _SPECIAL_HEADER.findall(headers.lower()):
             if name == b"host":
                 hosts += 1
@@ -357,8 +362,14 @@ class FastPathProtocol(asyncio.Protocol):
                     close = True  # anywhere in the head: it wins over any keep-alive
                 elif b"keep-alive" in tokens:
                     keep_alive_asked = True
-            else:
+            elif name in _NOT_OURS:
                 return None  # a body, a protocol switch, an expectation: aiohttp's business
+            elif once is None:
+                once = {name}
+            elif name in once:
+                return self._refuse(_BAD_REQUEST, method, "duplicate " + name.decode())
+            else:
+                once.add(name)
         if minor == b"1":
             if not hosts:  # RFC 9112 §3.2
                 return self._refuse(_BAD_REQUEST, method, "HTTP/1.1 request without Host")

@@ -1,0 +1,355 @@
+"""The fast path against aiohttp's own request parser, over generated request heads.
+
+Hypothesis builds request heads of every shape the front must survive: CL+TE, duplicate
+Content-Length, chunked GETs with a smuggled request in the body, obs-fold, bare LF and CR,
+controls, absolute- and asterisk-form targets, huge targets and headers, `Upgrade`,
+`Expect`, HTTP/0.9 lines and HTTP/2 prefaces. Each is sent over a real socket to a front
+whose hand-over target is a real aiohttp server, followed by a sentinel link request, and
+the answers are compared with what aiohttp's parser (the one aiohttp serves with, with the
+same limits) makes of the same bytes: when the fast path answers a request itself, aiohttp
+must see one complete request without a body ending at the same byte, with the same
+keep-alive; when the fast path refuses one, aiohttp must refuse it too, except where the
+front is deliberately stricter (RFC 9112: an invalid Host value, an HTTP/0.9 line, a
+`close` token aiohttp lets a later `keep-alive` override on HTTP/1.0; and its 16 KiB cap
+on a whole head, where aiohttp caps each line). Pipelined mixes of
+link and non-link requests must be answered in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import msgspec
+import pytest
+from aiohttp import web
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_parser import HttpRequestParser
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from trunk8_redirector.fastpath import MAX_HEAD, FastPathServer
+from trunk8_redirector.stats import RedirectorStats
+from trunk8_redirector.table import LinkTable
+from trunk8_shared.records import LinkRecord
+from trunk8_shared.settings import Settings
+
+DOCS_URL = "https://example.com/docs"
+SENTINEL = b"GET /docs HTTP/1.1\r\nHost: sentinel\r\nConnection: close\r\n\r\n"
+EXAMPLES = settings(
+    max_examples=400,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+@dataclass
+class Front:
+    """A front on a loopback port, handing over to a real aiohttp server that echoes."""
+
+    port: int
+    front: FastPathServer
+
+
+async def echo(request: web.Request) -> web.Response:
+    """aiohttp's answer: which request it parsed."""
+    return web.Response(text=f"aiohttp {request.method} {request.raw_path}")
+
+
+@pytest.fixture
+async def front() -> AsyncIterator[Front]:
+    table = LinkTable()
+    for code, kind in (("docs", "redirect"), ("file1", "file")):
+        record = LinkRecord(code=code, owner="a", type=kind, url=DOCS_URL, path="x")
+        table.apply(code, msgspec.json.encode(record))
+    fast = FastPathServer(table, RedirectorStats(), Settings(header_timeout=5.0))
+    app = web.Application()
+    app.router.add_get("/-/healthz", echo)
+    handler = web.Server(echo, logger=fast.server_log)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(fast.serve(app, handler), "127.0.0.1", 0)
+    yield Front(server.sockets[0].getsockname()[1], fast)
+    server.close()
+    await fast.close()
+    await handler.shutdown(1.0)
+    await server.wait_closed()
+
+
+async def exchange(port: int, raw: bytes, head_request: bool) -> bytes:
+    """Send `raw`; what the server answers up to its second answer if the first is a
+    fast-path link answer that keeps the connection, else up to its first (or its close).
+
+    aiohttp's echo answers as soon as it has a head, so no wait here depends on a body.
+    """
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
+    received = b""
+    try:
+        writer.write(raw)
+        while True:
+            first = first_answer(received, head_request)
+            if first is not None:
+                link_kept = first.by_fast_path and first.status in (302, 404) and not first.closes
+                if not link_kept or first_answer(received[first.length :], False) is not None:
+                    return received
+            try:
+                chunk = await asyncio.wait_for(reader.read(65536), 5)
+            except ConnectionResetError:
+                chunk = b""
+            if not chunk:
+                return received
+            received += chunk
+    finally:
+        writer.close()
+
+
+@dataclass
+class Parsed:
+    """aiohttp's parser's view of some bytes."""
+
+    error: HttpProcessingError | None
+    messages: list[object]
+
+
+def aiohttp_parse(raw: bytes) -> Parsed:
+    """Feed `raw` to the parser aiohttp serves with, with its default limits."""
+    loop = asyncio.get_running_loop()
+    parser = HttpRequestParser(
+        BaseProtocol(loop), loop, 2**16, max_line_size=8190, max_field_size=8190, max_headers=128
+    )
+    try:
+        messages, _, _ = parser.feed_data(raw)
+    except HttpProcessingError as err:
+        return Parsed(err, [])
+    return Parsed(None, [message for message, _ in messages])
+
+
+@dataclass
+class Answer:
+    status: int
+    by_fast_path: bool
+    closes: bool
+    length: int  # bytes of the whole response
+
+
+def first_answer(raw: bytes, head_request: bool) -> Answer | None:
+    """The first response in `raw`, or None if `raw` does not hold a complete one yet."""
+    assert raw[:5] == b"HTTP/"[: len(raw)], raw[:200]
+    head_end = raw.find(b"\r\n\r\n")
+    if head_end < 0:
+        return None
+    head = raw[: head_end + 2].decode("latin-1")
+    status = int(head[9:12])  # aiohttp answers HTTP/1.0 to its errors, echoes 2.0
+    headers = dict(
+        (name.lower(), value.strip())
+        for name, _, value in (line.partition(":") for line in head.split("\r\n")[1:] if line)
+    )
+    body = 0 if head_request else int(headers.get("content-length", "0"))
+    closes = "close" in headers.get("connection", "").lower()
+    if len(raw) < head_end + 4 + body:
+        return None
+    return Answer(status, "server" not in headers, closes, head_end + 4 + body)
+
+
+# ---------------------------------------------------------------- generated heads
+
+TOKENS = st.text("!#$%&'*+-.^_`|~09AZaz", min_size=1, max_size=8)
+# Mostly plain link requests, so the fast path answers many; then one odd part at a time.
+METHODS = st.sampled_from(["GET"] * 6 + ["HEAD"] * 3 + ["POST", "OPTIONS", "get", "G\x01T", "PRI"])
+TARGETS = st.one_of(
+    st.sampled_from(["/docs", "/nosuch", "/docs?x=1", "/do%63s", "/file1"] * 4),
+    st.sampled_from(
+        [
+            "/-/healthz", "/a%2Fb", "*", "http://h/docs", "//docs", "/d#f", "/d\x01", "/d\x7f",
+            "/d\x80", "/d\tx", "/" + "a" * 8189, "/" + "a" * 8190, "/" + "a" * 9000,
+            "/docs?" + "q" * 8184,
+        ]
+    ),
+    st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=12).map(
+        lambda text: "/" + text
+    ),
+)  # fmt: skip
+VERSIONS = st.sampled_from(
+    ["HTTP/1.1"] * 6 + ["HTTP/1.0"] * 2 + ["HTTP/2.0", "HTTP/0.9", "HTTP/1.2", "http/1.1", ""]
+)
+PLAIN_HEADERS = st.one_of(
+    st.sampled_from(
+        [
+            "Host: x", "Host: example.com:80", "Host: [::1]", "Host:", "Connection: close",
+            "Connection: keep-alive", "Connection: close, keep-alive", "Connection: TE, Close",
+            "Accept: */*", "X: caf\xe9", "X-Pad: " + "a" * 8180,
+            "User-Agent: Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/128.0",
+        ]
+    ),
+    st.tuples(TOKENS, st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=20))
+    .map(lambda pair: f"{pair[0]}: {pair[1]}"),
+)  # fmt: skip
+ODD_HEADERS = st.sampled_from(
+    [
+        "Host: a b", "Host: a/b", "Host: y", "host: x", "Connection: Upgrade",
+        "Content-Length: 0", "Content-Length: 5", "Content-Length: -1",
+        "Transfer-Encoding: chunked", "Transfer-Encoding: gzip, chunked",
+        "Upgrade: websocket", "Upgrade: h2c", "Expect: 100-continue", "Expect: x",
+        " folded", "\tfolded", "Bad Name: y", "NoColon", ":empty", "X: a\x01b", "X: a\x00",
+        "X: a\x7f", "X-Pad: " + "a" * 8200,
+    ]
+)  # fmt: skip
+BODIES = st.sampled_from(
+    [
+        b"", b"", b"", b"", b"hello", b"0\r\n\r\n",
+        b"5\r\nhello\r\n0\r\n\r\nGET /docs HTTP/1.1\r\nHost: x\r\n\r\n",  # a smuggled request
+    ]
+)  # fmt: skip
+
+
+@st.composite
+def request_heads(draw: st.DrawFn) -> tuple[bytes, str]:
+    """One request (head and maybe a body), and its method."""
+    method = draw(METHODS)
+    version = draw(VERSIONS)
+    line = f"{method} {draw(TARGETS)}" + (f" {version}" if version else "")
+    headers = draw(st.lists(PLAIN_HEADERS, max_size=5))
+    if draw(st.integers(0, 9)) < 8:
+        headers.insert(draw(st.integers(0, len(headers))), "Host: x")
+    if draw(st.booleans()):
+        headers.insert(draw(st.integers(0, len(headers))), draw(ODD_HEADERS))
+    if draw(st.integers(0, 20)) == 0:
+        headers += ["A: b"] * 130  # over aiohttp's 128 headers
+    lines = [line, *headers, ""]
+    endings = ["\r\n"] * len(lines)
+    if draw(st.integers(0, 8)) == 0:  # one bare LF or CR somewhere
+        endings[draw(st.integers(0, len(endings) - 1))] = draw(st.sampled_from(["\n", "\r"]))
+    text = "".join(line + ending for line, ending in zip(lines, endings, strict=True))
+    return text.encode("latin-1") + draw(BODIES), method
+
+
+SPECIAL_INPUTS = [
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    b"GET /docs HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"GET /docs HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+    b"GET /docs\r\n\r\n",
+    b"\r\nGET /docs HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /docs HTTP/1.1\r\nHost: x\r\nUser-Agent: a\r\nuser-agent: a\r\n\r\n",
+    b"GET /docs HTTP/1.1\r\nHost: x\r\n" + b"A: b\r\n" * 129 + b"\r\n",
+    b"GET /docs HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 8188 + b"\r\n\r\n",
+    b"GET /docs HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 8189 + b"\r\n\r\n",
+]
+
+_HOST = re.compile(
+    r"[\t ]*(?:\[[0-9a-z:.\-_~!$&'()*+,;=]+\]|[0-9a-z\-._~!$&'()*+,;=%]*)(?::[0-9]*)?[\t ]*"
+)
+
+
+def front_is_stricter(raw: bytes) -> bool:
+    """Heads the front refuses on purpose though aiohttp accepts them (see the docstring)."""
+    head = raw.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+    if len(head) > MAX_HEAD:
+        return True
+    lines = head.split("\r\n")
+    hosts = [line.partition(":")[2] for line in lines[1:] if line.lower().startswith("host:")]
+    if any(not _HOST.fullmatch(value.lower()) for value in hosts):
+        return True
+    return not re.search(r" HTTP/\d\.\d$", lines[0])  # an HTTP/0.9 request line
+
+
+def has_close_token(raw: bytes) -> bool:
+    head = raw.split(b"\r\n\r\n", 1)[0].lower()
+    return any(
+        b"close" in {token.strip() for token in line[11:].split(b",")}
+        for line in head.split(b"\r\n")
+        if line.startswith(b"connection:")
+    )
+
+
+async def check_against_aiohttp(port: int, raw: bytes, method: str) -> None:
+    """Send `raw` + the sentinel; compare the first answer with aiohttp's parse of `raw`."""
+    received = await exchange(port, raw + SENTINEL, method == "HEAD")
+    answer = first_answer(received, method == "HEAD")
+    head_end = raw.find(b"\r\n\r\n")
+    head, after = (raw[: head_end + 4], raw[head_end + 4 :]) if head_end >= 0 else (raw, b"")
+    alone = aiohttp_parse(head)
+    if answer is None:
+        # Nothing answered: aiohttp must not have seen a complete request or an error.
+        joined = aiohttp_parse(raw + SENTINEL)
+        assert joined.error is None and not joined.messages, (raw, joined)
+        return
+    if not answer.by_fast_path:
+        return  # handed over: aiohttp parsed it itself
+    if answer.status in (302, 404):
+        # The fast path answered a link request: aiohttp must see exactly that request.
+        assert alone.error is None and len(alone.messages) == 1, (raw, alone)
+        message = alone.messages[0]
+        assert message.method in ("GET", "HEAD"), raw  # type: ignore[attr-defined]
+        assert not message.chunked and not message.upgrade, raw  # type: ignore[attr-defined]
+        assert "Content-Length" not in message.headers, raw  # type: ignore[attr-defined]
+        if answer.closes != message.should_close:  # type: ignore[attr-defined]
+            assert answer.closes and has_close_token(raw), (raw, answer)
+        if not answer.closes and not after:
+            # ...ending where aiohttp ends it: the sentinel is the next request for both.
+            assert len(aiohttp_parse(raw + SENTINEL).messages) == 2, raw
+            rest = first_answer(received[answer.length :], False)
+            assert rest is not None and rest.status == 302, (raw, received[answer.length :])
+    else:
+        # The fast path refused it (400, 414, 431): aiohttp must refuse it too.
+        assert answer.status in (400, 414, 431), (raw, answer)
+        assert answer.closes
+        if alone.error is None and aiohttp_parse(head + SENTINEL).error is None:
+            assert front_is_stricter(raw), (raw, answer, alone)
+
+
+@pytest.mark.parametrize("raw", SPECIAL_INPUTS)
+async def test_special_inputs_agree(front: Front, raw: bytes) -> None:
+    await check_against_aiohttp(front.port, raw, raw.split(b" ", 1)[0].decode())
+
+
+@EXAMPLES
+@given(request=request_heads())
+async def test_generated_heads_agree_with_aiohttp(front: Front, request: tuple[bytes, str]) -> None:
+    raw, method = request
+    await check_against_aiohttp(front.port, raw, method)
+
+
+PIPELINED = st.sampled_from(
+    [
+        (b"GET /docs HTTP/1.1\r\nHost: x\r\n\r\n", "link"),
+        (b"HEAD /docs HTTP/1.1\r\nHost: x\r\n\r\n", "link-head"),
+        (b"GET /nosuch HTTP/1.1\r\nHost: x\r\n\r\n", "link"),
+        (b"GET /file1 HTTP/1.1\r\nHost: x\r\n\r\n", "other"),  # a file link: handed over
+        (b"GET /-/healthz HTTP/1.1\r\nHost: x\r\n\r\n", "other"),
+        (b"POST /docs HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nbody", "other"),
+        (b"GET /docs HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "other"),
+    ]
+)
+
+
+@EXAMPLES
+@given(requests=st.lists(PIPELINED, min_size=1, max_size=12), split=st.integers(0, 400))
+async def test_pipelined_mixes_are_answered_in_order(
+    front: Front, requests: list[tuple[bytes, str]], split: int
+) -> None:
+    """Link requests answered by the fast path until the first other request, then every
+    request by aiohttp, each once, in order, however the bytes are split into reads."""
+    raw = b"".join(request for request, _ in requests) + SENTINEL
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", front.port), 5)
+    try:
+        writer.write(raw[:split])
+        await writer.drain()
+        await asyncio.sleep(0)
+        writer.write(raw[split:])
+        received = await asyncio.wait_for(reader.read(-1), 5)
+    finally:
+        writer.close()
+    handed = False
+    for request, kind in [*requests, (SENTINEL, "link")]:
+        handed = handed or kind == "other"
+        answer = first_answer(received, kind == "link-head")
+        assert answer is not None, (requests, received)
+        assert answer.by_fast_path == (not handed), (requests, received[:300])
+        if handed and kind != "link-head":
+            line = request.split(b" HTTP/1.1")[0].decode()
+            body = received[answer.length - len(f"aiohttp {line}") : answer.length]
+            assert answer.status == 200 and body.decode() == f"aiohttp {line}", received
+        received = received[answer.length :]
+    assert received == b""

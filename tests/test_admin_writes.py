@@ -203,6 +203,9 @@ async def test_edit_errors_flash_and_keep_the_link(
     assert (status, headers["Location"]) == (302, "/edit_link/docs")
     _, _, body = await admin_browser.get("/edit_link/docs")
     assert any("not allowed" in m for _, m in flashes(body))
+    assert 'id="url" name="url"' in body and "is-invalid" in body  # next to the field
+    _, _, body = await admin_browser.get("/edit_link/docs")
+    assert "is-invalid" not in body  # shown once
     status, headers, _ = await admin_browser.post_multipart(
         "/edit_link/docs", {"link_type": "file"}, {"file": ("x.exe", b"MZ")}
     )
@@ -547,7 +550,8 @@ async def test_expired_links_are_purged_on_a_timer(
     await start_system()  # nobody signs in: the timer purges anyway
 
     def purged() -> bool:
-        return {"old", "zulu"}.isdisjoint(links_of(data_dir, "carol"))
+        gone = {"old", "zulu"}.isdisjoint(links_of(data_dir, "carol"))
+        return gone and not (folder / "old.pdf").exists()  # the asset goes right after
 
     async def condition() -> bool:
         return purged()

@@ -198,13 +198,14 @@ def _expiry(record: LinkRecord) -> dict[str, Any]:
     return {"text": record.expiration_date[:10], "expired": expired}
 
 
+# The field an edit error belongs to, kept in the session across Trunk8's redirect.
+FORM_ERROR = "_form_error"
+
+
 def _edit_page(
-    page: Page,
-    record: LinkRecord,
-    values: dict[str, str] | None = None,
-    problem_field: str = "",
-    status: int = 200,
+    page: Page, record: LinkRecord, values: dict[str, str] | None = None
 ) -> web.Response:
+    problem_field, problem_message = page.session.pop(FORM_ERROR, None) or ("", "")
     if values is None:
         values = {"link_type": record.type, "url": record.url or ""}
         expiry = form_expiry(record.expiration_date)
@@ -215,13 +216,12 @@ def _edit_page(
     )
     return page.render(
         "link_form.html",
-        status=status,
         editing=True,
         record=record,
         current_file=display_name(entry) if record.path else "",
         values=values,
         error_field=problem_field,
-        error_message="",
+        error_message=problem_message,
         max_mb=page.admin.startup_config.max_file_size_mb,
     )
 
@@ -248,6 +248,7 @@ async def edit(request: web.Request, page: Page) -> web.StreamResponse:
     except Problem as problem:
         form.discard()
         page.flash("error", problem.message)
+        page.session[FORM_ERROR] = [problem.field, problem.message]
         page.redirect(f"/edit_link/{_quoted(code)}")
     except LinkMissing:
         form.discard()

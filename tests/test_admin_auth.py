@@ -33,6 +33,8 @@ async def test_login_page_has_trunk8_fields(browser: Browser) -> None:
     assert "Remember me for 30 days" in body
     cookie = headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    assert "script-src 'self'" in headers["Content-Security-Policy"]
+    assert "<script>" not in body and " on" + "error=" not in body  # nothing inline
 
 
 async def test_pages_need_login(browser: Browser) -> None:

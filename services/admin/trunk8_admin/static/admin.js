@@ -25,6 +25,11 @@ document.addEventListener("DOMContentLoaded", () => {
       document.querySelectorAll(".dropdown-menu.show").forEach((m) => m.classList.remove("show"));
     }
   });
+  document.querySelectorAll("img[data-hide-if-broken]").forEach((img) => {
+    const hide = () => img.remove();
+    if (img.complete && img.naturalWidth === 0) hide();
+    else img.addEventListener("error", hide);
+  });
   document.querySelectorAll("[data-dismiss-alert]").forEach((button) => {
     button.addEventListener("click", () => button.closest(".alert").remove());
   });

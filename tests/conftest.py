@@ -25,7 +25,6 @@ import nats
 import pytest
 import uvloop
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client.parser import text_string_to_metric_families
 
 from trunk8.embedded_nats import EmbeddedNats
@@ -87,14 +86,9 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> d
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "allow_logged_errors(*expected): ERROR records the test provokes on purpose; each "
-        "argument is a regex searched in '<logger>: <message>' or an exception type",
+        "allow_logged_errors(*patterns, types=()): logged tracebacks the test provokes on "
+        "purpose: a regex searched in '<logger>: <message>', or the exception's types",
     )
-
-
-# Allowed in every test, for now: aiohttp logs each malformed request it answers with 400
-# as an ERROR with a traceback. Remove once the front logs those briefly (issue 5).
-ALLOWED_EVERYWHERE: tuple[object, ...] = (HttpProcessingError,)
 
 
 def _is_failure(record: logging.LogRecord) -> bool:
@@ -103,15 +97,12 @@ def _is_failure(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.ERROR and record.exc_info is not None
 
 
-def _allowed(record: logging.LogRecord, expected: list[object]) -> bool:
+def _allowed(record: logging.LogRecord, patterns: list[str], types: list[type]) -> bool:
     error = record.exc_info[1] if record.exc_info else None
-    for allowance in expected:
-        if isinstance(allowance, str):
-            if re.search(allowance, f"{record.name}: {record.getMessage()}"):
-                return True
-        elif isinstance(allowance, type) and isinstance(error, allowance):
-            return True
-    return False
+    if error is not None and isinstance(error, tuple(types)):
+        return True
+    line = f"{record.name}: {record.getMessage()}"
+    return any(re.search(pattern, line) for pattern in patterns)
 
 
 @pytest.fixture(autouse=True)
@@ -120,19 +111,14 @@ def no_logged_errors(
 ) -> Iterator[None]:
     """Fail the test on an undeclared logged traceback or CRITICAL (setup, call, teardown)."""
     yield
-    expected = [
-        *ALLOWED_EVERYWHERE,
-        *(
-            allowance
-            for marker in request.node.iter_markers("allow_logged_errors")
-            for allowance in marker.args
-        ),
-    ]
+    markers = list(request.node.iter_markers("allow_logged_errors"))
+    patterns = [pattern for marker in markers for pattern in marker.args]
+    types = [t for marker in markers for t in marker.kwargs.get("types", ())]
     errors = [
         record
         for when in ("setup", "call", "teardown")
         for record in caplog.get_records(when)
-        if _is_failure(record) and not _allowed(record, expected)
+        if _is_failure(record) and not _allowed(record, patterns, types)
     ]
     if errors:
         pytest.fail(

@@ -11,7 +11,7 @@ import json
 
 import pytest
 from aiohttp import web
-from conftest import RunningSystem
+from conftest import RunningSystem, StartSystem, wait_until
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
@@ -19,7 +19,7 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import DuplicateTimeseries
 
-from trunk8_shared.ops import setup_ops
+from trunk8_shared.ops import OPS, setup_ops
 
 
 def registry_with(metric: type[Counter] | type[Gauge], name: str) -> CollectorRegistry:
@@ -77,3 +77,18 @@ async def test_ready_names_every_task(system: RunningSystem) -> None:
     assert answer["services"]["redirector"] is True
     assert answer["tasks"]["link-mirror"] == "running"
     assert answer["tasks"]["config-watch"] == "running"
+
+
+async def test_caught_up_check_fails_when_a_revision_metric_is_missing(
+    start_system: StartSystem,
+) -> None:
+    def drop_redirector_metrics(app: web.Application) -> None:
+        registry = app[OPS].registry
+        for collector in list(registry._collector_to_names):
+            if "trunk8_redirector_links_revision" in registry._collector_to_names[collector]:
+                registry.unregister(collector)
+
+    system = await start_system(wait_ready=False, setup=drop_redirector_metrics)
+    await wait_until(system.ready, timeout=15)
+    with pytest.raises(pytest.fail.Exception, match="trunk8_redirector_links_revision"):
+        await system.in_step()

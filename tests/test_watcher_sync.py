@@ -7,6 +7,8 @@ bucket that refuses writes: each against a real nats-server and real files.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -24,6 +26,8 @@ from trunk8.server import HttpServer
 from trunk8.targets import build_app
 from trunk8_redirector.table import LinkTable
 from trunk8_shared.buckets import ensure_bucket
+from trunk8_shared.bus import Bus
+from trunk8_shared.kvmirror import KvMirror
 from trunk8_shared.records import (
     LINKS_BUCKET,
     USERS_BUCKET,
@@ -153,6 +157,54 @@ def test_the_link_table_skips_what_it_cannot_serve() -> None:
     assert table.lookup("docs").status == 302
 
 
+class FlakySink:
+    """A mirror sink with a bug: it fails on one key the first time it sees it."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, bytes] = {}
+        self.failed = False
+
+    def replace_all(self, entries: dict[str, bytes]) -> None:
+        self.entries = dict(entries)
+
+    def apply(self, key: str, value: bytes | None) -> None:
+        if key == "boom" and not self.failed:
+            self.failed = True
+            raise RuntimeError("a bug in the sink")
+        if value is None:
+            self.entries.pop(key, None)
+        else:
+            self.entries[key] = value
+
+
+@pytest.mark.allow_logged_errors(r"trunk8\.kvmirror: trunk8_links: applying an update failed")
+async def test_a_failing_sink_never_raises_into_nats_and_loses_nothing(
+    nats_server: EmbeddedNats, bus_client: nats.NATS
+) -> None:
+    links = await ensure_bucket(bus_client.jetstream(), LINKS_BUCKET)
+    await links.put("kept", b"1")
+    bus = Bus(nats_server.url, "test-mirror", reconnect_wait=0.2)
+    sink = FlakySink()
+    mirror = KvMirror(bus, LINKS_BUCKET, sink)
+    bus.start()
+    task = asyncio.create_task(mirror.run())
+    try:
+        await asyncio.wait_for(mirror.ready.wait(), 10)
+        await links.put("=a", b"foreign")  # skipped: the sink never sees it
+        await links.put("boom", b"2")  # the sink fails: the mirror loads the bucket again
+
+        async def recovered() -> bool:
+            return mirror.resyncs >= 2 and sink.entries == {"kept": b"1", "boom": b"2"}
+
+        await wait_until(recovered, timeout=10)
+        assert sink.failed
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await bus.close()
+
+
 async def test_a_rejection_while_nats_is_away_is_published_when_it_is_back(
     system: RunningSystem, nats_server: EmbeddedNats, data_dir: Path
 ) -> None:
@@ -172,7 +224,7 @@ async def test_a_rejection_while_nats_is_away_is_published_when_it_is_back(
         values = await system.metrics()
         return values["trunk8_config_watcher_publish_errors_total"] >= 1
 
-    await wait_until(write_failed, timeout=20)
+    await wait_until(write_failed, timeout=30)
     restarted = EmbeddedNats(nats_server.store_dir, port=nats_server.port, token=nats_server.token)
     errors: list[ConfigError] = []
 
@@ -191,7 +243,7 @@ async def test_a_rejection_while_nats_is_away_is_published_when_it_is_back(
             async def published() -> bool:
                 return any(e.file == "users/bob/links.toml" for e in errors)
 
-            await wait_until(published, timeout=20)
+            await wait_until(published, timeout=30)
             await wait_until(lambda: serves(system, "carol1", "https://example.org/meanwhile"))
         finally:
             await tap.close()

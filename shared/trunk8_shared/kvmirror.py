@@ -145,11 +145,9 @@ class KvMirror:
         self.revision = revision
         self.resyncs += 1
         if not self.ready.is_set():
-            log.info("%s: loaded %d keys at revision %d", self.bucket, len(entries), revision)
+            log.info("%s: loaded %d keys at revision %d", self.bucket, len(ours), revision)
         else:
-            log.info(
-                "%s: resynchronised %d keys at revision %d", self.bucket, len(entries), revision
-            )
+            log.info("%s: resynchronised %d keys at revision %d", self.bucket, len(ours), revision)
         self.ready.set()
 
     def _change(self, key: str, value: bytes | None, revision: int) -> None:

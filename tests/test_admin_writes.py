@@ -621,3 +621,24 @@ async def test_a_writer_killed_mid_save_leaves_a_whole_file(data_dir: Path) -> N
     assert links_file.read_text().startswith("# kept\n")
     leftovers = [p.name for p in links_file.parent.iterdir() if p.name != "links.toml"]
     assert all(name.endswith(".tmp") for name in leftovers)  # never read as TOML
+
+
+async def test_malformed_uploads_get_a_clear_answer(admin_browser: Browser, data_dir: Path) -> None:
+    await admin_browser.get("/add")
+    token = admin_browser.csrf.encode()
+    part = b'--xyz\r\nContent-Disposition: form-data; name="'
+    cases = [
+        ("multipart/form-data", b"no boundary at all"),
+        (
+            "multipart/form-data; boundary=xyz",
+            part + b'csrf_token"\r\n\r\n' + token + b"\r\n"
+            + part + b'file"; filename="a.pdf"\r\n\r\ncut sho',
+        ),
+    ]  # fmt: skip
+    before = assets(data_dir, "admin")
+    for content_type, body in cases:
+        status, _, text = await admin_browser.request(
+            "POST", "/add", data=body, headers={"Content-Type": content_type}
+        )
+        assert status == 400 and "The upload could not be read" in text, content_type
+    assert assets(data_dir, "admin") == before

@@ -16,9 +16,10 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 from aiohttp import BodyPartReader, web
 
-from .errors import CsrfError, FormError, RequestTooLarge
+from .errors import AdminError, CsrfError, FormError, RequestTooLarge
 
 CHUNK = 256 * 1024
 # Form fields other than files (URLs, codes, markdown typed into a textarea).
@@ -125,6 +126,13 @@ async def read_upload_form(
             raise FormError("Too many form parts.")
         if not token_seen:
             raise CsrfError()
+    except AdminError:
+        form.discard()
+        raise
+    except (ValueError, AssertionError, EOFError, aiohttp.ClientError) as err:
+        # A body cut short, or not multipart as it claims (no boundary, bad headers).
+        form.discard()
+        raise FormError(f"The upload could not be read ({err or type(err).__name__}).") from err
     except BaseException:
         form.discard()
         raise

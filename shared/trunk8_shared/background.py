@@ -7,7 +7,8 @@ not), it is logged and started again after a capped exponential `Backoff`. A tas
 keeps dying (`max_failures` in a row) or is declared `critical` is given up: the
 application's `Supervision` records it, `/-/ready` answers 503 naming it, and the
 composition root, which waits on `Supervision.gave_up`, stops the process with status 1.
-A dead task is never silent.
+A dead task is never silent. Tasks started outside a cleanup context (a front's clock, say)
+get the same supervision from `start_supervised` and stop with `cancel_and_wait`.
 """
 
 from __future__ import annotations
@@ -132,20 +133,36 @@ def task_ctx(
                 f"task {name}: the application has no Supervision; call setup_ops(app) "
                 "(or setup_supervision) while setting it up"
             )
-        supervision.running[name] = False
-        supervision.restarts.setdefault(name, 0)
-        limit = 1 if critical else max_failures
-        task = asyncio.create_task(
-            _supervise(name, run, supervision, limit, stable_after, backoff()), name=name
-        )
+        task = start_supervised(
+            supervision, name, run, critical=critical, max_failures=max_failures,
+            stable_after=stable_after, backoff=backoff(),
+        )  # fmt: skip
         yield
-        await _cancel_until_done(name, task)
+        await cancel_and_wait(name, task)
 
     context.__name__ = f"{name.replace('-', '_')}_ctx"
     return context
 
 
-async def _cancel_until_done(name: str, task: asyncio.Task[None]) -> None:
+def start_supervised(
+    supervision: Supervision,
+    name: str,
+    run: Callable[[], Coroutine[Any, Any, None]],
+    *,
+    critical: bool = False,
+    max_failures: int = MAX_FAILURES,
+    stable_after: float = STABLE_AFTER,
+    backoff: Backoff | None = None,
+) -> asyncio.Task[None]:
+    """Start `run()` supervised, outside a cleanup context; stop it with `cancel_and_wait`."""
+    supervision.running[name] = False
+    supervision.restarts.setdefault(name, 0)
+    limit = 1 if critical else max_failures
+    supervise = _supervise(name, run, supervision, limit, stable_after, backoff or Backoff())
+    return asyncio.create_task(supervise, name=name)
+
+
+async def cancel_and_wait(name: str, task: asyncio.Task[None]) -> None:
     """Cancel `task` and wait for it, cancelling again if a cancellation was swallowed.
 
     Python 3.11's `asyncio.wait_for` (used inside nats-py too) drops a cancellation that

@@ -300,5 +300,38 @@ async def test_a_file_of_many_bad_links_floods_neither_log_nor_bus(
     assert len(refused) == 100
 
 
+async def test_oversized_entries_are_refused_and_never_wedge_publishing(
+    system: RunningSystem, data_dir: Path, bus_client: nats.NATS
+) -> None:
+    names: list[str] = []
+
+    async def on_event(msg: nats.aio.msg.Msg) -> None:
+        event = event_decoder.decode(msg.data)
+        names.append(getattr(event, "code", "") or getattr(event, "username", ""))
+
+    await bus_client.subscribe("trunk8.events.config.link_rejected", cb=on_event)
+    await bus_client.subscribe("trunk8.events.config.user_rejected", cb=on_event)
+    await bus_client.flush()
+    huge_code = "c" * 2_000_000  # a name NATS could not carry in an event
+    write(
+        links_file(data_dir, "bob"),
+        redirect("docs", "https://example.com/" + "x" * 2_000_000)  # a record over 1 MB
+        + redirect(huge_code, "https://example.com/")
+        + redirect("small", "https://example.com/small"),
+    )
+    users = data_dir / "users" / "users.toml"
+    write(users, users.read_text() + f"\n[users.{'u' * 500}]\n")
+    await wait_until(lambda: serves(system, "small", "https://example.com/small"))
+    await wait_until(lambda: _true(len(names) == 3))
+    assert max(len(name) for name in names) <= 201
+    assert (await system.get("/docs"))[0] == 404
+    reasons = {e["entry"][:4]: e["reason"] for e in (await rejected(system))["entries"]}
+    assert reasons["docs"].startswith("too large to publish")
+    assert reasons["uuuu"] == "Username is longer than 100 characters."
+    # Publishing still flows.
+    write(links_file(data_dir, "carol"), redirect("carol1", "https://example.org/after"))
+    await wait_until(lambda: serves(system, "carol1", "https://example.org/after"))
+
+
 async def _true(value: bool) -> bool:
     return value

@@ -28,6 +28,7 @@ from .expiry import expiry_timestamp
 LINK_TYPES = frozenset({"redirect", "file", "markdown", "html"})
 ALLOWED_URL_SCHEMES = ("http", "https", "mailto")
 MAX_REPORTED_PROBLEMS = 5
+MAX_USERNAME_LENGTH = 100
 _T = TypeVar("_T")
 _E = TypeVar("_E")
 
@@ -196,7 +197,9 @@ def check_users(data: bytes, file: str = "users/users.toml") -> Checked[UserEntr
         except DataFileError as err:
             rejected[name] = err.reason
             continue
-        if problem := username_problem(name):
+        if len(name) > MAX_USERNAME_LENGTH:  # becomes a NATS subject: keep it short
+            rejected[name] = f"Username is longer than {MAX_USERNAME_LENGTH} characters."
+        elif problem := username_problem(name):
             rejected[name] = problem
         else:
             users[name] = entry

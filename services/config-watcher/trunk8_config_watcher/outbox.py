@@ -11,6 +11,8 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 
+import nats.errors
+
 from trunk8_shared.records import Event
 
 log = logging.getLogger("trunk8.config_watcher")
@@ -42,5 +44,9 @@ class EventOutbox:
             log.warning("%d events were dropped while NATS was away (oldest first)", self.dropped)
             self.dropped = 0
         while self._events:
-            await publish(self._events[0])
+            try:
+                await publish(self._events[0])
+            except nats.errors.MaxPayloadError:
+                # Never publishable: dropping it is the only way not to wedge the rest.
+                log.error("dropping an event too large for NATS: %.200r", self._events[0])
             self._events.popleft()

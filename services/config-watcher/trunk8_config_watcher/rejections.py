@@ -26,6 +26,8 @@ LOGGED_PER_FILE = 5
 EVENTS_PER_FILE = 100
 # Entries listed by `/-/rejected` (the gauge counts them all).
 VIEW_LIMIT = 1000
+# Characters of a refused entry's name kept (a hostile name may be megabytes long).
+MAX_SHOWN_NAME = 200
 
 
 def _link_rejected(file: str, code: str, reason: str) -> Event:
@@ -34,6 +36,11 @@ def _link_rejected(file: str, code: str, reason: str) -> Event:
 
 def _user_rejected(file: str, username: str, reason: str) -> Event:
     return UserRejected(file=file, username=username, reason=reason)
+
+
+def _shown(entry: str) -> str:
+    """An entry's name cut to a length any log line and event can carry."""
+    return entry if len(entry) <= MAX_SHOWN_NAME else entry[:MAX_SHOWN_NAME] + "…"
 
 
 class Rejections:
@@ -71,6 +78,7 @@ class Rejections:
     def _refuse(
         self, file: str, refused: dict[str, str], noun: str, event: EntryEvent
     ) -> list[Event]:
+        refused = {_shown(entry): reason for entry, reason in refused.items()}
         before = self.entries.get(file, {})
         fresh = [
             (entry, reason) for entry, reason in refused.items() if before.get(entry) != reason

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from trunk8_shared.datadir import DataDir
 from trunk8_shared.datafiles import DataFileError, check_links, check_users, read_data_file
-from trunk8_shared.records import Event, LinkRecord
+from trunk8_shared.records import Event, LinkRecord, UserRecord, json_encoder
 
 from .catalog import Changes, LinkCatalog, link_record, user_records
 from .rejections import Rejections
@@ -25,6 +25,16 @@ from .rejections import Rejections
 log = logging.getLogger("trunk8.config_watcher")
 
 EMPTY_LINKS_FILE = "file is empty (being rewritten?)"
+# Largest record published: far below NATS's 1 MB message cap, far above any real link.
+MAX_RECORD_BYTES = 64 * 1024
+
+
+def record_size_problem(record: LinkRecord | UserRecord) -> str | None:
+    """Why a record is too large to publish (a multi-megabyte URL, say), or None."""
+    size = len(json_encoder.encode(record))
+    if size > MAX_RECORD_BYTES:
+        return f"too large to publish ({size} bytes; at most {MAX_RECORD_BYTES})"
+    return None
 
 
 class ConfigLoadError(Exception):
@@ -136,7 +146,14 @@ class Reloader:
             if not checked.entries:
                 empty = "no accounts (an empty or partly written file?)"
                 raise DataFileError(file, "no valid account" if checked.rejected else empty)
-            users = user_records(checked.entries)
+            entries = dict(checked.entries)
+            for name, user in user_records(entries).items():
+                if problem := record_size_problem(user):
+                    checked.rejected[name] = problem
+                    del entries[name]
+            if not entries:
+                raise DataFileError(file, "no valid account")
+            users = user_records(entries)  # positions without the refused ones
         except Exception as err:
             self._reject(result, path, file, err)
             return False
@@ -176,10 +193,15 @@ class Reloader:
             links: dict[str, LinkRecord] = {}
             for code, entry in checked.entries.items():
                 try:
-                    links[code] = link_record(code, owner, entry)
+                    record = link_record(code, owner, entry)
                 except Exception as err:  # one link nobody foresaw: refuse it alone
                     log.error("unexpected error in %s, link %r", file, code, exc_info=err)
                     refused[code] = f"unexpected error: {type(err).__name__}: {err}"
+                    continue
+                if problem := record_size_problem(record):
+                    refused[code] = problem
+                else:
+                    links[code] = record
         except Exception as err:
             self._reject(result, path, file, err)
             return set()

@@ -642,3 +642,38 @@ async def test_malformed_uploads_get_a_clear_answer(admin_browser: Browser, data
         )
         assert status == 400 and "The upload could not be read" in text, content_type
     assert assets(data_dir, "admin") == before
+
+
+async def test_an_abandoned_upload_leaves_no_temp_file(
+    admin_browser: Browser, admin_system: RunningSystem, data_dir: Path
+) -> None:
+    await admin_browser.get("/add")
+    cookie = "; ".join(f"{c.key}={c.value}" for c in admin_browser.http.cookie_jar)
+    head = (
+        "POST /add HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Content-Type: multipart/form-data; boundary=xyz\r\n"
+        f"Content-Length: {50 * 1024 * 1024}\r\nCookie: {cookie}\r\n\r\n"
+    ).encode()
+    body = (
+        b'--xyz\r\nContent-Disposition: form-data; name="csrf_token"\r\n\r\n'
+        + admin_browser.csrf.encode()
+        + b'\r\n--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.zip"\r\n\r\n'
+        + b"z" * (2 * 1024 * 1024)
+    )
+    folder = data_dir / "users" / "admin" / "assets"
+    port = int(admin_system.base.rsplit(":", 1)[1])
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head + body)
+    await writer.drain()
+
+    async def receiving() -> bool:
+        return any(p.name.endswith(".part") for p in folder.iterdir()) if folder.exists() else False
+
+    await wait_until(receiving, timeout=10)  # the upload is streaming to a temp file
+    writer.close()  # the client goes away mid-upload
+
+    async def cleaned() -> bool:
+        return not any(p.name.endswith(".part") for p in folder.iterdir())
+
+    await wait_until(cleaned, timeout=10)
+    assert "a.zip" not in str(links_of(data_dir, "admin"))

@@ -46,9 +46,12 @@ async def watch_files(watcher: ConfigWatcher) -> None:
     """Reload changed files as the filesystem reports them; re-watch after watch errors."""
     backoff = Backoff(first=0.5)
     while True:
+        # A missing config/ (unused so far) must not stop the watch of users/.
+        folders = [watcher.data.users_dir]
+        if watcher.data.config_dir.is_dir():
+            folders.append(watcher.data.config_dir)
         batches = watchfiles.awatch(
-            watcher.data.users_dir,
-            watcher.data.config_dir,
+            *folders,
             watch_filter=lambda _change, path: _watched(watcher, path),
             debounce=500,
             step=30,
@@ -62,6 +65,8 @@ async def watch_files(watcher: ConfigWatcher) -> None:
             while True:
                 try:
                     changes = await anext(batches)
+                except StopAsyncIteration:
+                    break
                 except (OSError, RuntimeError) as err:  # a folder gone, inotify limits...
                     log.warning(
                         "file watch failed (%s: %s); watching again", type(err).__name__, err

@@ -170,6 +170,10 @@ async def wait_until(
         await asyncio.sleep(interval)
 
 
+# Services that mirror the links bucket and export `trunk8_<name>_links_revision`.
+LINK_READERS = ("redirector", "files", "admin")
+
+
 @dataclass
 class RunningSystem:
     """Services started in-process on a real port."""
@@ -213,25 +217,27 @@ class RunningSystem:
         }
 
     async def in_step(self) -> bool:
-        """Ready, and (all-in-one) the redirector has applied all the watcher published.
+        """Ready, and every link mirror in the app has applied all the watcher published.
 
-        With both services in the app, a missing revision metric fails the test: it must
-        not pass for "caught up" by being absent.
+        With the config-watcher in the app, each reader service there (redirector, files,
+        admin) must show its revision metric: a missing one fails the test, it never
+        passes for "caught up" by being absent.
         """
         status, _, body = await self.get("/-/ready")
         if status != 200:
             return False
         services = json.loads(body)["services"]
-        if not {"config-watcher", "redirector"} <= services.keys():
+        if "config-watcher" not in services:
             return True
         values = await self.metrics()
-        revisions = []
-        for name in ("trunk8_config_watcher_links_revision", "trunk8_redirector_links_revision"):
+        names = ["trunk8_config_watcher_links_revision"] + [
+            f"trunk8_{reader}_links_revision" for reader in LINK_READERS if reader in services
+        ]
+        for name in names:
             if name not in values:
                 pytest.fail(f"{name} is missing from /-/metrics")
-            revisions.append(values[name])
-        published, applied = revisions
-        return applied >= published
+        published = values[names[0]]
+        return all(values[name] >= published for name in names[1:])
 
 
 StartSystem = Callable[..., Awaitable[RunningSystem]]

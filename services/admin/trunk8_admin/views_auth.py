@@ -20,6 +20,8 @@ from .pages import ACTIVE_USER, AUTHENTICATED, REMEMBER, SEEN, USERNAME, Page, a
 
 log = logging.getLogger("trunk8.admin")
 
+MAX_NAME_KEY = 200
+
 
 def _client(request: web.Request) -> str:
     return request.remote or "unknown"
@@ -51,7 +53,8 @@ async def login(request: web.Request, page: Page) -> web.StreamResponse:
     if not password:
         page.flash("error", "Password is required.")
         return _login_form(page, username=username)
-    keys = (f"client:{_client(request)}", f"user:{username or ADMIN}")
+    # Usernames are bounded in the table (a flood of long names must not fill memory).
+    keys = (f"client:{_client(request)}", f"user:{(username or ADMIN)[:MAX_NAME_KEY]}")
     wait = admin.throttle.retry_after(*keys)
     if wait > 0:
         admin.metrics.logins.labels("throttled").inc()

@@ -25,8 +25,6 @@ from trunk8_config_watcher.reloader import ConfigLoadError, Reloader
 from trunk8_shared.datadir import DataDir
 from trunk8_shared.records import RELOAD_SUBJECT, ConfigError, UserRejected, event_decoder
 
-pytestmark = pytest.mark.allow_logged_errors()
-
 
 def links_file(data_dir: Path, user: str) -> Path:
     return data_dir / "users" / user / "links.toml"

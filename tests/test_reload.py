@@ -127,7 +127,7 @@ async def test_malformed_toml_keeps_the_last_good_links(
 
 
 async def test_an_invalid_link_is_refused_alone(
-    system: RunningSystem, data_dir: Path, tap: EventTap
+    system: RunningSystem, data_dir: Path, tap: EventTap, bus_client: nats.NATS
 ) -> None:
     path = bob_links(data_dir)
     write(
@@ -159,6 +159,16 @@ async def test_an_invalid_link_is_refused_alone(
     assert {(e["file"], e["entry"]) for e in view["entries"]} == {
         ("users/bob/links.toml", code) for code in reasons
     }
+
+    # A reload request for the file names what it refuses (the admin shows it after a save).
+    reply = reload_reply_decoder.decode(
+        (
+            await bus_client.request(
+                RELOAD_SUBJECT, json_encoder.encode(ReloadRequest(path="users/bob/links.toml"))
+            )
+        ).data
+    )
+    assert reply.error is None and set(reply.refused) == set(reasons)
 
     # Fixing one entry serves it and takes it off the list; the others stay refused.
     write(path, path.read_text().replace("javascript:alert(1)", "https://example.com/ok"))

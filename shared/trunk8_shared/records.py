@@ -142,6 +142,8 @@ class ReloadReply(msgspec.Struct, frozen=True, kw_only=True):
     revision: int
     changed: int = 0
     error: str | None = None
+    # Entries of the requested file refused alone (code or username -> reason; up to 100).
+    refused: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 json_encoder = msgspec.json.Encoder()

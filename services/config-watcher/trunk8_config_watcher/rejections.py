@@ -114,6 +114,11 @@ class Rejections:
         names = self.files if files is None else files
         return "; ".join(f"{f}: {self.files[f]}" for f in names if f in self.files) or None
 
+    def refused_in(self, files: Iterable[str]) -> dict[str, str]:
+        """The entries refused in the given files (at most `EVENTS_PER_FILE` of them)."""
+        pairs = (pair for f in files for pair in self.entries.get(f, {}).items())
+        return dict(itertools.islice(pairs, EVENTS_PER_FILE))
+
     def view(self) -> dict[str, Any]:
         """The JSON answered at `/-/rejected`."""
         entries = (

@@ -72,10 +72,12 @@ class ConfigWatcher:
             self._record(result)
             files = None if paths is None else [self.data.relative(p) for p in paths]
             error = self.rejections.summary(files)
+            refused = self.rejections.refused_in(files or ())
             if not self.ready.is_set():
                 # Not published yet: the first full sync carries this change and its events.
                 self.out_of_sync.set()
-                return ReloadReply(revision=self.publisher.links.revision, error=error)
+                revision = self.publisher.links.revision
+                return ReloadReply(revision=revision, error=error, refused=refused)
             try:
                 revision = self.publisher.links.revision
                 if result.users_changed:
@@ -90,7 +92,8 @@ class ConfigWatcher:
                 self.out_of_sync.set()
                 raise
             self.metrics.revision.set(revision)
-            return ReloadReply(revision=revision, changed=len(result.links), error=error)
+            changed = len(result.links)
+            return ReloadReply(revision=revision, changed=changed, error=error, refused=refused)
 
     async def sync_all(self) -> int:
         """Read both buckets back and write every difference from the catalog."""

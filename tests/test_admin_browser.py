@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RunningSystem
+from conftest import RunningSystem, wait_until
 from test_admin_support import ADMIN_PASSWORD, admin_env, admin_system
 
 # Fixtures used by name in test arguments.
@@ -36,7 +37,13 @@ WATCH_PROGRESS = """() => {
 
 
 @pytest.fixture
-async def page(admin_system: RunningSystem) -> AsyncIterator[Any]:
+def short_upload_idle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Uploads that stall (a cancelled one may leave its connection open) end quickly."""
+    monkeypatch.setenv("TRUNK8_UPLOAD_IDLE_SECONDS", "2")
+
+
+@pytest.fixture
+async def page(short_upload_idle: None, admin_system: RunningSystem) -> AsyncIterator[Any]:
     async with playwright_api.async_playwright() as driver:
         browser = await driver.chromium.launch(
             executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"]
@@ -87,6 +94,36 @@ async def test_a_links_whole_life_in_chromium(page: Any, admin_system: RunningSy
     await page.wait_for_selector("text=Link Created Successfully!")
     assert await page.evaluate("sessionStorage.getItem('progressShown')") == "yes"
     assert await page.evaluate("sessionStorage.getItem('progressText')") == "100%"
+    # A slow upload can be cancelled: nothing is created, nothing is left on disk.
+    network = await page.context.new_cdp_session(page)
+    await network.send("Network.enable")
+    await network.send(
+        "Network.emulateNetworkConditions",
+        {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": 512_000},
+    )
+    await page.goto("/add")
+    await page.check("#type-file")
+    await page.set_input_files(
+        "#file", {"name": "slow.zip", "mimeType": "application/zip", "buffer": b"z" * UPLOAD_BYTES}
+    )
+    await page.fill("#short_code", "e2e-cancelled")
+    await page.click("#link-form button[type=submit]")
+    await page.wait_for_selector(".upload-progress:not([hidden])")
+    page.once("dialog", lambda dialog: dialog.accept())
+    await page.click("[data-cancel-upload]")
+    await page.wait_for_selector(".upload-progress", state="hidden")
+    await network.send(
+        "Network.emulateNetworkConditions",
+        {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1},
+    )
+    assert (await page.request.get("/e2e-cancelled", max_redirects=0)).status == 404
+    assets = Path(admin_system.settings.data_dir) / "users" / "admin" / "assets"
+
+    async def no_temp_files() -> bool:
+        return not any(p.name.startswith(".upload-") for p in assets.iterdir())
+
+    await wait_until(no_temp_files, timeout=10)
+
     await create(
         page,
         "markdown",

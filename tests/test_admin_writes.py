@@ -57,6 +57,14 @@ async def test_file_upload_is_stored_like_trunk8(
     assert path.endswith(".pdf") and len(path) == 36 + 4
     assert (data_dir / "users" / "admin" / "assets" / path).read_bytes() == PDF
     assert not [n for n in assets(data_dir, "admin") if n.startswith(".")]  # no temp left
+    # Browsers also send the empty file inputs of the other sections: nothing is kept.
+    status, _, body = await admin_browser.post_multipart(
+        "/add",
+        {"link_type": "file", "short_code": "report3"},
+        {"file": ("b.pdf", PDF), "markdown_file": ("", b""), "html_file": ("", b"")},
+    )
+    assert "Link Created Successfully!" in body, flashes(body)
+    assert not [n for n in assets(data_dir, "admin") if n.startswith(".")]
     _, _, listing = await admin_browser.get("/links?q=report2")
     assert "My_Report_1_e.PDF" in listing
 

@@ -9,6 +9,7 @@ forged upload is refused before a byte of it is stored (T8-W05).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import secrets
@@ -85,11 +86,13 @@ async def read_upload_form(
     upload_dir: Path,
     request_limit: int,
     file_limits: dict[str, int],
+    idle_timeout: float = 60.0,
 ) -> UploadForm:
     """Stream a multipart form: fields in memory, files to temp files in `upload_dir`.
 
     `file_limits` caps named file parts (others get `request_limit`); a part over its cap
-    raises `FormError` naming the cap, the body over `request_limit` `RequestTooLarge`.
+    raises `FormError` naming the cap, the body over `request_limit` `RequestTooLarge`. A
+    client that sends nothing for `idle_timeout` seconds is given up on (`FormError`).
     """
     check_length(request, request_limit)
     if not request.content_type.startswith("multipart/"):
@@ -100,14 +103,14 @@ async def read_upload_form(
     try:
         reader = await request.multipart()
         for _ in range(MAX_PARTS):
-            part = await reader.next()
+            part = await asyncio.wait_for(reader.next(), idle_timeout)
             if part is None:
                 break
             if not isinstance(part, BodyPartReader):
                 raise FormError("Nested multipart forms are not accepted.")
             name = part.name or ""
             if part.filename is None:
-                value, total = await _read_field(part, total, request_limit)
+                value, total = await _read_field(part, total, request_limit, idle_timeout)
                 if name == CSRF_FIELD:
                     token_seen = secrets.compare_digest(value, csrf_token)
                     if not token_seen:
@@ -116,8 +119,14 @@ async def read_upload_form(
                 continue
             if not token_seen:
                 raise CsrfError()  # before any byte of a file is stored
+            if not part.filename:
+                # A file input left empty: browsers still send it, with no name.
+                total += await _drain(part, request_limit - total, idle_timeout)
+                continue
             limit = file_limits.get(name, request_limit)
-            upload, total = await _save_part(part, upload_dir, total, request_limit, limit)
+            upload, total = await _save_part(
+                part, upload_dir, total, (request_limit, limit), idle_timeout
+            )
             if name in form.files:
                 upload.discard()
             else:
@@ -129,8 +138,11 @@ async def read_upload_form(
     except AdminError:
         form.discard()
         raise
-    except (ValueError, AssertionError, EOFError, aiohttp.ClientError) as err:
-        # A body cut short, or not multipart as it claims (no boundary, bad headers).
+    except TimeoutError as err:
+        form.discard()
+        raise FormError(f"The upload stalled: nothing arrived for {idle_timeout:g} s.") from err
+    except (ValueError, AssertionError, EOFError, ConnectionError, aiohttp.ClientError) as err:
+        # A body cut short (the client went away), or not multipart as it claims.
         form.discard()
         raise FormError(f"The upload could not be read ({err or type(err).__name__}).") from err
     except BaseException:
@@ -139,9 +151,11 @@ async def read_upload_form(
     return form
 
 
-async def _read_field(part: BodyPartReader, total: int, request_limit: int) -> tuple[str, int]:
+async def _read_field(
+    part: BodyPartReader, total: int, request_limit: int, idle_timeout: float
+) -> tuple[str, int]:
     data = bytearray()
-    while chunk := await part.read_chunk(CHUNK):
+    while chunk := await asyncio.wait_for(part.read_chunk(CHUNK), idle_timeout):
         data += chunk
         total += len(chunk)
         if total > request_limit:
@@ -154,16 +168,31 @@ async def _read_field(part: BodyPartReader, total: int, request_limit: int) -> t
         raise FormError(f"The field {part.name!r} is not UTF-8 text.") from err
 
 
+async def _drain(part: BodyPartReader, allowed: int, idle_timeout: float) -> int:
+    """Read and drop a part; its size (more than `allowed` is refused)."""
+    size = 0
+    while chunk := await asyncio.wait_for(part.read_chunk(CHUNK), idle_timeout):
+        size += len(chunk)
+        if size > allowed:
+            raise RequestTooLarge(allowed)
+    return size
+
+
 async def _save_part(
-    part: BodyPartReader, folder: Path, total: int, request_limit: int, limit: int
+    part: BodyPartReader,
+    folder: Path,
+    total: int,
+    limits: tuple[int, int],
+    idle_timeout: float,
 ) -> tuple[Upload, int]:
+    request_limit, limit = limits
     os.makedirs(folder, exist_ok=True)  # one mkdir, usually existing
     temp_path = folder / f".upload-{secrets.token_hex(8)}.part"
     size = 0
     fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         with os.fdopen(fd, "wb") as out:
-            while chunk := await part.read_chunk(CHUNK):
+            while chunk := await asyncio.wait_for(part.read_chunk(CHUNK), idle_timeout):
                 size += len(chunk)
                 total += len(chunk)
                 if total > request_limit:

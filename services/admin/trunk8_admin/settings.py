@@ -47,6 +47,8 @@ class AdminSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     page_size: int = 50
     # Seconds between purges of expired links.
     purge_interval: float = 60.0
+    # Seconds an upload may send nothing before it is given up (and its temp file removed).
+    upload_idle_timeout: float = 60.0
 
     @property
     def default_password(self) -> bool:
@@ -60,6 +62,7 @@ _ENV_FIELDS = {
     "TRUNK8_LOGIN_ATTEMPTS": "login_attempts",
     "TRUNK8_SESSION_IDLE_HOURS": "session_idle_hours",
     "TRUNK8_EXPIRY_PURGE_SECONDS": "purge_interval",
+    "TRUNK8_UPLOAD_IDLE_SECONDS": "upload_idle_timeout",
 }
 
 

@@ -82,6 +82,7 @@ async def _read_link_form(page: Page, owner: str) -> UploadForm:
         admin.data.assets_dir(owner),
         admin.startup_config.max_file_bytes,
         _file_limits(page),
+        admin.admin_settings.upload_idle_timeout,
     )
 
 
@@ -127,6 +128,7 @@ async def add(request: web.Request, page: Page) -> web.StreamResponse:
         site = await admin.themes.site.get()  # the per-file cap is read live (T8-085)
         draft = draft_link(form, code, site.max_file_bytes)
         published, _ = await save_link(admin, owner, code, draft, new=True)
+        form.discard()  # uploads the link did not use
     except Problem as problem:
         form.discard()
         return _add_form(page, form, problem)
@@ -245,6 +247,7 @@ async def edit(request: web.Request, page: Page) -> web.StreamResponse:
         site = await admin.themes.site.get()
         draft = draft_link(form, code, site.max_file_bytes, current=record)
         published, warning = await save_link(admin, record.owner, code, draft, new=False)
+        form.discard()  # uploads the link did not use
     except Problem as problem:
         form.discard()
         page.flash("error", problem.message)

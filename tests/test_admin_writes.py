@@ -652,9 +652,18 @@ async def test_malformed_uploads_get_a_clear_answer(admin_browser: Browser, data
     assert assets(data_dir, "admin") == before
 
 
+@pytest.mark.parametrize("client_leaves", [True, False], ids=["disconnects", "stalls"])
 async def test_an_abandoned_upload_leaves_no_temp_file(
-    admin_browser: Browser, admin_system: RunningSystem, data_dir: Path
+    client_leaves: bool,
+    monkeypatch: pytest.MonkeyPatch,
+    admin_env: None,
+    start_system: StartSystem,
+    data_dir: Path,
 ) -> None:
+    monkeypatch.setenv("TRUNK8_UPLOAD_IDLE_SECONDS", "0.5")
+    admin_system = await start_system()
+    admin_browser = Browser(admin_system)
+    assert await admin_browser.login() == 302
     await admin_browser.get("/add")
     cookie = "; ".join(f"{c.key}={c.value}" for c in admin_browser.http.cookie_jar)
     head = (
@@ -678,10 +687,13 @@ async def test_an_abandoned_upload_leaves_no_temp_file(
         return any(p.name.endswith(".part") for p in folder.iterdir()) if folder.exists() else False
 
     await wait_until(receiving, timeout=10)  # the upload is streaming to a temp file
-    writer.close()  # the client goes away mid-upload
+    if client_leaves:
+        writer.close()  # the client goes away mid-upload; else it just sends nothing more
 
     async def cleaned() -> bool:
         return not any(p.name.endswith(".part") for p in folder.iterdir())
 
     await wait_until(cleaned, timeout=10)
     assert "a.zip" not in str(links_of(data_dir, "admin"))
+    writer.close()
+    await admin_browser.close()

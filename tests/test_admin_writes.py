@@ -697,3 +697,21 @@ async def test_an_abandoned_upload_leaves_no_temp_file(
     assert "a.zip" not in str(links_of(data_dir, "admin"))
     writer.close()
     await admin_browser.close()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'links = { old = { type = "redirect", url = "https://o.example" } }\n',
+        'links.old = { type = "redirect", url = "https://o.example" }\n',
+        '# old\n[links]\nold = { type = "redirect", url = "https://o.example" }\n[other]\nx = 1',
+        '[links.old]\ntype = "redirect"\nurl = "https://o.example"\n',
+    ],
+    ids=["inline-table", "dotted-key", "no-final-newline", "sections"],
+)
+def test_adding_keeps_every_shape_of_links_file_valid(tmp_path: Path, text: str) -> None:
+    data = DataDir(tmp_path)
+    write(data.links_file("u"), text)
+    LinkStore(data).add("u", "new", {"type": "redirect", "url": "https://n.example"})
+    document = tomllib.loads(data.links_file("u").read_text())
+    assert set(document["links"]) == {"old", "new"}

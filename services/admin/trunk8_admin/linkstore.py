@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import tomlkit
-from tomlkit.items import Table
+from tomlkit.items import InlineTable, Table
 from tomlkit.toml_document import TOMLDocument
 
 from trunk8_shared.datadir import DataDir
@@ -36,8 +36,11 @@ MANAGED_KEYS = (
     "expiration_date",
 )
 _PLAIN_CODE = re.compile(r"[A-Za-z0-9_-]+")
-# `links` written as an inline table or with dotted keys cannot take a new section.
-_LINKS_NOT_A_SECTION = re.compile(r"""^[ \t]*["']?links["']?[ \t]*[.=]""", re.MULTILINE)
+# `links` written as an inline table, with dotted keys or as an array of tables cannot
+# take a new `[links.<code>]` section.
+_LINKS_NOT_A_SECTION = re.compile(
+    r"""^[ \t]*(?:["']?links["']?[ \t]*[.=]|\[\[[ \t]*["']?links\b)""", re.MULTILINE
+)
 
 LinkFields = dict[str, Any]
 
@@ -50,12 +53,12 @@ class LinkMissing(Exception):
     """The link is no longer in its owner's file."""
 
 
-def _links_table(document: TOMLDocument, create: bool) -> Table | None:
+def _links_table(document: TOMLDocument, create: bool) -> Table | InlineTable | None:
     links = document.get("links")
     if links is None and create:
         links = tomlkit.table()
         document["links"] = links
-    if links is not None and not isinstance(links, Table):
+    if links is not None and not isinstance(links, Table | InlineTable):
         raise DataWriteError("links.toml: `links` is not a table; fix the file first")
     return links
 
@@ -92,7 +95,12 @@ class LinkStore:
             assert links is not None
             if code in links:
                 raise CodeTaken(code)
-            links.append(code, _table(fields))
+            if isinstance(links, InlineTable):  # `links = { ... }` takes inline entries
+                entry = tomlkit.inline_table()
+                entry.update(fields)
+                links[code] = entry
+            else:
+                links.append(code, _table(fields))
 
         edit_toml(path, edit)
         return path

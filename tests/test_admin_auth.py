@@ -7,8 +7,10 @@ import stat
 import time
 from pathlib import Path
 
+import aiohttp
 import pytest
-from conftest import RunningSystem, StartSystem
+from aiohttp import web
+from conftest import RunningSystem, StartSystem, wait_until
 from test_admin_support import (
     ADMIN_PASSWORD,
     Browser,
@@ -19,6 +21,11 @@ from test_admin_support import (
     fixture_copy,
     flashes,
 )
+
+from trunk8.embedded_nats import EmbeddedNats
+from trunk8.server import HttpServer
+from trunk8.targets import build_app
+from trunk8_shared.settings import Settings
 
 # Fixtures used by name in test arguments.
 __all__ = ["admin_browser", "admin_env", "admin_system", "browser"]
@@ -273,3 +280,39 @@ async def test_deleted_account_is_signed_out(browser: Browser, data_dir: Path) -
     users.write_text(text[:start] + text[end:])
     status, headers, _ = await browser.get("/")
     assert (status, headers["Location"]) == (302, "/auth/login")
+
+
+async def test_admin_only_pages_redirect_other_users(
+    admin_env: None, data_dir: Path, nats_server: EmbeddedNats
+) -> None:
+    from trunk8_admin.pages import Page, admin_page
+
+    @admin_page(admin_only=True)
+    async def probe(request: web.Request, page: Page) -> web.StreamResponse:
+        return web.Response(text="admin only")
+
+    settings = Settings(data_dir=str(data_dir), port=0, nats_url=nats_server.url)
+    app = build_app("all", settings)
+    app.router.add_get("/users", probe)  # an admin-only page, as part 2 will add
+    server = HttpServer(app, settings)
+    await server.start()
+    system = RunningSystem(
+        settings, server, aiohttp.ClientSession(), f"http://127.0.0.1:{server.port}"
+    )
+    client = Browser(system)
+    try:
+        await wait_until(system.ready, timeout=15)
+        status, headers, _ = await client.get("/users")
+        assert (status, headers["Location"]) == (302, "/auth/login")
+        assert await client.login("alice", "alice-pass-1") == 302
+        status, headers, _ = await client.get("/users")
+        assert (status, headers["Location"]) == (302, "/")
+        _, _, body = await client.get("/")
+        assert ("error", "Admin access required for this page.") in flashes(body)
+        assert await client.login("bob", "bob-pass-2") == 302  # is_admin in users.toml
+        status, _, body = await client.get("/users")
+        assert (status, body) == (200, "admin only")
+    finally:
+        await client.close()
+        await system.http.close()
+        await server.stop()

@@ -58,25 +58,29 @@ WRITE_CAP = 65536
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]++"
 # A whole link-request head in one match: GET or HEAD, a one-segment target (visible ASCII,
 # no `/`, `?` or `#`) with an optional query, HTTP/1.0 or 1.1, then header lines of token ":"
-# visible text (no folding, no controls). Anything else is not ours and goes to aiohttp,
+# visible text (no folding, no controls), at most MAX_HEADERS lines (counted by the
+# regex engine: cheaper than counting them). Anything else is not ours and goes to aiohttp,
 # which answers it (400, 404, 405...). The quantifiers are possessive: each class stops at
 # the next delimiter anyway, so backtracking only costs.
 _LINK_REQUEST = re.compile(
     rb"(GET|HEAD) /([!-\"$-.0-9:;=>@-~]++)(?:\?[!-\"$-~]*+)? HTTP/1\.([01])"
-    rb"((?:\r\n" + _TOKEN + rb":[\t\x20-\x7e\x80-\xff]*+)*+)"
+    rb"((?:\r\n" + _TOKEN + rb":[\t\x20-\x7e\x80-\xff]*+){0,%d}+)" % MAX_HEADERS
 )
-# Headers that matter here, found in the lowercased header block (each line starts "\n"):
-# those that decide the answer, those that make a request aiohttp's business, and those
-# aiohttp refuses twice in one head (its SINGLETON_HEADERS, minus the ones handed over).
-_SPECIAL_HEADER = re.compile(
-    rb"\n(host|connection|content-(?:length|type|location|range)|transfer-encoding|upgrade"
-    rb"|expect|user-agent|etag|max-forwards|server):([^\r]*)"
-)
-_NOT_OURS = frozenset((b"content-length", b"transfer-encoding", b"upgrade", b"expect"))
 # A Host value (RFC 9110 §7.2): uri-host [":" port], with optional whitespace around it.
-_HOST_VALUE = re.compile(
+_HOST_VALUE = (
     rb"[\t ]*+(?:\[[0-9a-z:.\-_~!$&'()*+,;=]++\]|[0-9a-z\-._~!$&'()*+,;=%]*+)(?::[0-9]*+)?[\t ]*+"
 )
+# Headers that matter here, found in the lowercased header block (each line starts "\n"),
+# as (valid Host value, ":" + Connection value, other name): a valid Host; a Connection;
+# else the name of a header that makes the request aiohttp's business, of one aiohttp
+# refuses twice in a head (its SINGLETON_HEADERS), or of a Host whose value is invalid.
+# One pass for all, capturing no value it does not need: each costs on every request.
+_SPECIAL_HEADER = re.compile(
+    rb"\n(?:host:(" + _HOST_VALUE + rb")(?![^\r])|connection(:[^\r]*)"
+    rb"|(host|content-(?:length|type|location|range)|transfer-encoding|upgrade|expect"
+    rb"|user-agent|etag|max-forwards|server):)"
+)
+_NOT_OURS = frozenset((b"content-length", b"transfer-encoding", b"upgrade", b"expect"))
 # What a held (incomplete) head may hold, line by line; a line that fails can never be
 # part of a valid request, for us or for aiohttp, so it is answered 400 at once.
 _REQUEST_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]++ ++([^\x00-\x20\x7f]++) ++HTTP/\d\.\d")
@@ -344,24 +348,26 @@ class FastPathProtocol(asyncio.Protocol):
         if request is None:
             return None
         method, path, minor, headers = request.groups()
-        if end - pos > MAX_FIELD or len(headers) > 4 * MAX_HEADERS:
+        if end - pos > MAX_FIELD:  # only a long head can break aiohttp's other limits
             refusal = _over_limits(request.start(3) - 7 - request.start(2), headers)
             if refusal is not None:
                 return self._refuse(refusal, method, "request over aiohttp's limits")
         hosts = 0
         close = keep_alive_asked = False
         once: set[bytes] | None = None
-        for name, value in _SPECIAL_HEADER.findall(headers.lower()):
-            if name == b"host":
-                hosts += 1
-                if hosts > 1 or _HOST_VALUE.fullmatch(value) is None:
-                    return self._refuse(_BAD_REQUEST, method, "duplicate or invalid Host")
-            elif name == b"connection":
-                tokens = {token.strip() for token in value.split(b",")}
+        for _host, connection_value, name in _SPECIAL_HEADER.findall(headers.lower()):
+            if connection_value:
+                tokens = {token.strip() for token in connection_value[1:].split(b",")}
                 if b"close" in tokens:
                     close = True  # anywhere in the head: it wins over any keep-alive
                 elif b"keep-alive" in tokens:
                     keep_alive_asked = True
+            elif not name:
+                hosts += 1
+                if hosts > 1:
+                    return self._refuse(_BAD_REQUEST, method, "duplicate Host")
+            elif name == b"host":
+                return self._refuse(_BAD_REQUEST, method, "invalid Host")
             elif name in _NOT_OURS:
                 return None  # a body, a protocol switch, an expectation: aiohttp's business
             elif once is None:
@@ -478,8 +484,7 @@ def _over_limits(target_size: int, headers: bytes) -> Answer | None:
     """414 or 431 for a link-request head beyond aiohttp's limits (only long heads get here)."""
     if target_size > MAX_TARGET:
         return _URI_TOO_LONG
-    lines = headers.split(b"\r\n")[1:]
-    if len(lines) > MAX_HEADERS or max(map(_field_size, lines), default=0) > MAX_FIELD:
+    if max(map(_field_size, headers.split(b"\r\n")[1:]), default=0) > MAX_FIELD:
         return _TOO_LARGE
     return None
 

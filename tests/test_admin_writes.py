@@ -294,8 +294,8 @@ async def test_failed_toml_write_removes_the_new_asset(
     )
     links_file = data_dir / "users" / "admin" / "links.toml"
     old_asset = str(links_of(data_dir, "admin")["keep"]["path"])
-    # The file breaks (a half-finished hand edit): the edit must change nothing.
-    broken = links_file.read_text() + "\n[links.half\n"
+    # The link's section breaks (a half-finished hand edit): the edit must change nothing.
+    broken = links_file.read_text() + "half = \n"
     links_file.write_text(broken)
     before = assets(data_dir, "admin")
     status, _, body = await admin_browser.post_multipart(
@@ -715,3 +715,61 @@ def test_adding_keeps_every_shape_of_links_file_valid(tmp_path: Path, text: str)
     LinkStore(data).add("u", "new", {"type": "redirect", "url": "https://n.example"})
     document = tomllib.loads(data.links_file("u").read_text())
     assert set(document["links"]) == {"old", "new"}
+
+
+SECTIONS = """\
+# hand-kept file
+[links.one]  # first
+type = "redirect"
+url = "https://one.example"
+note = "kept"
+
+# the second one follows
+[links."zwei-ü"]
+type = "redirect"
+url = "https://two.example"
+
+[links.three]
+type = "redirect"
+url = "https://three.example"
+"""
+
+
+def test_edits_in_place_change_only_their_section(tmp_path: Path) -> None:
+    data = DataDir(tmp_path)
+    path = data.links_file("u")
+    write(path, SECTIONS)
+    store = LinkStore(data)
+    previous = store.update("u", "one", {"type": "redirect", "url": "https://1.example"})
+    assert previous == {"type": "redirect", "url": "https://one.example"}
+    assert path.read_text() == SECTIONS.replace("https://one.example", "https://1.example")
+    removed = store.remove("u", "zwei-ü")
+    assert removed == {"type": "redirect", "url": "https://two.example"}
+    text = path.read_text()
+    assert "# the second one follows" not in text or text.count("[links.") == 2
+    assert "zwei" not in text and "# hand-kept file" in text and 'note = "kept"' in text
+    assert set(tomllib.loads(text)["links"]) == {"one", "three"}
+    store.remove("u", "one")
+    store.remove("u", "three")
+    assert tomllib.loads(path.read_text()) == {"links": {}}  # an empty [links] stays
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[links.one]\ntype = "redirect"\nurl = "https://one.example"\n[links.one.extra]\nx = 1\n',
+        '[links.one]\ntype = "markdown"\npath = "a.md"\ncontent = """\n[links.fake]\n"""\n',
+        '[links]\none = { type = "redirect", url = "https://one.example" }\n',
+    ],
+    ids=["sub-table", "multi-line-string", "inline"],
+)
+def test_unusual_files_are_edited_by_full_parse(tmp_path: Path, text: str) -> None:
+    data = DataDir(tmp_path)
+    path = data.links_file("u")
+    write(path, text)
+    store = LinkStore(data)
+    store.update("u", "one", {"type": "redirect", "url": "https://1.example"})
+    links = tomllib.loads(path.read_text())["links"]
+    assert links["one"]["url"] == "https://1.example" and "fake" not in links
+    store.remove("u", "one")
+    assert "one" not in tomllib.loads(path.read_text())["links"]

@@ -23,6 +23,7 @@ from tomlkit.toml_document import TOMLDocument
 from trunk8_shared.datadir import DataDir
 
 from .datawrites import DataWriteError, edit_toml, folder_lock, replace_if_unchanged
+from .tomlsections import ensure_links, find_section
 
 # The fields of a link the admin writes; any other key of an edited link is kept.
 MANAGED_KEYS = (
@@ -123,37 +124,96 @@ class LinkStore:
 
     def update(self, owner: str, code: str, fields: LinkFields) -> LinkFields:
         """Rebuild a link's managed fields; returns its previous fields."""
-
-        def edit(document: TOMLDocument) -> LinkFields:
-            links = _links_table(document, create=False)
-            if links is None or not isinstance(links.get(code), dict):
-                raise LinkMissing(code)
-            entry = links[code]
-            previous = {key: entry[key] for key in MANAGED_KEYS if key in entry}
-            for key in previous:
-                del entry[key]
-            for key, value in fields.items():
-                entry[key] = value
-            return {key: _plain(value) for key, value in previous.items()}
-
-        return edit_toml(self.data.links_file(owner), edit)
+        path = self.data.links_file(owner)
+        done = self._edit_section(path, code, fields)
+        if done is not None:
+            return done
+        return edit_toml(path, lambda document: _rebuild(document, code, fields))
 
     def remove(self, owner: str, code: str) -> LinkFields:
         """Remove a link; returns its fields (to delete its asset afterwards)."""
+        path = self.data.links_file(owner)
+        done = self._edit_section(path, code, None)
+        if done is not None:
+            return done
+        return edit_toml(path, lambda document: _drop(document, code))
 
-        def edit(document: TOMLDocument) -> LinkFields:
-            links = _links_table(document, create=False)
-            if links is None or code not in links:
-                raise LinkMissing(code)
-            entry = links[code]
-            previous = {key: _plain(entry[key]) for key in entry} if isinstance(entry, dict) else {}
-            del links[code]
-            if not links:
-                # Keep the `[links]` header Trunk8 writes: an empty file reads as broken.
-                document["links"] = tomlkit.table()
+    def _edit_section(self, path: Path, code: str, fields: LinkFields | None) -> LinkFields | None:
+        """Rebuild (or, `fields` None, cut out) only the code's section of the text.
+
+        Returns the link's previous fields, or None when the section cannot be found for
+        certain (see `tomlsections`) or the file changed meanwhile: the caller then parses
+        the whole file.
+        """
+        with folder_lock(path.parent):
+            try:
+                before = path.read_bytes()
+                text = before.decode("utf-8")
+            except (FileNotFoundError, UnicodeDecodeError):
+                return None
+            span = find_section(text, code)
+            if span is None:
+                return None
+            start, end = span
+            try:
+                section = tomlkit.parse(text[start:end])
+            except tomlkit.exceptions.TOMLKitError:
+                return None
+            if fields is None:
+                previous, replacement = _fields_of(section, code), _trailing_notes(section)
+            else:
+                previous = _rebuild(section, code, fields)
+                replacement = tomlkit.dumps(section)
+            new_text = ensure_links(text[:start] + replacement + text[end:])
+            if not replace_if_unchanged(path, new_text.encode("utf-8"), before):
+                return None
             return previous
 
-        return edit_toml(self.data.links_file(owner), edit)
+
+def _trailing_notes(section: TOMLDocument) -> str:
+    """Comment lines at the end of a cut-out section: they introduce the next one."""
+    lines = tomlkit.dumps(section).splitlines(keepends=True)
+    kept: list[str] = []
+    for line in reversed(lines):
+        if line.strip() and not line.lstrip().startswith("#"):
+            break
+        kept.append(line)
+    return "".join(reversed(kept))
+
+
+def _rebuild(document: TOMLDocument, code: str, fields: LinkFields) -> LinkFields:
+    """Replace the managed fields of a link in a parsed document; its previous ones."""
+    links = _links_table(document, create=False)
+    if links is None or not isinstance(links.get(code), dict):
+        raise LinkMissing(code)
+    entry = links[code]
+    previous = {key: _plain(entry[key]) for key in MANAGED_KEYS if key in entry}
+    for key in previous.keys() - fields.keys():
+        del entry[key]
+    for key, value in fields.items():
+        entry[key] = value  # in place when present: the file keeps its order
+    return previous
+
+
+def _fields_of(document: TOMLDocument, code: str) -> LinkFields:
+    """All fields of a link in a parsed document."""
+    links = _links_table(document, create=False)
+    entry = links.get(code) if links is not None else None
+    if not isinstance(entry, dict):
+        raise LinkMissing(code)
+    return {key: _plain(value) for key, value in entry.items()}
+
+
+def _drop(document: TOMLDocument, code: str) -> LinkFields:
+    """Remove a link from a parsed document; its fields."""
+    previous = _fields_of(document, code)
+    links = _links_table(document, create=False)
+    assert links is not None
+    del links[code]
+    if not links:
+        # Keep the `[links]` header Trunk8 writes: an empty file reads as broken.
+        document["links"] = tomlkit.table()
+    return previous
 
 
 def _plain(value: Any) -> Any:

@@ -3,10 +3,11 @@
 Every change goes through `datawrites.edit_toml` (folder lock, re-read, atomic replace,
 hand edits never overwritten), so two admin tabs or processes saving at once both keep
 their change (T8-W08). Edits keep the file's comments, order and unknown keys, and the
-edited link keeps keys the admin does not manage (T8-090). Adding a link to a large file
-does not re-parse it: when the new code cannot already be in the file (its text is not
-in it) and the file's `links` table is a plain one, the new `[links.<code>]` section is
-appended to the text, so a save costs the same with 10 links or 100,000.
+edited link keeps keys the admin does not manage (T8-090). Large files are not re-parsed
+when that is not needed: a new link whose code cannot already be in the file (its text
+is not in it) is appended as a `[links.<code>]` section, and an edit or delete of a link
+whose section can be delimited in the text (`tomlsections`) replaces only that section,
+so a save costs about the same with 10 links or 100,000.
 Everything here blocks: callers run it in an executor.
 """
 

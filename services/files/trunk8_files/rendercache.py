@@ -81,6 +81,8 @@ class RenderCache:
             return await asyncio.wait_for(asyncio.shield(pending), RENDER_TIMEOUT)
         except TimeoutError as err:
             raise RenderFailed(f"still rendering after {RENDER_TIMEOUT:.0f} s") from err
+        except Exception as err:  # raised by the renderer, or its process died
+            raise RenderFailed(f"{type(err).__name__}: {err}") from err
 
     def _submit(
         self, key: Hashable, render: Callable[[str], bytes], path: str

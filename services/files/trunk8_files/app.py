@@ -76,9 +76,12 @@ FILES = web.AppKey("trunk8.files", Files)
 def _executors_ctx(files: Files) -> CleanupContext:
     async def executors_ctx(app: web.Application) -> AsyncIterator[None]:
         await asyncio.to_thread(files.themes.refresh)  # the theme is known before requests
+        # The rendering process starts aside (most of a second) while the service loads.
+        warm = asyncio.create_task(asyncio.to_thread(files.content.cache.start))
         yield
+        await asyncio.gather(warm, return_exceptions=True)
+        await files.content.cache.close()
         files.io_executor.shutdown(wait=False, cancel_futures=True)
-        files.content.cache.close()
 
     return executors_ctx
 

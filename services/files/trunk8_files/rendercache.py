@@ -9,7 +9,8 @@ Rendering runs in a process pool (`forkserver`, markdown modules preloaded): mar
 on hostile input can take seconds of CPU, and in a thread that would hold the GIL the
 event loop needs (redirects share it in the all-in-one shape). A waiter gives up after
 `RENDER_TIMEOUT` seconds; the rendering goes on and its result is still kept. A pool
-whose worker died is replaced.
+whose worker died is replaced. Starting a process blocks for most of a second, so the
+pool is started from a thread at start-up, and submissions go through a thread too.
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+
+from .markdown import warm_up
 
 log = logging.getLogger("trunk8.files")
 
@@ -58,6 +62,8 @@ class RenderCache:
         self.misses = 0
         self._pending: dict[Hashable, asyncio.Future[bytes]] = {}
         self._failed: set[Hashable] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._pool_lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -87,19 +93,49 @@ class RenderCache:
     def _submit(
         self, key: Hashable, render: Callable[[str], bytes], path: str
     ) -> asyncio.Future[bytes]:
-        if self.pool is None:
-            self.pool = self.pool_factory()
-        try:
-            submitted: Future[bytes] = self.pool.submit(render, path)
-        except BrokenProcessPool:
-            log.warning("the markdown rendering process died; starting a new one")
-            self.pool.shutdown(wait=False, cancel_futures=True)
-            self.pool = self.pool_factory()
-            submitted = self.pool.submit(render, path)
-        pending = asyncio.wrap_future(submitted)
+        loop = asyncio.get_running_loop()
+        pending: asyncio.Future[bytes] = loop.create_future()
         self._pending[key] = pending
         pending.add_done_callback(lambda done: self._settle(key, done))
+        task = loop.create_task(self._render_aside(pending, render, path))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
         return pending
+
+    async def _render_aside(
+        self, pending: asyncio.Future[bytes], render: Callable[[str], bytes], path: str
+    ) -> None:
+        """Hand one rendering to the pool (from a thread) and report its outcome."""
+        try:
+            # Starting a process blocks for a moment: never on the event loop.
+            submitted = await asyncio.to_thread(self._submit_to_pool, render, path)
+            rendered = await asyncio.wrap_future(submitted)
+        except asyncio.CancelledError:
+            pending.cancel()
+            raise
+        except Exception as err:
+            if not pending.done():
+                pending.set_exception(err)
+        else:
+            if not pending.done():
+                pending.set_result(rendered)
+
+    def _submit_to_pool(self, render: Callable[[str], bytes], path: str) -> Future[bytes]:
+        """Submit to the pool, starting it, or a new one if its process died (blocking)."""
+        with self._pool_lock:
+            if self.pool is None:
+                self.pool = self.pool_factory()
+            try:
+                return self.pool.submit(render, path)
+            except BrokenProcessPool:
+                log.warning("the markdown rendering process died; starting a new one")
+                self.pool.shutdown(wait=False, cancel_futures=True)
+                self.pool = self.pool_factory()
+                return self.pool.submit(render, path)
+
+    def start(self) -> None:
+        """Start the rendering process now (blocking: call it in a thread at start-up)."""
+        self._submit_to_pool(warm_up, "").result()
 
     def _settle(self, key: Hashable, done: asyncio.Future[bytes]) -> None:
         """Keep a finished rendering (even if nobody waits for it any more)."""
@@ -124,7 +160,11 @@ class RenderCache:
             _, evicted = self.entries.popitem(last=False)
             self.size -= len(evicted)
 
-    def close(self) -> None:
-        """Stop the rendering processes (they finish what they are doing)."""
-        if self.pool is not None:
-            self.pool.shutdown(wait=False, cancel_futures=True)
+    async def close(self) -> None:
+        """Stop waiting for renderings and stop the pool (its process ends its current job)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with self._pool_lock:
+            if self.pool is not None:
+                self.pool.shutdown(wait=False, cancel_futures=True)

@@ -755,3 +755,14 @@ def test_dotenv_multiline_values_interpolation_and_bare_names(tmp_path: Path) ->
         "TRUNK8_NATS_SERVER": "/srv/trunk8/bin/nats-server",
     }
     assert load_dotenv(tmp_path, {"A": "1"}) == {"A": "1"}  # a folder named .env: ignored
+
+
+def test_a_bad_service_setting_is_a_one_line_error(launch: Launch, tmp_path: Path) -> None:
+    """A service's own setting (the admin's) that does not parse: exit 2, one line, no trace."""
+    env = clean_env(TRUNK8_LOGIN_ATTEMPTS="abc")
+    proc = launch("up", "--data", str(tmp_path / "data"), "--port", str(free_port()), env=env)
+    code = proc.wait(20)
+    lines = proc.stderr.strip().splitlines()
+    assert code == 2, proc.describe()
+    assert "Traceback" not in proc.stderr, proc.describe()
+    assert lines[-1].startswith("trunk8: ") and "login_attempts" in lines[-1], proc.describe()

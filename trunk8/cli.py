@@ -158,6 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             embedded = EmbeddedNats(store, binary=settings.nats_server)
         target = "all" if args.command == "up" else args.target
         uvloop.run(_serve(target, settings, embedded))
+    except SettingsError as err:  # a service's own settings, read when its app is built
+        print(f"trunk8: {err}", file=sys.stderr)
+        return 2
     except (StartupError, ServiceFailed, ConfigLoadError) as err:
         print(f"trunk8: {err}", file=sys.stderr)
         return 1

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import re
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import pytest
-from aiohttp.http_exceptions import HttpProcessingError
 from conftest import RunningSystem, StartSystem
 
 READ_TIMEOUT = 5.0
@@ -237,21 +235,6 @@ async def connect() -> AsyncIterator[Connect]:
     """Raw connections to a system's port (`raw_connections`)."""
     async with raw_connections() as open_connection:
         yield open_connection
-
-
-@pytest.fixture(autouse=True)
-def no_server_errors(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
-    """Fail the test if the server logged an error (a crashed handler, a loop callback)."""
-    caplog.set_level(logging.ERROR)
-    yield
-    errors = [
-        record
-        for record in caplog.get_records("call")
-        if record.levelno >= logging.ERROR
-        # aiohttp logs each malformed request it answers with 400: expected here.
-        and not (record.exc_info and isinstance(record.exc_info[1], HttpProcessingError))
-    ]
-    assert not errors, "server logged errors:\n" + "\n".join(r.getMessage() for r in errors)
 
 
 # ---------------------------------------------------------------- keep-alive, pipelining

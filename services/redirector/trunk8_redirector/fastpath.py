@@ -307,7 +307,8 @@ class FastPathProtocol(asyncio.Protocol):
             return self._reject(_BAD_REQUEST, "control character in the request head")
         start = self.line_start
         while True:
-            newline = buffer.find(b"\n", start)
+            # Bytes before `new` hold no unchecked line end: never scan them again.
+            newline = buffer.find(b"\n", max(start, new))
             if newline < 0:
                 break
             if newline == start or buffer[newline - 1] != 0x0D:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
 from conftest import RunningSystem, StartSystem, wait_until
 from test_admin_support import (
     ADMIN_PASSWORD,
@@ -285,15 +284,8 @@ async def test_deleted_account_is_signed_out(browser: Browser, data_dir: Path) -
 async def test_admin_only_pages_redirect_other_users(
     admin_env: None, data_dir: Path, nats_server: EmbeddedNats
 ) -> None:
-    from trunk8_admin.pages import Page, admin_page
-
-    @admin_page(admin_only=True)
-    async def probe(request: web.Request, page: Page) -> web.StreamResponse:
-        return web.Response(text="admin only")
-
     settings = Settings(data_dir=str(data_dir), port=0, nats_url=nats_server.url)
     app = build_app("all", settings)
-    app.router.add_get("/users", probe)  # an admin-only page, as part 2 will add
     server = HttpServer(app, settings)
     await server.start()
     system = RunningSystem(
@@ -311,7 +303,7 @@ async def test_admin_only_pages_redirect_other_users(
         assert ("error", "Admin access required for this page.") in flashes(body)
         assert await client.login("bob", "bob-pass-2") == 302  # is_admin in users.toml
         status, _, body = await client.get("/users")
-        assert (status, body) == (200, "admin only")
+        assert status == 200 and "User Management" in body
     finally:
         await client.close()
         await system.http.close()

@@ -109,6 +109,19 @@ class DuplicateCode(Event, tag="config.duplicate", frozen=True, kw_only=True):
     shadowed: list[str]
 
 
+class AuditAction(Event, tag="audit.action", frozen=True, kw_only=True):
+    """An admin's action worth a trail: switching users, and every change made while switched.
+
+    `admin` is the signed-in account, `user` the account acted as ("" when not switched).
+    """
+
+    admin: str
+    user: str = ""
+    action: str
+    target: str = ""
+    detail: str = ""
+
+
 AnyEvent = (
     LinkCreated
     | LinkUpdated
@@ -120,6 +133,7 @@ AnyEvent = (
     | LinkRejected
     | UserRejected
     | DuplicateCode
+    | AuditAction
 )
 
 

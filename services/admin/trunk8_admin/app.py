@@ -27,8 +27,9 @@ from trunk8_shared.ops import setup_ops
 from trunk8_shared.records import LINKS_BUCKET
 from trunk8_shared.settings import Settings, environment
 
-from . import views_auth, views_links
+from . import views_auth, views_links, views_profile, views_switch, views_users
 from .accounts import AccountBook
+from .audit import AuditTrail
 from .linkindex import LinkIndex
 from .linkstore import LinkStore
 from .metrics import AdminMetrics
@@ -127,6 +128,7 @@ def setup_admin(
         index=index,
         store=LinkStore(data),
         publisher=LinkPublisher(bus, data, index, metrics, admin_settings.publish_timeout),
+        audit=AuditTrail(bus),
         throttle=LoginThrottle(admin_settings.login_attempts, admin_settings.login_window),
         metrics=metrics,
         storage=storage,
@@ -169,6 +171,20 @@ def _add_routes(app: web.Application, files: dict[str, Path]) -> None:
     for prefix in ("/delete_link/", "/delete/"):
         router.add_get(prefix + "{code}", views_links.delete_confirm)
         router.add_post(prefix + "{code}", views_links.delete)
+    router.add_get("/auth/register", views_users.register_form)
+    router.add_post("/auth/register", views_users.register)
+    router.add_get("/users", views_users.users)
+    router.add_get("/users/{username}", views_users.user_detail)
+    router.add_get("/users/{username}/delete", views_users.delete_preview)
+    router.add_post("/users/{username}/delete", views_users.delete_user)
+    router.add_get("/auth/switch-user/{username}", views_switch.switch_user_confirm)
+    router.add_post("/auth/switch-user/{username}", views_switch.switch_user)
+    router.add_get("/auth/switch-back", views_switch.switch_back_confirm)
+    router.add_post("/auth/switch-back", views_switch.switch_back)
+    router.add_get("/profile", views_profile.profile)
+    router.add_post("/profile", views_profile.profile_update)
+    router.add_get("/settings", views_profile.settings)
+    router.add_post("/settings", views_profile.settings_update)
     router.add_get(STATIC_PREFIX + "{name}", _static_handler(files))
 
 

@@ -68,6 +68,9 @@ class Page:
         self.user = user
         self.effective: Identity | None = user
         self.theme = "cerulean"
+        # Set by handlers that record their own audit event (switching, accounts).
+        self.audited = False
+        self.audit_detail = ""
         self.form: MultiDictProxy[str | bytes | bytearray | web.FileField] | None = None
 
     @property
@@ -106,6 +109,7 @@ class Page:
             page=self,
             flashes=self.take_flashes(),
             default_password=self.admin.admin_settings.default_password,
+            broken_files=self.broken_files(),
             static=self.admin.static_urls,
         )
         response = aiohttp_jinja2.render_template(
@@ -117,6 +121,18 @@ class Page:
         response.headers["Referrer-Policy"] = "same-origin"
         response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
         return response
+
+    def broken_files(self) -> list[tuple[str, str]]:
+        """Data files that do not parse (last good state in use), for an admin's banner."""
+        if self.user is None or not self.user.is_admin:
+            return []
+        admin = self.admin
+        cached = (admin.accounts.file, admin.themes.site, admin.themes.catalogue)
+        return [
+            (admin.data.relative(file.path), file.error)
+            for file in cached
+            if file.error is not None
+        ]
 
     def base_url(self) -> str:
         """Scheme and host as the request was received (Trunk8's `request.host_url`)."""
@@ -190,7 +206,11 @@ def admin_page(*, login: bool = True, admin_only: bool = False) -> Callable[[Pag
                 if admin_only and page.user is not None and not page.user.is_admin:
                     page.flash("error", "Admin access required for this page.")
                     page.redirect("/")
-                return await handler(request, page)
+                try:
+                    return await handler(request, page)
+                finally:
+                    if request.method == "POST":
+                        await _audit_switched(page)
             except AdminError as err:
                 return _error_page(page, err)
 
@@ -223,6 +243,22 @@ def admin_page(*, login: bool = True, admin_only: bool = False) -> Callable[[Pag
         return route
 
     return wrap
+
+
+async def _audit_switched(page: Page) -> None:
+    """A change made while switched to a user names both accounts in the trail (T8-032)."""
+    if not page.switched or page.audited:
+        return
+    assert page.user is not None and page.effective is not None
+    resource = page.request.match_info.route.resource
+    action = resource.canonical if resource is not None else page.request.path
+    await page.admin.audit.record(
+        page.user.username,
+        f"POST {action}",
+        user=page.effective.username,
+        target=page.request.path,
+        detail=page.audit_detail,
+    )
 
 
 async def _save_session(page: Page, response: web.StreamResponse | web.HTTPException) -> None:

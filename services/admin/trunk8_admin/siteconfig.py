@@ -12,13 +12,14 @@ import tomllib
 
 import msgspec
 
-from trunk8_shared.datadir import DataDir
+from trunk8_shared.datadir import THEMES, DataDir
 
 from .cachedfile import CachedFile
 
 DEFAULT_THEME = "cerulean"
 DEFAULT_MAX_FILE_MB = 100
 DEFAULT_LIFETIME_DAYS = 30
+MAX_CACHED_USERS = 10_000
 
 
 class SiteConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -61,30 +62,92 @@ def parse_site_config(data: bytes | None) -> SiteConfig:
     )
 
 
-def parse_user_theme(data: bytes | None) -> str | None:
-    """A user's own UI theme from users/<name>/config.toml, if set."""
+class UserThemes(msgspec.Struct, frozen=True, kw_only=True):
+    """A user's own choices in users/<name>/config.toml (None: the global value)."""
+
+    theme: str | None = None
+    markdown_theme: str | None = None
+
+
+def parse_user_themes(data: bytes | None) -> UserThemes:
+    """A user's own UI and markdown themes from users/<name>/config.toml, if set."""
     if data is None:
-        return None
+        return UserThemes()
     app = tomllib.loads(data.decode("utf-8")).get("app", {})
-    value = app.get("theme") if isinstance(app, dict) else None
-    return value if isinstance(value, str) and value.strip() else None
+    return UserThemes(
+        theme=_text(app, "theme", "") or None,
+        markdown_theme=_text(app, "markdown_theme", "") or None,
+    )
+
+
+class ThemeChoice(msgspec.Struct, frozen=True, kw_only=True):
+    """One selectable theme of config/themes.toml."""
+
+    key: str
+    name: str
+    description: str = ""
+
+
+def parse_theme_catalogue(data: bytes | None) -> dict[str, ThemeChoice]:
+    """config/themes.toml: inline or section tables; a plain string value is tolerated (T8-W17)."""
+    if data is None:
+        raise ValueError("config/themes.toml is missing")
+    themes = tomllib.loads(data.decode("utf-8")).get("themes")
+    if not isinstance(themes, dict) or not themes:
+        raise ValueError("config/themes.toml has no [themes] table")
+    catalogue: dict[str, ThemeChoice] = {}
+    for key, value in themes.items():
+        if isinstance(value, dict):
+            name = _text(value, "name", key.title())
+            catalogue[key] = ThemeChoice(
+                key=key, name=name, description=_text(value, "description", "")
+            )
+        elif isinstance(value, str):  # Trunk8's settings page crashed on these
+            catalogue[key] = ThemeChoice(key=key, name=value.strip() or key.title())
+        else:
+            catalogue[key] = ThemeChoice(key=key, name=key.title())
+    return catalogue
+
+
+def _default_catalogue() -> dict[str, ThemeChoice]:
+    return {key: ThemeChoice(key=key, name=name, description=text) for key, name, text in THEMES}
 
 
 class Themes:
-    """Which UI theme each page uses (T8-012): the user's own, else the global one."""
+    """Which themes each page uses (T8-012, §1.6): the user's own, else the global ones."""
 
     def __init__(self, data: DataDir) -> None:
         self.data = data
         self.site = CachedFile(data.config_file, parse_site_config, SiteConfig())
-        self._users: dict[str, CachedFile[str | None]] = {}
+        self.catalogue = CachedFile(data.themes_file, parse_theme_catalogue, _default_catalogue())
+        self._users: dict[str, CachedFile[UserThemes]] = {}
+
+    def user_file(self, username: str) -> CachedFile[UserThemes]:
+        """The cached users/<name>/config.toml of a regular user."""
+        cached = self._users.get(username)
+        if cached is None:
+            if len(self._users) > MAX_CACHED_USERS:
+                self._users.clear()  # accounts come and go: never grow without bound
+            path = self.data.users_dir / username / "config.toml"
+            cached = self._users[username] = CachedFile(path, parse_user_themes, UserThemes())
+        return cached
+
+    async def effective(self, username: str | None) -> tuple[str, str]:
+        """(UI theme, markdown theme) for `username` (None: anonymous, admin: global)."""
+        site = await self.site.get()
+        if username is None or username == "admin":
+            return site.theme, site.markdown_theme
+        own = await self.user_file(username).get()
+        return own.theme or site.theme, own.markdown_theme or site.markdown_theme
+
+    def effective_now(self, username: str | None) -> tuple[str, str]:
+        """`effective`, read on the calling thread (small files: a `stat` when unchanged)."""
+        site = self.site.get_now()
+        if username is None or username == "admin":
+            return site.theme, site.markdown_theme
+        own = self.user_file(username).get_now()
+        return own.theme or site.theme, own.markdown_theme or site.markdown_theme
 
     async def ui_theme(self, username: str | None) -> str:
         """The UI theme for a page seen by `username` (None: anonymous)."""
-        site = await self.site.get()
-        if username is None or username == "admin":
-            return site.theme
-        cached = self._users.get(username)
-        if cached is None:
-            path = self.data.users_dir / username / "config.toml"
-            cached = self._users[username] = CachedFile(path, parse_user_theme, None)
-        return await cached.get() or site.theme
+        return (await self.effective(username))[0]

@@ -15,6 +15,7 @@ from trunk8_shared.datadir import DataDir
 from trunk8_shared.settings import Settings
 
 from .accounts import AccountBook
+from .audit import AuditTrail
 from .linkindex import LinkIndex
 from .linkstore import LinkStore
 from .metrics import AdminMetrics
@@ -36,6 +37,7 @@ class Admin:
     index: LinkIndex
     store: LinkStore
     publisher: LinkPublisher
+    audit: AuditTrail
     throttle: LoginThrottle
     metrics: AdminMetrics
     storage: AbstractStorage

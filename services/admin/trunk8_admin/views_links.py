@@ -140,6 +140,7 @@ async def add(request: web.Request, page: Page) -> web.StreamResponse:
         log.warning("saving link %r of %s failed: %s", code, owner, err)
         return _add_form(page, form, Problem(f"Error saving link. ({err})"))
     _published_flash(page, published)
+    page.audit_detail = f"created {code}"
     if not code.isascii():
         page.flash(
             "warning",

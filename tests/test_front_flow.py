@@ -206,3 +206,24 @@ async def test_reading_resumes_after_the_client_reads(
     assert_redirect(await read_response(reader), DOCS_URL)
     with contextlib.suppress(ConnectionResetError):
         assert await asyncio.wait_for(reader.read(), 5) == b""
+
+
+async def test_half_closing_client_gets_every_answer(
+    small_send_buffers: RunningSystem, connect: Connect
+) -> None:
+    """A client that sends its requests, half-closes, then reads: the answers held back
+    for it are still all sent before the server closes (reading, EOF included, waits
+    until the held requests are answered)."""
+    system = small_send_buffers
+    count = 20_000
+    reader, writer = await connect(system, rcvbuf=4096)
+    writer.write(req("/docs") * count)
+    writer.write_eof()  # sent once the kernel took every request
+
+    async def holding_back() -> bool:
+        front = system.server.front
+        return any(c.held is not None for c in getattr(front, "connections", ()))
+
+    await wait_until(holding_back)
+    raw = await asyncio.wait_for(reader.read(-1), 20)
+    assert statuses(raw) == [302] * count

@@ -6,12 +6,12 @@ import datetime as dt
 import time
 from pathlib import Path
 
-import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 from conftest import RunningSystem, StartSystem, wait_until, write
 
 from trunk8_redirector import create_app
-from trunk8_redirector import table as table_module
+from trunk8_redirector.app import REDIRECTOR
 from trunk8_shared.settings import Settings
 
 
@@ -107,18 +107,21 @@ class ShiftedClock:
         return time.time() + self.offset
 
 
+def _use_clock(app: web.Application, clock: ShiftedClock) -> None:
+    app[REDIRECTOR].table.clock = clock.time  # the link table's injectable clock
+
+
 async def test_link_becomes_expired_while_running(
-    start_system: StartSystem, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+    start_system: StartSystem, data_dir: Path
 ) -> None:
     clock = ShiftedClock()
-    monkeypatch.setattr(table_module, "time", clock)  # the link table's clock
     expires = dt.datetime.now() + dt.timedelta(hours=1)
     write(
         data_dir / "users" / "carol" / "links.toml",
         f'[links.soon]\ntype = "redirect"\nurl = "https://soon.example"\n'
         f'expiration_date = "{expires.isoformat()}"\n',
     )
-    system = await start_system()
+    system = await start_system(setup=lambda app: _use_clock(app, clock))
     clock.offset = 3600 - 5  # five seconds before it expires
     assert await system.location("/soon") == "https://soon.example"
     clock.offset = 3600 + 1

@@ -150,7 +150,7 @@ def test_the_link_table_skips_what_it_cannot_serve() -> None:
     table.replace_all(
         {"docs": json_encoder.encode(record), "=a": b"{}", "other": json_encoder.encode(record)}
     )
-    assert list(table.answers) == ["docs"]  # "other" holds docs' record: not ours
+    assert len(table) == 1 and "docs" in table  # "other" holds docs' record: not ours
     table.apply("=a", None)
     table.apply("=_w", json_encoder.encode(record))
     table.apply("=ZG9jcw", None)  # a spelling of "docs" that kv_key never makes

@@ -1,10 +1,12 @@
-"""A local mirror of a JetStream KV bucket: full load, then live updates, supervised.
+"""A local mirror of a JetStream KV bucket: snapshot or full load, then live updates, supervised.
 
-`follow_bucket` subscribes with an ordered consumer (last value per key), hands the whole
-current content to `on_snapshot` once caught up, then every change to `on_change`.
-`KvMirror` keeps that running: after a reconnect (a consumer does not survive a server
-restart, and no error says so) or any error it subscribes again and delivers a fresh
-snapshot, so keys deleted meanwhile disappear too. Until then the last state stays in use.
+`KvMirror` starts from the latest snapshot object (`trunk8_shared.snapshot`) when it is
+usable, and follows the bucket from the revision after it; without one it reads the last
+value of every key. Either way the state is built aside and installed whole once caught
+up, then every change is applied as it comes. After a reconnect (a consumer does not
+survive a server restart, and no error says so) or any error it subscribes again and
+builds a fresh state, so keys deleted meanwhile disappear too; until then the last state
+stays in use, and nothing of a load stays referenced once installed.
 Foreign keys (ones `kv_key` never makes, e.g. written by another tool) are skipped, and a
 sink that fails never raises into a NATS callback: the mirror logs it and subscribes again.
 """
@@ -15,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
@@ -25,6 +27,7 @@ from .background import Backoff
 from .buckets import ensure_bucket
 from .bus import Bus
 from .codes import code_of_key
+from .snapshot import RECORDS_OBJECT, SnapshotError, decode_records, read_snapshot
 
 log = logging.getLogger("trunk8.kvmirror")
 
@@ -44,6 +47,45 @@ class MirrorSink(Protocol):
         """Apply one change; None deletes the key."""
 
 
+class StagedState(Protocol):
+    """A sink's next state being built: a snapshot's content, then the changes after it."""
+
+    def apply(self, key: str, value: bytes | None) -> None:
+        """Apply one change to the state being built."""
+
+    def install(self) -> int:
+        """Make the built state the sink's; returns how many keys it holds."""
+
+
+class SnapshotSink(MirrorSink, Protocol):
+    """A sink that builds its state from its own snapshot object (the redirector's table).
+
+    Sinks without `stage` are given the records snapshot through `replace_all`.
+    """
+
+    snapshot_object: str
+
+    def stage(self, payload: bytearray | None) -> tuple[StagedState, int, str]:
+        """A state from a snapshot (empty for None), its revision and bucket creation time.
+
+        Raises `SnapshotError` when the payload cannot be used.
+        """
+
+
+class RecordsStage:
+    """The plain sinks' staging: key -> value, handed over whole to `replace_all`."""
+
+    def __init__(self, entries: dict[str, bytes] | None = None) -> None:
+        self.entries = entries if entries is not None else {}
+
+    def apply(self, key: str, value: bytes | None) -> None:
+        """Apply one change to the entries."""
+        if value is None:
+            self.entries.pop(key, None)
+        else:
+            self.entries[key] = value
+
+
 def _is_removal(msg: Msg) -> bool:
     headers = msg.headers
     if not headers:
@@ -54,19 +96,26 @@ def _is_removal(msg: Msg) -> bool:
 async def follow_bucket(
     js: JetStreamContext,
     bucket: str,
-    on_snapshot: Callable[[dict[str, bytes], int], None],
+    stage: Callable[[str, bytes | None], None],
+    on_caught_up: Callable[[int], None],
     on_change: Callable[[str, bytes | None, int], None],
+    after: int = 0,
 ) -> JetStreamContext.PushSubscription:
-    """Start following `bucket`; callbacks get the stream revision with each delivery."""
+    """Start following `bucket`; callbacks get the stream revision with each delivery.
+
+    Until caught up every value goes to `stage` (the last value of each key, or with
+    `after` only the keys changed after that revision: a bucket keeps one message per key,
+    so those are exactly the changes since a snapshot at `after`); then `on_caught_up`,
+    then every later change to `on_change`.
+    """
     kv = await ensure_bucket(js, bucket)
     prefix = f"$KV.{bucket}."
-    staging: dict[str, bytes] = {}
     live = False
 
-    def finish_snapshot(revision: int) -> None:
+    def finish(revision: int) -> None:
         nonlocal live
         live = True
-        on_snapshot(staging, revision)
+        on_caught_up(revision)
 
     async def on_message(msg: Msg) -> None:
         key = msg.subject[len(prefix) :]
@@ -76,19 +125,22 @@ async def follow_bucket(
         if live:
             on_change(key, value, revision)
             return
-        if value is None:
-            staging.pop(key, None)
-        else:
-            staging[key] = value
+        stage(key, value)
         if meta.num_pending == 0:
-            finish_snapshot(revision)
+            finish(revision)
 
+    config = None
+    policy = api.DeliverPolicy.LAST_PER_SUBJECT
+    if after:
+        policy = api.DeliverPolicy.BY_START_SEQUENCE
+        config = api.ConsumerConfig(opt_start_seq=after + 1)
     sub = await js.subscribe(
         prefix + ">",
         stream=f"KV_{bucket}",
         cb=on_message,
         ordered_consumer=True,
-        deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+        deliver_policy=policy,
+        config=config,
         inactive_threshold=300,
         pending_msgs_limit=-1,
         pending_bytes_limit=-1,
@@ -96,58 +148,142 @@ async def follow_bucket(
     info = await sub.consumer_info()
     delivered = info.delivered.consumer_seq if info.delivered is not None else 0
     if not live and info.num_pending == 0 and delivered == 0:
-        # An empty bucket delivers nothing: the snapshot is empty and complete now, unless
-        # a message arrived while we asked for the revision (then it completed it already).
+        # Nothing to deliver: the state is complete now, unless a message arrived while we
+        # asked for the revision (then it completed it already).
         status = await kv.status()
         if not live:
-            finish_snapshot(status.stream_info.state.last_seq)
+            finish(max(after, status.stream_info.state.last_seq))
     return sub
 
 
 async def read_bucket(js: JetStreamContext, bucket: str, timeout: float = 30.0) -> dict[str, bytes]:
     """The current content of a bucket, read once."""
-    done: asyncio.Future[dict[str, bytes]] = asyncio.get_running_loop().create_future()
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    staging = RecordsStage()
 
-    def on_snapshot(entries: dict[str, bytes], revision: int) -> None:
+    def caught_up(revision: int) -> None:
         if not done.done():
-            done.set_result(dict(entries))
+            done.set_result(None)
 
-    sub = await follow_bucket(js, bucket, on_snapshot, lambda *_: None)
+    sub = await follow_bucket(js, bucket, staging.apply, caught_up, lambda *_: None)
     try:
-        return await asyncio.wait_for(done, timeout)
+        await asyncio.wait_for(done, timeout)
+        return staging.entries
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
 
 
-class KvMirror:
-    """Keeps a `MirrorSink` equal to a bucket for as long as `run` runs."""
+class _Loading:
+    """One subscription's state until caught up; dropped then, so nothing raw stays held."""
 
-    def __init__(self, bus: Bus, bucket: str, sink: MirrorSink) -> None:
+    def __init__(self, mirror: KvMirror, state: StagedState | RecordsStage) -> None:
+        self.mirror = mirror
+        self.state: StagedState | RecordsStage | None = state
+
+    def stage(self, key: str, value: bytes | None) -> None:
+        """Stage one value of the initial load (foreign keys skipped and counted)."""
+        if self.state is None:
+            return
+        if code_of_key(key) is None:
+            self.mirror._foreign += value is not None
+        else:
+            self.state.apply(key, value)
+
+    def caught_up(self, revision: int) -> None:
+        """Install the staged state in the sink, then forget it."""
+        state, self.state = self.state, None
+        if isinstance(state, RecordsStage):
+            self.mirror._snapshot(state.entries, revision)
+        elif state is not None:
+            self.mirror._install(state.install, revision)
+
+
+class KvMirror:
+    """Keeps a `MirrorSink` equal to a bucket for as long as `run` runs.
+
+    Each (re)subscription starts from the latest snapshot object when there is a usable
+    one (`use_snapshot`), and from the whole bucket otherwise.
+    """
+
+    def __init__(self, bus: Bus, bucket: str, sink: MirrorSink, use_snapshot: bool = True) -> None:
         self.bus = bus
         self.bucket = bucket
         self.sink = sink
+        self.use_snapshot = use_snapshot
         self.ready = asyncio.Event()  # set after the first complete snapshot
         self.revision = 0
         self.resyncs = 0
+        self.snapshot_loads = 0  # (re)subscriptions that started from a snapshot object
+        self.snapshot_fallbacks = 0  # ones that found none usable and read the bucket
         self._restart = asyncio.Event()  # set after a reconnect or a failed update
         self._failure: Exception | None = None
+        self._foreign = 0
+
+    async def _start_state(self) -> tuple[StagedState | RecordsStage, int]:
+        """The state to build on and the revision it reflects: a snapshot's, or empty."""
+        sink = self.sink
+        staged_sink = sink if hasattr(sink, "stage") else None
+        if self.use_snapshot:
+            try:
+                return await self._load_snapshot(staged_sink)
+            except SnapshotError as err:
+                self.snapshot_fallbacks += 1
+                log.info("%s: no usable snapshot (%s); reading the bucket", self.bucket, err)
+        if staged_sink is not None:
+            return cast(SnapshotSink, staged_sink).stage(None)[0], 0
+        return RecordsStage(), 0
+
+    async def _load_snapshot(
+        self, staged_sink: object | None
+    ) -> tuple[StagedState | RecordsStage, int]:
+        js = self.bus.js
+        name = (
+            cast(SnapshotSink, staged_sink).snapshot_object
+            if staged_sink is not None
+            else RECORDS_OBJECT
+        )
+        payload = await read_snapshot(js, name)
+        state: StagedState | RecordsStage
+        if staged_sink is not None:
+            state, revision, created = cast(SnapshotSink, staged_sink).stage(payload)
+        else:
+            records = decode_records(payload)
+            state = RecordsStage(records.entries)
+            revision, created = records.revision, records.bucket_created
+        del payload
+        status = await (await ensure_bucket(js, self.bucket)).status()
+        if created != str(status.stream_info.created):
+            raise SnapshotError("it is of an earlier bucket (deleted and created again)")
+        if revision > status.stream_info.state.last_seq:
+            raise SnapshotError(f"it is ahead of the bucket ({revision})")
+        self.snapshot_loads += 1
+        return state, revision
 
     def _snapshot(self, entries: dict[str, bytes], revision: int) -> None:
-        ours = {key: value for key, value in entries.items() if code_of_key(key) is not None}
-        if len(ours) != len(entries):
-            log.warning("%s: skipping %d foreign keys", self.bucket, len(entries) - len(ours))
+        """Install a complete state in a plain sink (key -> value)."""
+        self._install(lambda: self._replace_all(entries), revision)
+
+    def _replace_all(self, entries: dict[str, bytes]) -> int:
+        self.sink.replace_all(entries)
+        return len(entries)
+
+    def _install(self, install: Callable[[], int], revision: int) -> None:
+        """Run an installation; a failing sink never raises into a NATS callback."""
+        foreign, self._foreign = self._foreign, 0
+        if foreign:
+            log.warning("%s: skipping %d foreign keys", self.bucket, foreign)
         try:
-            self.sink.replace_all(ours)
+            count = install()
         except Exception as err:  # called from a NATS callback: never raise there
             self._sink_failed(err)
             return
         self.revision = revision
         self.resyncs += 1
         if not self.ready.is_set():
-            log.info("%s: loaded %d keys at revision %d", self.bucket, len(ours), revision)
+            log.info("%s: loaded %d keys at revision %d", self.bucket, count, revision)
         else:
-            log.info("%s: resynchronised %d keys at revision %d", self.bucket, len(ours), revision)
+            log.info("%s: resynchronised %d keys at revision %d", self.bucket, count, revision)
         self.ready.set()
 
     def _change(self, key: str, value: bytes | None, revision: int) -> None:
@@ -190,7 +326,12 @@ class KvMirror:
             unregister = self.bus.on_reconnect(self._restart.set)
             sub: JetStreamContext.PushSubscription | None = None
             try:
-                sub = await follow_bucket(self.bus.js, self.bucket, self._snapshot, self._change)
+                state, after = await self._start_state()
+                loading = _Loading(self, state)
+                del state  # held by `loading` only, which lets go of it once installed
+                sub = await follow_bucket(
+                    self.bus.js, self.bucket, loading.stage, loading.caught_up, self._change, after
+                )
                 await self._until_stale(sub)
                 if self._failure is None:
                     backoff.reset()

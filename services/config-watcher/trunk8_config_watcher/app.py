@@ -22,6 +22,7 @@ from .control import serve_reload_requests
 from .filewatch import reconcile_periodically, watch_files
 from .rejections import REJECTIONS, rejected_view
 from .reloader import ConfigLoadError
+from .snapshots import keep_snapshots
 from .sync import keep_in_sync
 from .watcher import ConfigWatcher
 
@@ -55,6 +56,7 @@ def setup_config_watcher(app: web.Application, settings: Settings) -> ConfigWatc
             task_ctx("config-sync", lambda: keep_in_sync(watcher)),
             task_ctx("config-watch", lambda: watch_files(watcher)),
             task_ctx("config-control", lambda: serve_reload_requests(watcher)),
+            task_ctx("config-snapshot", lambda: keep_snapshots(watcher)),
         ]
     )
     if settings.reconcile_interval > 0:

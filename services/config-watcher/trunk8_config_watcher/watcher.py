@@ -48,7 +48,9 @@ class ConfigWatcher:
         self.duplicates = DuplicateReporter()
         self.ready = asyncio.Event()  # set once the first full state is published
         self.out_of_sync = asyncio.Event()  # NATS may differ from the catalog: sync again
-        self._lock = asyncio.Lock()  # one reload or sync at a time
+        self.lock = asyncio.Lock()  # one reload, sync or snapshot encoding at a time
+        self.snapshot_due = asyncio.Event()  # the snapshot task checks whether one is due
+        self.changes_since_snapshot = 0
 
     async def load(self) -> None:
         """Lay out a missing data directory and load it (blocking work off the loop)."""
@@ -66,7 +68,7 @@ class ConfigWatcher:
 
         Raises one of `PUBLISH_ERRORS` when NATS did not take it; the sync loop catches up.
         """
-        async with self._lock:
+        async with self.lock:
             loop = asyncio.get_running_loop()
             result = await loop.run_in_executor(None, self.reloader.reload, paths)
             self._record(result)
@@ -93,11 +95,14 @@ class ConfigWatcher:
                 raise
             self.metrics.revision.set(revision)
             changed = len(result.links)
+            if changed:
+                self.changes_since_snapshot += changed
+                self.snapshot_due.set()
             return ReloadReply(revision=revision, changed=changed, error=error, refused=refused)
 
     async def sync_all(self) -> int:
         """Read both buckets back and write every difference from the catalog."""
-        async with self._lock:
+        async with self.lock:
             self.out_of_sync.clear()  # a failure from here on sets it again
             await self.publisher.read_back()
             adopt_published(
@@ -108,6 +113,7 @@ class ConfigWatcher:
             await self._flush_events()
             self._record(Reload())
             self.metrics.revision.set(revision)
+            self.snapshot_due.set()
         log.info(
             "published %d links of %d users at revision %d",
             len(self.catalog.served), len(self.catalog.users), revision,

@@ -1,26 +1,34 @@
-"""The in-memory link table: short code -> a ready-made HTTP answer.
+"""The in-memory link table: short code -> normalised target, answers built on first hit.
 
-Each answer carries its response head and body as bytes, built once when the link arrives
-from NATS, so serving a link is one dict lookup and a write. The table is a `MirrorSink`:
-the KV mirror swaps in snapshots and applies single changes from its task; the hit path
-never awaits and never logs.
+The table keeps, per code, only what an answer needs: the normalised Location of a
+redirect (or the type of another link) and, for the few that have one, its expiry. The
+full 302 (head and body as bytes) is built on a code's first hit and kept in a bounded
+cache, so a million links cost a string each, not a prepared response. The table is a
+`SnapshotSink`: the KV mirror builds the next state aside (from the link-table snapshot
+and the changes after it, or from the whole bucket), installs it whole, then applies
+single changes from its task; the hit path never awaits and never logs. Expiry is
+checked against an injectable clock at every lookup.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from urllib.parse import quote, urlsplit, urlunsplit
+from collections.abc import Callable
 
 import msgspec
 
 from trunk8_shared.codes import code_of_key
+from trunk8_shared.location import location_header
 from trunk8_shared.pages import NOT_FOUND_HEADERS, NOT_FOUND_PAGE
 from trunk8_shared.records import LinkRecord, link_decoder
+from trunk8_shared.snapshot import TABLE_OBJECT, decode_table
 
 from .pages import redirect_page
 
 log = logging.getLogger("trunk8.redirector")
+
+__all__ = ["Answer", "HandOver", "LinkTable", "location_header", "redirect_answer"]
 
 # Outcomes, used as indexes into the plain counters of `RedirectorStats`.
 HIT, UNKNOWN, EXPIRED, BAD_REQUEST, TIMEOUT, TOO_LARGE, URI_TOO_LONG = range(7)
@@ -33,25 +41,8 @@ REASONS = {
     414: "URI Too Long",
     431: "Request Header Fields Too Large",
 }
-
-# Characters kept as they are in a Location; everything else (spaces, non-ASCII, controls)
-# is percent-encoded as UTF-8, as Trunk8 does (T8-035). `%` is kept: existing escapes stay.
-_LOCATION_SAFE = "!#$%&'()*+,/:;=?@[]~"
-
-
-def location_header(url: str) -> str:
-    """The URL as a header-safe Location: IDNA host, percent-encoded UTF-8 elsewhere."""
-    url = url.strip()
-    try:
-        parts = urlsplit(url)
-        userinfo, at, hostport = parts.netloc.rpartition("@")
-        host, colon, port = hostport.partition(":")
-        if not host.isascii():
-            ascii_host = host.encode("idna").decode("ascii")
-            url = urlunsplit(parts._replace(netloc=userinfo + at + ascii_host + colon + port))
-    except (UnicodeError, ValueError):
-        pass
-    return quote(url, safe=_LOCATION_SAFE)
+# Answers kept built: the hot codes' 302s (about 1 KB each), evicted oldest first.
+ANSWER_CACHE_SIZE = 65_536
 
 
 class Answer:
@@ -84,11 +75,10 @@ class Answer:
         return self.tail[2:]
 
 
-def redirect_answer(record: LinkRecord) -> Answer:
-    """The 302 for a redirect link (no cache headers, as in Trunk8)."""
-    location = location_header(record.url or "")
+def redirect_answer(location: str, expires_at: float | None = None) -> Answer:
+    """The 302 to a normalised Location (no cache headers, as in Trunk8)."""
     headers = (("Location", location), ("Content-Type", "text/html; charset=utf-8"))
-    return Answer(302, headers, redirect_page(location).encode(), HIT, record.expires_at)
+    return Answer(302, headers, redirect_page(location).encode(), HIT, expires_at)
 
 
 def _page_answer(status: int, outcome: int, body: bytes) -> Answer:
@@ -113,20 +103,93 @@ class HandOver(Answer):
         self.link_type = link_type
 
 
+class TableState:
+    """The table's content, built aside and swapped in whole (a `StagedState`)."""
+
+    __slots__ = ("expiring", "locations", "others", "skipped", "table")
+
+    def __init__(
+        self,
+        table: LinkTable,
+        locations: dict[str, str] | None = None,
+        others: dict[str, str] | None = None,
+        expiring: dict[str, float] | None = None,
+    ) -> None:
+        self.table = table
+        self.locations = locations if locations is not None else {}
+        self.others = others if others is not None else {}
+        self.expiring = expiring if expiring is not None else {}
+        self.skipped: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.locations) + len(self.others)
+
+    def apply(self, key: str, value: bytes | None) -> None:
+        """Apply one put (value) or delete (None); an unusable value deletes its code."""
+        code = code_of_key(key)
+        if code is None:
+            return  # a foreign key names none of our codes
+        self.locations.pop(code, None)
+        self.others.pop(code, None)
+        self.expiring.pop(code, None)
+        if value is None:
+            return
+        record = _decode(key, code, value)
+        if record is None:
+            self.skipped.append(key)
+            return
+        if record.type == "redirect":
+            self.locations[code] = location_header(record.url or "")
+        else:
+            self.others[code] = record.type
+        if record.expires_at is not None:
+            self.expiring[code] = record.expires_at
+
+    def install(self) -> int:
+        """Make this the table's content; returns the number of codes."""
+        if self.skipped:  # one line, however many: a foreign tool may have written thousands
+            shown = self.skipped[:3]
+            log.warning("ignoring %d unusable records (keys %r...)", len(self.skipped), shown)
+        self.table._install(self)
+        return len(self)
+
+
+def _decode(key: str, code: str, value: bytes) -> LinkRecord | None:
+    """The record of one bucket entry; None for an unusable one or another code's."""
+    try:
+        record = link_decoder.decode(value)
+    except (msgspec.DecodeError, ValueError, TypeError):
+        return None
+    return record if record.code == code else None  # stored under another code's key
+
+
 class LinkTable:
     """Short code -> Answer, for the links this redirector can serve."""
 
-    def __init__(self) -> None:
-        self.answers: dict[str, Answer] = {}
+    snapshot_object = TABLE_OBJECT
+
+    def __init__(
+        self, clock: Callable[[], float] = time.time, cache_size: int = ANSWER_CACHE_SIZE
+    ) -> None:
+        self.clock = clock  # Unix time now; tests move it to expire links without waiting
+        self.cache_size = cache_size
+        self._state = TableState(self)
+        self._answers: dict[str, Answer] = {}  # built answers, oldest first
         self.updates = 0  # changes applied since start, snapshots included
 
     def __len__(self) -> int:
-        return len(self.answers)
+        return len(self._state)
+
+    def __contains__(self, code: str) -> bool:
+        state = self._state
+        return code in state.locations or code in state.others
 
     def lookup(self, code: str) -> Answer:
         """The answer for a code: its redirect, a `HandOver`, or the not-found page."""
-        answer = self.answers.get(code, NOT_FOUND)
-        if answer.expires_at is not None and time.time() > answer.expires_at:
+        answer = self._answers.get(code)
+        if answer is None:
+            answer = self._build(code)
+        if answer.expires_at is not None and self.clock() > answer.expires_at:
             return EXPIRED_ANSWER
         return answer
 
@@ -137,44 +200,53 @@ class LinkTable:
             return answer.link_type
         return "redirect" if answer.status == 302 else None
 
+    def _build(self, code: str) -> Answer:
+        """Build a known code's answer into the cache; unknown codes are not cached."""
+        state = self._state
+        location = state.locations.get(code)
+        if location is not None:
+            answer: Answer = redirect_answer(location, state.expiring.get(code))
+        else:
+            link_type = state.others.get(code)
+            if link_type is None:
+                return NOT_FOUND
+            answer = HandOver(link_type, state.expiring.get(code))
+        answers = self._answers
+        if len(answers) >= self.cache_size:
+            del answers[next(iter(answers))]
+        answers[code] = answer
+        return answer
+
+    def stage(self, payload: bytearray | None) -> tuple[TableState, int, str]:
+        """The state in a link-table snapshot (empty for None), its revision and bucket."""
+        if payload is None:
+            return TableState(self), 0, ""
+        snapshot = decode_table(payload)
+        locations = dict(zip(snapshot.codes, snapshot.locations, strict=True))
+        state = TableState(self, locations, snapshot.others, snapshot.expiring)
+        return state, snapshot.revision, snapshot.bucket_created
+
+    def _install(self, state: TableState) -> None:
+        self._state = state
+        self._answers = {}
+        self.updates += 1
+
     def replace_all(self, entries: dict[str, bytes]) -> None:
         """Swap in a full snapshot of the links bucket; entries it cannot serve are skipped."""
-        answers: dict[str, Answer] = {}
-        skipped: list[str] = []
+        state = TableState(self)
         for key, value in entries.items():
-            prepared = self._prepare(key, value)
-            if prepared is None:
-                skipped.append(key)
-            else:
-                answers[prepared[0]] = prepared[1]
-        if skipped:  # one line, however many: a foreign tool may have written thousands
-            log.warning("ignoring %d unusable records (keys %r...)", len(skipped), skipped[:3])
-        self.answers = answers
-        self.updates += 1
+            state.apply(key, value)
+        state.install()
 
     def apply(self, key: str, value: bytes | None) -> None:
         """Apply one put (value) or delete (None); never raises (a NATS callback calls it)."""
         self.updates += 1
+        state = self._state
+        skipped = len(state.skipped)
+        state.apply(key, value)
+        if len(state.skipped) > skipped:
+            log.warning("ignoring an unusable links record for key %r", key)
+            del state.skipped[skipped:]
         code = code_of_key(key)
-        if code is None:
-            return  # a foreign key names none of our codes
-        prepared = self._prepare(key, value) if value is not None else None
-        if prepared is None:
-            if value is not None:
-                log.warning("ignoring an unusable links record for key %r", key)
-            self.answers.pop(code, None)
-        else:
-            self.answers[prepared[0]] = prepared[1]
-
-    @staticmethod
-    def _prepare(key: str, value: bytes) -> tuple[str, Answer] | None:
-        """The code and answer for one bucket entry; None for a foreign or unusable one."""
-        try:
-            record = link_decoder.decode(value)
-            if code_of_key(key) != record.code:
-                return None  # stored under another code's key: not ours to serve
-            if record.type != "redirect":
-                return record.code, HandOver(record.type, record.expires_at)
-            return record.code, redirect_answer(record)
-        except (msgspec.DecodeError, ValueError, TypeError):
-            return None
+        if code is not None:
+            self._answers.pop(code, None)

@@ -1,0 +1,137 @@
+"""Publishing the links snapshot: the link table and the records, tagged with their revision.
+
+After the first full sync, and whenever the changes since the last snapshot reach a share
+of the links, the watcher encodes the published state (under its lock, so the state and
+the revision match) and writes both snapshot objects (outside it, so reloads never wait
+for the upload). A snapshot only has to be consistent with its own revision: readers
+follow the bucket from there, so an older snapshot is slower to join from, never wrong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from trunk8_shared.background import Backoff
+from trunk8_shared.codes import kv_key
+from trunk8_shared.location import location_header
+from trunk8_shared.records import LinkRecord
+from trunk8_shared.snapshot import (
+    RECORDS_OBJECT,
+    TABLE_OBJECT,
+    RecordsSnapshot,
+    SnapshotError,
+    TableSnapshot,
+    encode_snapshot,
+    put_snapshot,
+    read_snapshot_tag,
+)
+
+from .publisher import PUBLISH_ERRORS
+from .watcher import ConfigWatcher
+
+log = logging.getLogger("trunk8.config_watcher")
+
+SNAPSHOT_ERRORS: tuple[type[BaseException], ...] = (*PUBLISH_ERRORS, SnapshotError)
+# A new snapshot once this many changes, or this share of the links, arrived since the last.
+MIN_CHANGES = 1000
+CHANGED_SHARE = 0.1
+
+
+def encode_snapshots(
+    served: dict[str, LinkRecord], known: dict[str, bytes], revision: int, created: str
+) -> tuple[bytes, bytes]:
+    """The table and records objects for the served links at `revision`."""
+    codes: list[str] = []
+    locations: list[str] = []
+    others: dict[str, str] = {}
+    expiring: dict[str, float] = {}
+    for code, record in served.items():
+        if record.type == "redirect":
+            codes.append(code)
+            locations.append(location_header(record.url or ""))
+        else:
+            others[code] = record.type
+        if record.expires_at is not None:
+            expiring[code] = record.expires_at
+    table = TableSnapshot(
+        revision=revision,
+        bucket_created=created,
+        codes=codes,
+        locations=locations,
+        others=others,
+        expiring=expiring,
+    )
+    entries = {key: known[key] for key in map(kv_key, served) if key in known}
+    records = RecordsSnapshot(revision=revision, bucket_created=created, entries=entries)
+    return encode_snapshot(table), encode_snapshot(records)
+
+
+class SnapshotPublisher:
+    """Decides when a snapshot is due and publishes it."""
+
+    def __init__(self, watcher: ConfigWatcher) -> None:
+        self.watcher = watcher
+        self.revision = 0  # revision of the stored snapshot, 0 until known
+
+    def due(self) -> bool:
+        """Whether enough changed since the stored snapshot to publish another."""
+        watcher = self.watcher
+        current = watcher.publisher.links.revision
+        if current == self.revision:
+            return False
+        if not self.revision:
+            return True
+        threshold = max(MIN_CHANGES, CHANGED_SHARE * len(watcher.catalog.served))
+        return watcher.changes_since_snapshot >= threshold
+
+    async def publish(self) -> bool:
+        """Publish a snapshot of the current state unless the stored one is it already."""
+        watcher = self.watcher
+        writer = watcher.publisher.links
+        js = watcher.bus.js
+        if not self.revision:
+            stored = await read_snapshot_tag(js, TABLE_OBJECT)
+            if stored is not None and stored == (writer.revision, str(writer.created)):
+                self.revision = writer.revision
+                watcher.changes_since_snapshot = 0
+                return False
+        async with watcher.lock:
+            revision, created = writer.revision, str(writer.created)
+            served, known = dict(watcher.catalog.served), writer.known
+            watcher.changes_since_snapshot = 0
+            loop = asyncio.get_running_loop()
+            table, records = await loop.run_in_executor(
+                None, encode_snapshots, served, known, revision, created
+            )
+        del served
+        # Records first: a reader of the table never needs them, so the table is last.
+        await put_snapshot(js, RECORDS_OBJECT, records, revision, created)
+        await put_snapshot(js, TABLE_OBJECT, table, revision, created)
+        self.revision = revision
+        log.info(
+            "published a snapshot of %d links at revision %d (%.1f MB)",
+            len(watcher.catalog.served), revision, (len(table) + len(records)) / 1e6,
+        )  # fmt: skip
+        return True
+
+
+async def keep_snapshots(watcher: ConfigWatcher) -> None:
+    """Publish a snapshot whenever one is due, until cancelled."""
+    snapshots = SnapshotPublisher(watcher)
+    backoff = Backoff()
+    await watcher.ready.wait()
+    watcher.snapshot_due.set()
+    while True:
+        await watcher.snapshot_due.wait()
+        watcher.snapshot_due.clear()
+        if not snapshots.due():
+            continue
+        try:
+            await snapshots.publish()
+        except SNAPSHOT_ERRORS as err:
+            log.warning("publishing a snapshot failed (%s: %s); retrying", type(err).__name__, err)
+            await backoff.wait()
+            watcher.snapshot_due.set()
+            continue
+        backoff.reset()

@@ -1,0 +1,212 @@
+"""Whole-state snapshots of the links bucket, kept in a JetStream Object Store.
+
+The config-watcher publishes two objects after a full sync (and after large changes): the
+*table* (per code: the normalised Location of a redirect, or the type of another link, and
+its expiry), which is all a redirector needs, and the *records* (every key with the value
+the bucket holds), for mirrors that keep whole records. Both are compact msgpack, carry a
+format version and are tagged with the bucket revision they reflect and the bucket's
+creation time, so a reader loads one and follows the bucket from revision + 1: only later
+changes go through per-message handling. A snapshot that is missing, corrupt, of another
+format version or from an earlier incarnation of the bucket is refused (`SnapshotError`)
+and the reader loads the bucket instead. Objects are read chunk by chunk into one buffer
+(nats-py's `ObjectStore.get` concatenates bytes, quadratic in the object's size).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+from typing import Any
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+from nats.js.errors import (
+    BadRequestError,
+    BucketNotFoundError,
+    NotFoundError,
+    ObjectNotFoundError,
+)
+
+SNAPSHOT_STORE = "trunk8_snapshots"
+TABLE_OBJECT = "links.table"
+RECORDS_OBJECT = "links.records"
+SNAPSHOT_VERSION = 1
+# Chunks of 512 KiB (half NATS's default max payload, headers included): few messages.
+CHUNK_SIZE = 512 * 1024
+READ_TIMEOUT = 60.0
+
+
+class SnapshotError(Exception):
+    """A snapshot that cannot be used; the reader falls back to the bucket."""
+
+
+class SnapshotHead(msgspec.Struct, kw_only=True):
+    """What every snapshot format starts with: enough to refuse it cheaply."""
+
+    v: int
+    revision: int = 0
+    bucket_created: str = ""
+
+
+class TableSnapshot(msgspec.Struct, kw_only=True):
+    """A redirector's view: parallel columns, so loading allocates one string per value.
+
+    `codes[i]` redirects to `locations[i]`; `others` maps the codes of file, markdown and
+    html links to their type; `expiring` holds the expiry of the codes that have one.
+    """
+
+    v: int = SNAPSHOT_VERSION
+    revision: int
+    bucket_created: str
+    codes: list[str]
+    locations: list[str]
+    others: dict[str, str]
+    expiring: dict[str, float]
+
+
+class RecordsSnapshot(msgspec.Struct, kw_only=True):
+    """Every key of the bucket with its value, for mirrors that keep whole records."""
+
+    v: int = SNAPSHOT_VERSION
+    revision: int
+    bucket_created: str
+    entries: dict[str, bytes]
+
+
+_encoder = msgspec.msgpack.Encoder()
+_head_decoder = msgspec.msgpack.Decoder(SnapshotHead)
+_table_decoder = msgspec.msgpack.Decoder(TableSnapshot)
+_records_decoder = msgspec.msgpack.Decoder(RecordsSnapshot)
+
+
+def encode_snapshot(snapshot: TableSnapshot | RecordsSnapshot) -> bytes:
+    """The object's bytes."""
+    return _encoder.encode(snapshot)
+
+
+def _decode(payload: bytes | bytearray | memoryview, decoder: Any) -> Any:
+    try:
+        head = _head_decoder.decode(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError) as err:
+        raise SnapshotError(f"unreadable snapshot ({err})") from err
+    if head.v != SNAPSHOT_VERSION:
+        raise SnapshotError(f"snapshot format {head.v}, this version reads {SNAPSHOT_VERSION}")
+    try:
+        return decoder.decode(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError) as err:
+        raise SnapshotError(f"unreadable snapshot ({err})") from err
+
+
+def decode_table(payload: bytes | bytearray | memoryview) -> TableSnapshot:
+    """A table snapshot; raises SnapshotError for a corrupt or other-format one."""
+    table: TableSnapshot = _decode(payload, _table_decoder)
+    if len(table.codes) != len(table.locations):
+        raise SnapshotError("table snapshot columns differ in length")
+    return table
+
+
+def decode_records(payload: bytes | bytearray | memoryview) -> RecordsSnapshot:
+    """A records snapshot; raises SnapshotError for a corrupt or other-format one."""
+    records: RecordsSnapshot = _decode(payload, _records_decoder)
+    return records
+
+
+async def snapshot_store(js: JetStreamContext, create: bool = False) -> Any:
+    """The snapshot object store; None when it does not exist and `create` is False."""
+    try:
+        return await js.object_store(SNAPSHOT_STORE)
+    except (BucketNotFoundError, NotFoundError):
+        if not create:
+            return None
+    with contextlib.suppress(BadRequestError):
+        return await js.create_object_store(
+            SNAPSHOT_STORE, config=api.ObjectStoreConfig(storage=api.StorageType.FILE)
+        )
+    return await js.object_store(SNAPSHOT_STORE)  # created by someone else meanwhile
+
+
+class SnapshotTag(msgspec.Struct, kw_only=True):
+    """What a stored object reflects, kept in its description: readable without the object."""
+
+    v: int
+    revision: int
+    bucket_created: str
+
+
+_tag_decoder = msgspec.json.Decoder(SnapshotTag)
+
+
+async def put_snapshot(
+    js: JetStreamContext, name: str, payload: bytes, revision: int, bucket_created: str
+) -> None:
+    """Publish one snapshot object (replacing the previous one of that name)."""
+    store = await snapshot_store(js, create=True)
+    tag = SnapshotTag(v=SNAPSHOT_VERSION, revision=revision, bucket_created=bucket_created)
+    meta = api.ObjectMeta(
+        name=name,
+        description=msgspec.json.encode(tag).decode(),
+        options=api.ObjectMetaOptions(max_chunk_size=CHUNK_SIZE),
+    )
+    await store.put(name, payload, meta=meta)  # bytes: read in place, no thread hops
+
+
+async def read_snapshot_tag(js: JetStreamContext, name: str) -> tuple[int, str] | None:
+    """The revision and bucket creation time a stored object of this format reflects."""
+    store = await snapshot_store(js)
+    if store is None:
+        return None
+    try:
+        info = await store.get_info(name)
+        tag = _tag_decoder.decode(info.description or "")
+    except (ObjectNotFoundError, msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return (tag.revision, tag.bucket_created) if tag.v == SNAPSHOT_VERSION else None
+
+
+async def read_snapshot(
+    js: JetStreamContext, name: str, timeout: float = READ_TIMEOUT
+) -> bytearray:
+    """The bytes of a snapshot object, read into one buffer; SnapshotError when unusable."""
+    store = await snapshot_store(js)
+    if store is None:
+        raise SnapshotError("no snapshot store yet")
+    try:
+        info = await store.get_info(name)
+    except ObjectNotFoundError as err:
+        raise SnapshotError(f"no snapshot {name!r} yet") from err
+    size = info.size or 0
+    if not size or not info.nuid:
+        raise SnapshotError(f"snapshot {name!r} is empty")
+    buffer = bytearray()
+    digest = hashlib.sha256()
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def on_chunk(msg: Msg) -> None:
+        buffer.extend(msg.data)
+        digest.update(msg.data)
+        if msg.metadata.num_pending == 0 and not done.done():
+            done.set_result(None)
+
+    subject = f"$O.{SNAPSHOT_STORE}.C.{info.nuid}"
+    sub = await js.subscribe(
+        subject,
+        cb=on_chunk,
+        ordered_consumer=True,
+        pending_msgs_limit=-1,
+        pending_bytes_limit=-1,
+    )
+    try:
+        await asyncio.wait_for(done, timeout)
+    except TimeoutError as err:
+        raise SnapshotError(f"snapshot {name!r} not read within {timeout:g} s") from err
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+    expected = (info.digest or "").partition("=")[2]
+    actual = base64.urlsafe_b64encode(digest.digest()).decode()
+    if len(buffer) != size or expected.rstrip("=") != actual.rstrip("="):
+        raise SnapshotError(f"snapshot {name!r} is damaged (size or digest differ)")
+    return buffer

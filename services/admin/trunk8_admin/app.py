@@ -27,7 +27,7 @@ from trunk8_shared.ops import setup_ops
 from trunk8_shared.records import LINKS_BUCKET
 from trunk8_shared.settings import Settings, environment
 
-from . import views_auth, views_links, views_profile, views_switch, views_users
+from . import views_auth, views_backup, views_links, views_profile, views_switch, views_users
 from .accounts import AccountBook
 from .audit import AuditTrail
 from .linkindex import LinkIndex
@@ -185,6 +185,10 @@ def _add_routes(app: web.Application, files: dict[str, Path]) -> None:
     router.add_post("/profile", views_profile.profile_update)
     router.add_get("/settings", views_profile.settings)
     router.add_post("/settings", views_profile.settings_update)
+    router.add_get("/backup/create", views_backup.backup_form)
+    router.add_post("/backup/create", views_backup.backup_create)
+    router.add_get("/backup/restore", views_backup.restore_form)
+    router.add_post("/backup/restore", views_backup.restore)
     router.add_get(STATIC_PREFIX + "{name}", _static_handler(files))
 
 

@@ -122,6 +122,10 @@ class Page:
         response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
         return response
 
+    async def save_session(self, response: web.StreamResponse) -> None:
+        """Put the session cookie on a response about to stream (sent with its headers)."""
+        await _save_session(self, response)
+
     def broken_files(self) -> list[tuple[str, str]]:
         """Data files that do not parse (last good state in use), for an admin's banner."""
         if self.user is None or not self.user.is_admin:

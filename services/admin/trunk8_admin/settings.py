@@ -49,6 +49,11 @@ class AdminSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     purge_interval: float = 60.0
     # Seconds an upload may send nothing before it is given up (and its temp file removed).
     upload_idle_timeout: float = 60.0
+    # Restores have their own caps (a whole user's data, not one file): the upload in
+    # MiB, what it may unpack to in MiB, and how many entries it may hold (zip bombs).
+    restore_max_mb: int = 2048
+    restore_max_unpacked_mb: int = 4096
+    restore_max_entries: int = 10_000
 
     @property
     def default_password(self) -> bool:
@@ -63,6 +68,9 @@ _ENV_FIELDS = {
     "TRUNK8_SESSION_IDLE_HOURS": "session_idle_hours",
     "TRUNK8_EXPIRY_PURGE_SECONDS": "purge_interval",
     "TRUNK8_UPLOAD_IDLE_SECONDS": "upload_idle_timeout",
+    "TRUNK8_RESTORE_MAX_MB": "restore_max_mb",
+    "TRUNK8_RESTORE_MAX_UNPACKED_MB": "restore_max_unpacked_mb",
+    "TRUNK8_RESTORE_MAX_ENTRIES": "restore_max_entries",
 }
 
 

@@ -63,6 +63,7 @@ document.addEventListener("DOMContentLoaded", () => {
 
   const form = document.querySelector("#link-form");
   if (form) setUpLinkForm(form);
+  document.querySelectorAll("form[data-upload-form]").forEach(setUpUploadProgress);
 });
 
 function setUpLinkForm(form) {
@@ -92,8 +93,12 @@ function setUpLinkForm(form) {
   };
   enable.addEventListener("change", syncExpiry);
   syncExpiry();
+  setUpUploadProgress(form);
+}
 
-  // Uploads go through XMLHttpRequest for a progress bar and a cancel button.
+// Uploads go through XMLHttpRequest for a progress bar and a cancel button; once the
+// bytes are sent, the bar says the server is working (a restore is checked and applied).
+function setUpUploadProgress(form) {
   const progress = form.querySelector(".upload-progress");
   const bar = progress.querySelector(".progress-bar");
   let request = null;
@@ -114,7 +119,7 @@ function setUpLinkForm(form) {
       if (!e.lengthComputable) return;
       const percent = Math.round((100 * e.loaded) / e.total);
       bar.style.width = `${percent}%`;
-      bar.textContent = `${percent}%`;
+      bar.textContent = percent < 100 ? `${percent}%` : (form.dataset.processing || "Saving…");
       progress.querySelector(".progress").setAttribute("aria-valuenow", String(percent));
     });
     const reset = (message) => {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import stat
 import tomllib
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import RunningSystem, StartSystem
+from conftest import RunningSystem, StartSystem, wait_until
 from test_admin_support import (
     FIXTURE,
     Browser,
@@ -404,3 +405,63 @@ async def test_restore_cap_is_its_own_setting(
             pass  # the server may close the connection on the refused rest of the body
     finally:
         await client.close()
+
+
+def _open_fds_to(path: Path) -> int:
+    count = 0
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            if Path(fd.readlink()) == path:
+                count += 1
+        except OSError:
+            continue
+    return count
+
+
+async def test_backup_streams_without_holding_the_archive(
+    admin_browser: Browser, data_dir: Path
+) -> None:
+    import tracemalloc
+
+    big = data_dir / "users" / "bob" / "assets" / "big.bin"
+    big.parent.mkdir(parents=True, exist_ok=True)
+    with big.open("wb") as out:  # 32 MiB that do not compress
+        for _ in range(32):
+            out.write(os.urandom(1024 * 1024))
+    await admin_browser.get("/backup/create")
+    tracemalloc.start()
+    try:
+        received = 0
+        async with admin_browser.http.post(
+            admin_browser.base + "/backup/create",
+            data={"csrf_token": admin_browser.csrf, "target_user": "bob"},
+        ) as response:
+            assert response.status == 200
+            async for chunk in response.content.iter_chunked(64 * 1024):
+                received += len(chunk)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert received > 32 * 1024 * 1024  # all of it came
+    assert peak < 8 * 1024 * 1024, peak  # chunks in flight, never the archive
+
+
+async def test_a_client_leaving_mid_backup_stops_it(admin_browser: Browser, data_dir: Path) -> None:
+    big = data_dir / "users" / "bob" / "assets" / "big.bin"
+    big.parent.mkdir(parents=True, exist_ok=True)
+    with big.open("wb") as out:
+        for _ in range(64):
+            out.write(os.urandom(1024 * 1024))
+    await admin_browser.get("/backup/create")
+    async with admin_browser.http.post(
+        admin_browser.base + "/backup/create",
+        data={"csrf_token": admin_browser.csrf, "target_user": "bob"},
+    ) as response:
+        await response.content.read(1024)
+        response.close()  # gone mid-way
+
+    async def released() -> bool:
+        return _open_fds_to(big) == 0
+
+    await wait_until(released, timeout=10)
+    assert (await admin_browser.get("/backup/create"))[0] == 200

@@ -98,9 +98,12 @@ async def backup_create(request: web.Request, page: Page) -> web.StreamResponse:
     try:
         while (chunk := await sink.queue.get()) is not None:
             await response.write(chunk)
+    except ConnectionError:
+        log.info("backup of %s: the client went away", target)
+        await _stop(sink, worker)
+        return response
     except BaseException:
-        await sink.drain()  # the client left: let the worker stop at its next write
-        await asyncio.gather(worker, return_exceptions=True)
+        await _stop(sink, worker)
         raise
     try:
         files = await worker
@@ -115,6 +118,11 @@ async def backup_create(request: web.Request, page: Page) -> web.StreamResponse:
     await response.write_eof()
     log.info("backup of %s (%d files) sent", target, files)
     return response
+
+
+async def _stop(sink: ChunkQueue, worker: asyncio.Future[int]) -> None:
+    """Let the worker run into `BackupAborted` at its next write, and wait for it."""
+    await asyncio.shield(asyncio.gather(sink.drain(), worker, return_exceptions=True))
 
 
 @admin_page()

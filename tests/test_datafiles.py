@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from trunk8_shared.codes import (
     code_of_key,
@@ -21,8 +23,11 @@ from trunk8_shared.datafiles import (
     check_users,
     display_name,
     parse_links,
+    parse_toml,
     parse_users,
+    parsed_url_problem,
     read_data_file,
+    url_problem,
 )
 from trunk8_shared.expiry import expiry_timestamp
 
@@ -212,3 +217,92 @@ def test_only_regular_files_are_read(tmp_path: Path) -> None:
     with pytest.raises(DataFileError, match=r"larger than the 0\.001 MB cap \(1001 bytes"):
         small.write_bytes(b"x" * 1001)
         read_data_file(small, "small", 1000)
+
+
+# Documents that exercise what parsers get wrong: dates of every kind, quoted and dotted
+# keys, escapes, literal and multi-line strings, inline tables, arrays of tables.
+TRICKY_TOML = [
+    '[links."a b"]\ntype = "redirect"\nurl = "https://x.example"\n',
+    "[links.'lit']\ntype = 'redirect'\nurl = 'https://x.example/\\n'\n",
+    "[links.d]\nexpiration_date = 2025-01-01T10:00:00\nod = 1979-05-27\nlt = 07:32:00.999\n",
+    "[links.z]\na = 2025-01-01T10:00:00Z\nb = 2025-01-01 10:00:00+02:00\n"
+    "c = 1979-05-27T00:32:00.5-07:00\n",
+    'links.x.type = "redirect"\nlinks.x.url = "https://\\u00e4.example/\\U0001F600"\n',
+    'links = { inline = { type = "redirect", url = "https://i.example" } }\n',
+    '[[links]]\ntype = "redirect"\n',
+    "a = \"\"\"\nmulti\\\n  line\"\"\"\nb = '''\nraw\\n'''\n",
+    "n = nan\ni = -inf\nh = 0xDEAD_beef\no = 0o17\nbb = 0b101\nf = 6.626e-34\nu = +1_000\n",
+    '"quoted.key" = 1\n"" = 2\n\'single\' = 3\n[a.b."c.d"]\ne = [1, [2, 3], {x = 1}]\n',
+    '[links."ü"]\ntype = "redirect"\nurl = "https://ü.example"\n# comment ü\n',
+]
+# Documents both parsers must refuse (tomllib gives the message).
+INVALID_TOML = [
+    "a = 1\na = 2\n",
+    "[t]\n[t]\n",
+    "a = \n",
+    'a = "unterminated\n',
+    "a = 2025-13-01\n",
+    "a.b = 1\n[a]\nb = 2\n",
+    "x = [1, 2\n",
+    "k = 'a'\x00\n",
+    "[links.ü]\na = 1\n",  # a bare key is ASCII only
+]
+
+
+def _fixture_tomls() -> list[Path]:
+    root = Path("/work/shared/fixtures/trunk8-0.7.0")
+    return sorted(root.rglob("*.toml")) if root.is_dir() else []
+
+
+def _as_text(value: object) -> object:
+    """Dates as their ISO text (how data files are read), recursively."""
+    if isinstance(value, dict):
+        return {k: _as_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_as_text(v) for v in value]
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, float) and value != value:
+        return "nan"  # nan != nan: compare by name
+    return value
+
+
+def _all_documents() -> list[str]:
+    from conftest import ADMIN_LINKS, BOB_LINKS, CAROL_LINKS, USERS_TOML
+
+    documents = [ADMIN_LINKS, BOB_LINKS, CAROL_LINKS, USERS_TOML, *TRICKY_TOML]
+    documents += [path.read_text(encoding="utf-8") for path in _fixture_tomls()]
+    return documents
+
+
+@pytest.mark.parametrize("document", _all_documents())
+def test_the_compiled_parser_agrees_with_tomllib(document: str) -> None:
+    import tomllib
+
+    import rtoml
+
+    assert _as_text(rtoml.loads(document)) == _as_text(tomllib.loads(document))
+    assert _as_text(parse_toml(document)) == _as_text(tomllib.loads(document))
+
+
+@pytest.mark.parametrize("document", INVALID_TOML)
+def test_what_tomllib_refuses_stays_refused(document: str) -> None:
+    import tomllib
+
+    with pytest.raises(tomllib.TOMLDecodeError):
+        tomllib.loads(document)
+    with pytest.raises(tomllib.TOMLDecodeError):  # tomllib's error, whatever rtoml said
+        parse_toml(document)
+
+
+def test_fixture_data_files_are_all_compared() -> None:
+    """The agreement test really covers the Trunk8 fixture (a moved folder fails here)."""
+    assert len(_fixture_tomls()) >= 10
+
+
+@given(
+    st.from_regex(r"https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?([/?#][!-~]*)?", fullmatch=True)
+    | st.text(max_size=40).map(lambda tail: "https://h.example" + tail)
+)
+def test_the_url_fast_path_agrees_with_urlsplit(url: str) -> None:
+    assert url_problem(url) == parsed_url_problem(url)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import string
 import time
 from pathlib import Path
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from conftest import RunningSystem, StartSystem, wait_until, write
+from hypothesis import given
+from hypothesis import strategies as st
 
 from trunk8_redirector import create_app
 from trunk8_redirector.app import REDIRECTOR
@@ -160,3 +163,11 @@ def test_location_header_encoding() -> None:
     )
     assert location_header("https://x.example/a%20b") == "https://x.example/a%20b"
     assert "\r" not in location_header("https://x.example/\r\nSet-Cookie: a=b")
+
+
+@given(st.text(max_size=60) | st.text(alphabet=string.printable, max_size=60))
+def test_the_location_fast_path_agrees_with_the_long_way(url: str) -> None:
+    from trunk8_shared.location import encoded_location, location_header
+
+    assert location_header(url) == encoded_location(url)
+    assert location_header("https://x.example" + url) == encoded_location("https://x.example" + url)

@@ -23,6 +23,12 @@ def location_header(url: str) -> str:
     url = url.strip()
     if _ALREADY_SAFE.fullmatch(url):
         return url  # ASCII host, nothing to encode: the common case, ~10x cheaper
+    return encoded_location(url)
+
+
+def encoded_location(url: str) -> str:
+    """`location_header` the long way (what its fast path must agree with)."""
+    url = url.strip()
     try:
         parts = urlsplit(url)
         userinfo, at, hostport = parts.netloc.rpartition("@")

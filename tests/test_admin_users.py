@@ -376,3 +376,38 @@ async def test_broken_files_keep_the_last_good_state_and_say_so(
     status, _, body = await admin_browser.get("/settings")
     assert status == 200 and "Flat One" in body and "Cosmo" in body
     assert 'data-broken-file="config/themes.toml"' not in body
+
+
+async def test_markdown_pages_follow_the_viewers_theme(
+    admin_browser: Browser, admin_system: RunningSystem, data_dir: Path
+) -> None:
+    (data_dir / "users" / "carol" / "assets").mkdir(parents=True, exist_ok=True)
+    (data_dir / "users" / "carol" / "assets" / "n.md").write_text("# Notes\n")
+    with (data_dir / "users" / "carol" / "links.toml").open("a") as links:
+        links.write('\n[links.notes]\ntype = "markdown"\npath = "n.md"\n')
+
+    async def theme_seen(client: Browser | None, theme: str) -> bool:
+        if client is None:
+            _, _, body = await admin_system.get("/notes")
+        else:
+            _, _, body = await client.get("/notes")
+        return f'data-markdown-theme="{theme}"' in body
+
+    await wait_until(lambda: theme_seen(None, "cerulean"))
+    # The admin's choice is the global one: every viewer sees it (anonymous included).
+    await admin_browser.post("/settings", {"theme": "cosmo", "markdown_theme": "journal"})
+    await wait_until(lambda: theme_seen(None, "journal"))
+    # Carol's own choice applies to pages she (or an admin acting as her) views.
+    await admin_browser.post("/auth/switch-user/carol", {})
+    await admin_browser.post("/settings", {"theme": "minty", "markdown_theme": "sketchy"})
+    assert await theme_seen(admin_browser, "sketchy")  # at once: read on the request
+    assert await theme_seen(None, "journal")
+    await admin_browser.post("/auth/switch-back", {})
+    assert await theme_seen(admin_browser, "journal")
+    # A forged or stale cookie is only a visitor.
+    stranger = Browser(admin_system)
+    try:
+        stranger.http.cookie_jar.update_cookies({"trunk8_session": "not-a-token"})
+        assert await theme_seen(stranger, "journal")
+    finally:
+        await stranger.close()

@@ -10,9 +10,9 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from trunk8_admin import setup_admin
+from trunk8_admin import Admin, setup_admin, viewer_markdown_theme
 from trunk8_config_watcher import setup_config_watcher
-from trunk8_files import setup_files
+from trunk8_files import Files, setup_files
 from trunk8_redirector import setup_redirector
 from trunk8_shared.bus import setup_bus
 from trunk8_shared.settings import Settings
@@ -31,6 +31,9 @@ def build_app(target: str, settings: Settings) -> web.Application:
     names = list(SERVICES) if target == "all" else [target]
     app = web.Application()
     setup_bus(app, settings, f"trunk8-{target}")  # one connection, named after the process
-    for name in names:
-        SERVICES[name](app, settings)
+    built = {name: SERVICES[name](app, settings) for name in names}
+    files, admin = built.get("files"), built.get("admin")
+    if isinstance(files, Files) and isinstance(admin, Admin):
+        # Markdown pages use a signed-in viewer's own theme; only the admin reads sessions.
+        files.content.themes = viewer_markdown_theme(admin, files.themes)
     return app

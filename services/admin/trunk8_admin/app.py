@@ -9,6 +9,7 @@ names and a year of caching; Bootswatch themes come from the shared `/static/boo
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 from functools import partial
@@ -18,6 +19,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 from aiohttp_session.cookie_storage import EncryptedCookieStorage
+from cryptography.fernet import Fernet
 
 from trunk8_shared.background import task_ctx
 from trunk8_shared.bus import setup_bus
@@ -40,6 +42,7 @@ from .settings import AdminSettings, admin_settings_from, session_key
 from .siteconfig import Themes
 from .state import ADMIN, Admin
 from .throttle import LoginThrottle
+from .viewerthemes import ThemeSource, ViewerMarkdownTheme
 
 log = logging.getLogger("trunk8.admin")
 
@@ -111,8 +114,9 @@ def setup_admin(
     mirror = IndexMirror(index, metrics, bus, LINKS_BUCKET, index)
     themes = Themes(data)
     startup_config = themes.site.get_now()
+    fernet = Fernet(base64.urlsafe_b64encode(session_key(admin_settings, data.state_dir)))
     storage = EncryptedCookieStorage(
-        session_key(admin_settings, data.state_dir),
+        fernet,
         cookie_name=SESSION_COOKIE,
         httponly=True,
         samesite="Lax",
@@ -132,6 +136,7 @@ def setup_admin(
         throttle=LoginThrottle(admin_settings.login_attempts, admin_settings.login_window),
         metrics=metrics,
         storage=storage,
+        session_fernet=fernet,
         startup_config=startup_config,
         static_urls=urls,
         index_ready=mirror.ready,
@@ -190,6 +195,11 @@ def _add_routes(app: web.Application, files: dict[str, Path]) -> None:
     router.add_get("/backup/restore", views_backup.restore_form)
     router.add_post("/backup/restore", views_backup.restore)
     router.add_get(STATIC_PREFIX + "{name}", _static_handler(files))
+
+
+def viewer_markdown_theme(admin: Admin, fallback: ThemeSource) -> ViewerMarkdownTheme:
+    """A markdown theme source that knows signed-in viewers (for the files service)."""
+    return ViewerMarkdownTheme(admin, fallback, SESSION_COOKIE, admin.session_fernet)
 
 
 def create_app(settings: Settings, admin_settings: AdminSettings | None = None) -> web.Application:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 from aiohttp_session import AbstractStorage
+from cryptography.fernet import Fernet
 
 from trunk8_shared.datadir import DataDir
 from trunk8_shared.settings import Settings
@@ -41,6 +42,8 @@ class Admin:
     throttle: LoginThrottle
     metrics: AdminMetrics
     storage: AbstractStorage
+    # Encrypts session cookies (also read by the markdown theme of signed-in viewers).
+    session_fernet: Fernet
     # Read once at start, as in Trunk8 (T8-085): the request cap and remember-me lifetime.
     startup_config: SiteConfig
     static_urls: dict[str, str]

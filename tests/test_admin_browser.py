@@ -171,3 +171,67 @@ async def test_a_links_whole_life_in_chromium(page: Any, admin_system: RunningSy
     await page.wait_for_selector("text=Successfully logged out!")
     await page.goto("/links")
     assert page.url.endswith("/auth/login")
+
+
+async def register_in_browser(page: Any, username: str, password: str) -> None:
+    await page.goto("/auth/register")
+    await page.fill("#username", username)
+    await page.fill("#display_name", "Erin E2E")
+    await page.fill("#password", password)
+    await page.fill("#confirm_password", password)
+    await page.click("form[action='/auth/register'] button[type=submit]")
+    await page.wait_for_selector(f"text=User '{username}' created successfully!")
+
+
+async def test_a_users_whole_life_in_chromium(
+    page: Any, admin_system: RunningSystem, tmp_path: Path
+) -> None:
+    base = admin_system.base
+    data = Path(admin_system.settings.data_dir)
+    await page.goto("/auth/login")
+    await page.check("#adminMode")
+    await page.fill("#password", ADMIN_PASSWORD)
+    await page.click("#login-form button[type=submit]")
+    await page.wait_for_selector("text=Welcome to Trunk8, Administrator!")
+
+    # Register a user, then act as them from their card.
+    await register_in_browser(page, "erin", "erin-pass")
+    await page.click('[data-user="erin"] button:has-text("View as User")')
+    await page.wait_for_selector("text=Switched to user 'Erin E2E'")
+    assert await page.locator("#impersonation-banner").count() == 1
+    await create(page, "redirect", "erin-link", {"#url": f"{base}/-/healthz"})
+    assert "erin-link" in (data / "users" / "erin" / "links.toml").read_text()
+    await page.click("#impersonation-banner button:has-text('Switch Back to Admin')")
+    await page.wait_for_selector("text=Switched back to admin view")
+    assert await page.locator("#impersonation-banner").count() == 0
+
+    # Back up erin: the browser downloads the zip.
+    await page.goto("/backup/create")
+    await page.select_option("#target_user", "erin")
+    async with page.expect_download() as download_info:
+        await page.click("form[action='/backup/create'] button[type=submit]")
+    download = await download_info.value
+    assert download.suggested_filename.startswith("trunk8_backup_erin_")
+    backup = tmp_path / "erin.zip"
+    await download.save_as(backup)
+
+    # Delete erin after the preview: the link stops at once.
+    await page.goto("/users/erin/delete")
+    assert await page.inner_text('[data-preview="links"]') == "1"
+    await page.click("button:has-text('Delete User')")
+    await page.wait_for_selector("text=User 'erin' deleted successfully.")
+    assert (await page.request.get("/erin-link", max_redirects=0)).status == 404
+    assert not (data / "users" / "erin").exists()
+
+    # Register erin again and restore the backup, through the progress bar.
+    await register_in_browser(page, "erin", "erin-pass")
+    await page.goto("/backup/restore")
+    await page.evaluate(WATCH_PROGRESS)
+    await page.select_option("#target_user", "erin")
+    await page.set_input_files("#backup_file", str(backup))
+    await page.check("#mode-replace")
+    await page.click("form[action='/backup/restore'] button[type=submit]")
+    await page.wait_for_selector("text=Backup restored successfully! Restored 1 links and 0 files")
+    assert await page.evaluate("sessionStorage.getItem('progressShown')") == "yes"
+    response = await page.request.get("/erin-link", max_redirects=0)
+    assert (response.status, response.headers["location"]) == (302, f"{base}/-/healthz")

@@ -465,3 +465,23 @@ async def test_a_client_leaving_mid_backup_stops_it(admin_browser: Browser, data
 
     await wait_until(released, timeout=10)
     assert (await admin_browser.get("/backup/create"))[0] == 200
+
+
+async def test_restore_never_writes_through_links_in_assets(
+    admin_browser: Browser, data_dir: Path, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    assets = data_dir / "users" / "bob" / "assets"
+    assets.mkdir(parents=True, exist_ok=True)
+    (assets / "sub").symlink_to(outside)
+    before = tree(data_dir)
+    backup = make_zip({"links.toml": b"[links]\n", "assets/sub/planted.txt": b"x"})
+    found = await restore_flashes(admin_browser, backup, "merge", "bob")
+    assert any(kind == "error" and "outside assets/" in text for kind, text in found), found
+    assert list(outside.iterdir()) == []
+    assert tree(data_dir) == before
+    # A backup never follows them either.
+    (outside / "secret.txt").write_text("not bob's")
+    _, content = await download_backup(admin_browser, "bob")
+    assert not any("secret" in name for name in zipfile.ZipFile(io.BytesIO(content)).namelist())

@@ -411,3 +411,20 @@ async def test_markdown_pages_follow_the_viewers_theme(
         assert await theme_seen(stranger, "journal")
     finally:
         await stranger.close()
+
+
+async def test_accounts_named_to_escape_are_not_accounts(
+    admin_browser: Browser, data_dir: Path, tmp_path: Path
+) -> None:
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("keep")
+    users = data_dir / "users" / "users.toml"
+    users.write_text(users.read_text() + '\n[users."../../victim"]\nis_admin = false\n')
+    _, _, body = await admin_browser.get("/users")
+    assert "victim" not in body and "@bob" in body
+    await admin_browser.post("/users/..%2F..%2Fvictim/delete", {})
+    status, _, _ = await admin_browser.post("/auth/switch-user/..%2F..%2Fvictim", {})
+    assert status == 302
+    assert (victim / "keep.txt").read_text() == "keep"
+    assert '"../../victim"' in users.read_text()  # the file itself is left alone

@@ -15,7 +15,7 @@ import tomlkit
 from tomlkit.toml_document import TOMLDocument
 
 from trunk8_shared.datadir import DataDir
-from trunk8_shared.datafiles import UserEntry, parse_users
+from trunk8_shared.datafiles import UserEntry, check_users
 
 from .cachedfile import CachedFile
 from .datawrites import DataWriteError, edit_toml
@@ -39,7 +39,9 @@ class Identity:
 def _parse(data: bytes | None) -> dict[str, UserEntry]:
     if data is None:
         raise ValueError("users/users.toml is missing")
-    return parse_users(data).users
+    # Accounts the config-watcher refuses (a name that could leave users/, say) do not
+    # exist here either: nobody signs in as them, and no page writes into their folder.
+    return check_users(data).entries
 
 
 class AccountBook:

@@ -138,6 +138,8 @@ def remove_account(data: DataDir, username: str) -> None:
 
 def remove_folder(data: DataDir, username: str) -> None:
     """Delete users/<username>/ (never following a link out of users/)."""
+    if username_problem(username):
+        raise DataWriteError(f"{username!r} is not a folder name of users/")
     folder = data.users_dir / username
     if folder.is_symlink():
         folder.unlink()

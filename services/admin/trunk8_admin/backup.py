@@ -45,6 +45,8 @@ def backup_filename(target: str) -> str:
 
 def asset_files(assets: Path) -> Iterator[tuple[str, Path]]:
     """(archive name, path) of each regular file under `assets/`, sorted, no links."""
+    if assets.is_symlink():
+        return  # a linked assets/ could lead anywhere on the machine
     for root, dirs, names in os.walk(assets):
         dirs[:] = sorted(d for d in dirs if not os.path.islink(os.path.join(root, d)))
         for name in sorted(names):

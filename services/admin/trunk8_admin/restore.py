@@ -47,8 +47,8 @@ LINKS = "links.toml"
 CONFIG = "config.toml"
 METADATA = "backup_metadata.toml"
 ASSETS_PREFIX = "assets/"
-# Largest links.toml, config.toml or metadata read from a backup.
-MAX_TOML_BYTES = 64 * 1024 * 1024
+# Largest config.toml or metadata read from a backup (links.toml: the data file cap).
+MAX_TOML_BYTES = 1024 * 1024
 MAX_REPORTED = 10
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
@@ -63,6 +63,8 @@ class RestoreLimits:
 
     max_entries: int
     max_unpacked_bytes: int
+    # The config-watcher would refuse a larger links.toml (TRUNK8_MAX_DATA_FILE_MB).
+    max_links_bytes: int
 
 
 @dataclass
@@ -150,7 +152,7 @@ def read_backup(
             assets[info.filename[len(ASSETS_PREFIX) :]] = info
         else:
             ignored.append(info.filename)
-    links_text = _read_member(archive, used[LINKS], MAX_TOML_BYTES)
+    links_text = _read_member(archive, used[LINKS], limits.max_links_bytes)
     document = _toml(links_text, LINKS)
     table = document.get("links", {})
     if not isinstance(table, dict):
@@ -322,8 +324,17 @@ def apply_restore(
             )
             old_links = _links_of(links_before)
             new_links = _links_of(links_after)
+            if assets.is_symlink():
+                raise RestoreError("Error restoring backup: assets/ is a symbolic link.")
+            real_assets = os.path.realpath(assets)
             for relative in backup.assets:
                 asset = assets / relative
+                # A linked sub-folder already in assets/ must not lead the files elsewhere.
+                real_parent = os.path.realpath(asset.parent)
+                if os.path.commonpath([real_assets, real_parent]) != real_assets:
+                    raise RestoreError(
+                        f"Error restoring backup: assets/{relative} would land outside assets/."
+                    )
                 if asset.is_symlink() or (asset.exists() and not asset.is_file()):
                     raise RestoreError(f"Error restoring backup: assets/{relative} is not a file.")
                 asset.parent.mkdir(parents=True, exist_ok=True)

@@ -180,6 +180,7 @@ async def restore(request: web.Request, page: Page) -> web.StreamResponse:
         limits = RestoreLimits(
             max_entries=settings.restore_max_entries,
             max_unpacked_bytes=settings.restore_max_unpacked_mb * 1024 * 1024,
+            max_links_bytes=int(admin.settings.max_data_file_mb * 1024 * 1024),
         )
         owners = {code: record.owner for code, record in admin.index.links.items()}
         loop = asyncio.get_running_loop()

@@ -198,6 +198,7 @@ async def delete_user(request: web.Request, page: Page) -> web.StreamResponse:
     """POST /users/<u>/delete: the account, then (once its links are gone) its folder."""
     username = request.match_info["username"]
     _refuse_deletion(page, username)
+    await _known_user(page, username)  # only accounts users.toml really holds
     assert page.user is not None
     admin = page.admin
     try:
@@ -212,7 +213,7 @@ async def delete_user(request: web.Request, page: Page) -> web.StreamResponse:
     published = await admin.publisher.publish(admin.data.users_file)
     try:
         await _blocking(remove_folder, admin.data, username)
-    except OSError as err:
+    except (DataWriteError, OSError) as err:
         log.warning("removing the folder of deleted user %s failed: %s", username, err)
         page.flash("warning", f"The folder users/{username} could not be removed: {err}")
     if page.session.get(ACTIVE_USER) == username:

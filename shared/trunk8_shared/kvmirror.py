@@ -156,16 +156,41 @@ async def follow_bucket(
     return sub
 
 
-async def read_bucket(js: JetStreamContext, bucket: str, timeout: float = 30.0) -> dict[str, bytes]:
-    """The current content of a bucket, read once."""
+async def check_snapshot_fits(
+    js: JetStreamContext, bucket: str, revision: int, bucket_created: str
+) -> None:
+    """Raise SnapshotError unless a snapshot at `revision` is of this bucket as it is now."""
+    status = await (await ensure_bucket(js, bucket)).status()
+    if bucket_created != str(status.stream_info.created):
+        raise SnapshotError("it is of an earlier bucket (deleted and created again)")
+    if revision > status.stream_info.state.last_seq:
+        raise SnapshotError(f"it is ahead of the bucket ({revision})")
+
+
+async def records_start(js: JetStreamContext, bucket: str) -> tuple[RecordsStage, int]:
+    """The records snapshot as a staging dict and its revision; SnapshotError if unusable."""
+    records = decode_records(await read_snapshot(js, RECORDS_OBJECT))
+    await check_snapshot_fits(js, bucket, records.revision, records.bucket_created)
+    return RecordsStage(records.entries), records.revision
+
+
+async def read_bucket(
+    js: JetStreamContext, bucket: str, timeout: float = 30.0, from_snapshot: bool = False
+) -> dict[str, bytes]:
+    """The current content of a bucket, read once (from the records snapshot on, if asked)."""
     done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    staging = RecordsStage()
+    staging, after = RecordsStage(), 0
+    if from_snapshot:
+        try:
+            staging, after = await records_start(js, bucket)
+        except SnapshotError as err:
+            log.info("%s: no usable snapshot (%s); reading the bucket", bucket, err)
 
     def caught_up(revision: int) -> None:
         if not done.done():
             done.set_result(None)
 
-    sub = await follow_bucket(js, bucket, staging.apply, caught_up, lambda *_: None)
+    sub = await follow_bucket(js, bucket, staging.apply, caught_up, lambda *_: None, after)
     try:
         await asyncio.wait_for(done, timeout)
         return staging.entries
@@ -243,20 +268,14 @@ class KvMirror:
             if staged_sink is not None
             else RECORDS_OBJECT
         )
-        payload = await read_snapshot(js, name)
         state: StagedState | RecordsStage
         if staged_sink is not None:
+            payload = await read_snapshot(js, name)
             state, revision, created = cast(SnapshotSink, staged_sink).stage(payload)
+            del payload
+            await check_snapshot_fits(js, self.bucket, revision, created)
         else:
-            records = decode_records(payload)
-            state = RecordsStage(records.entries)
-            revision, created = records.revision, records.bucket_created
-        del payload
-        status = await (await ensure_bucket(js, self.bucket)).status()
-        if created != str(status.stream_info.created):
-            raise SnapshotError("it is of an earlier bucket (deleted and created again)")
-        if revision > status.stream_info.state.last_seq:
-            raise SnapshotError(f"it is ahead of the bucket ({revision})")
+            state, revision = await records_start(js, self.bucket)
         self.snapshot_loads += 1
         return state, revision
 

@@ -4,7 +4,9 @@ Blocking work (file reads, TOML parsing, resolving owners) happens here in plain
 that the service runs in an executor. Whatever goes wrong with one file, expected or not,
 is that file's rejection: its last good links stay in the catalog, a `ConfigError` event
 is returned, and every other file of the batch is applied. An invalid link or account is
-refused alone, the rest of its file applies. A file whose bytes did not change is skipped.
+refused alone, the rest of its file applies. A file whose bytes did not change is skipped;
+at a warm start, one whose bytes match the parse memo takes its links from the published
+state instead of being parsed (`parsememo`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from trunk8_shared.datafiles import DataFileError, check_links, check_users, rea
 from trunk8_shared.records import Event, LinkRecord, UserRecord, json_encoder
 
 from .catalog import Changes, LinkCatalog, link_record, user_records
+from .parsememo import FileMemo, ParseMemo, digest_of, remembered_links
 from .rejections import Rejections
 
 log = logging.getLogger("trunk8.config_watcher")
@@ -63,6 +66,11 @@ class Reloader:
         self.rejections = rejections
         self.max_bytes = max_bytes
         self._hashes: dict[Path, str | None] = {}
+        self.memo = ParseMemo()  # what each links file was parsed into
+        self.memo_changed = False  # since it was last saved
+        # The published bucket (key -> value) while a warm start may reuse it, else None.
+        self.published: dict[str, bytes] | None = None
+        self.remembered_files = 0  # files taken from the memo instead of parsed
 
     def load_all(self) -> Reload:
         """The first full load; raises ConfigLoadError when users.toml is unusable."""
@@ -184,24 +192,21 @@ class Reloader:
                 return set()
             if content is None:
                 self.rejections.forget(file)
+                self.memo_changed |= self.memo.files.pop(file, None) is not None
                 return self.catalog.set_links(owner, {})  # no file: no links, as in Trunk8
             if not content:
                 # Truncate-then-write caught half way; `[links]` alone means "no links".
                 raise DataFileError(file, EMPTY_LINKS_FILE)
-            checked = check_links(content, file)
-            refused = dict(checked.rejected)
-            links: dict[str, LinkRecord] = {}
-            for code, entry in checked.entries.items():
-                try:
-                    record = link_record(code, owner, entry)
-                except Exception as err:  # one link nobody foresaw: refuse it alone
-                    log.error("unexpected error in %s, link %r", file, code, exc_info=err)
-                    refused[code] = f"unexpected error: {type(err).__name__}: {err}"
-                    continue
-                if problem := record_size_problem(record):
-                    refused[code] = problem
-                else:
-                    links[code] = record
+            digest = self._hashes[path] or ""
+            memo = self.memo.files.get(file)
+            links_or_none = remembered_links(memo, digest, owner, self.published)
+            if memo is not None and links_or_none is not None:
+                links, refused = links_or_none, dict(memo.refused)
+                self.remembered_files += 1
+            else:
+                links, refused = self._parse_links(content, file, owner)
+                self.memo.files[file] = FileMemo(digest, list(links), refused, digest_of(links))
+                self.memo_changed = True
         except Exception as err:
             self._reject(result, path, file, err)
             return set()
@@ -209,6 +214,27 @@ class Reloader:
         result.events += self.rejections.refuse_links(file, refused)
         result.files_applied += 1
         return self.catalog.set_links(owner, links)
+
+    @staticmethod
+    def _parse_links(
+        content: bytes, file: str, owner: str
+    ) -> tuple[dict[str, LinkRecord], dict[str, str]]:
+        """Parse and validate one links file: its links, and the ones refused alone."""
+        checked = check_links(content, file)
+        refused = dict(checked.rejected)
+        links: dict[str, LinkRecord] = {}
+        for code, entry in checked.entries.items():
+            try:
+                record = link_record(code, owner, entry)
+            except Exception as err:  # one link nobody foresaw: refuse it alone
+                log.error("unexpected error in %s, link %r", file, code, exc_info=err)
+                refused[code] = f"unexpected error: {type(err).__name__}: {err}"
+                continue
+            if problem := record_size_problem(record):
+                refused[code] = problem
+            else:
+                links[code] = record
+        return links, refused
 
     @staticmethod
     def _merge(into: Changes, more: Changes) -> None:

@@ -32,7 +32,7 @@ from .watcher import ConfigWatcher
 
 log = logging.getLogger("trunk8.config_watcher")
 
-SNAPSHOT_ERRORS: tuple[type[BaseException], ...] = (*PUBLISH_ERRORS, SnapshotError)
+SNAPSHOT_ERRORS: tuple[type[BaseException], ...] = (*PUBLISH_ERRORS, SnapshotError, OSError)
 # A new snapshot once this many changes, or this share of the links, arrived since the last.
 MIN_CHANGES = 1000
 CHANGED_SHARE = 0.1
@@ -125,9 +125,10 @@ async def keep_snapshots(watcher: ConfigWatcher) -> None:
     while True:
         await watcher.snapshot_due.wait()
         watcher.snapshot_due.clear()
-        if not snapshots.due():
-            continue
         try:
+            await watcher.save_memo()
+            if not snapshots.due():
+                continue
             await snapshots.publish()
         except SNAPSHOT_ERRORS as err:
             log.warning("publishing a snapshot failed (%s: %s); retrying", type(err).__name__, err)

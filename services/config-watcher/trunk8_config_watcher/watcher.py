@@ -22,6 +22,7 @@ from .catalog import LinkCatalog
 from .duplicates import DuplicateReporter
 from .metrics import WatcherMetrics
 from .outbox import EventOutbox
+from .parsememo import MEMO_FILE, load_memo, save_memo
 from .publisher import PUBLISH_ERRORS, Publisher
 from .rejections import Rejections
 from .reloader import Reload, Reloader
@@ -29,6 +30,9 @@ from .reloader import Reload, Reloader
 log = logging.getLogger("trunk8.config_watcher")
 
 MEGABYTE = 1_000_000
+# Seconds a warm start waits for NATS to read the published state before parsing it all.
+WARM_START_WAIT = 5.0
+WARM_START_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *PUBLISH_ERRORS)
 
 
 class ConfigWatcher:
@@ -53,15 +57,50 @@ class ConfigWatcher:
         self.changes_since_snapshot = 0
 
     async def load(self) -> None:
-        """Lay out a missing data directory and load it (blocking work off the loop)."""
+        """Lay out a missing data directory and load it (blocking work off the loop).
+
+        With a parse memo from an earlier run, the published state is read first (NATS
+        permitting, within `WARM_START_WAIT`), so unchanged files are not parsed again.
+        """
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, ensure_layout, self.data)
-        result = await loop.run_in_executor(None, self.reloader.load_all)
+        reloader = self.reloader
+        reloader.memo = await loop.run_in_executor(None, load_memo, self.memo_path)
+        if reloader.memo.files:
+            reloader.published = await self._published_for_warm_start()
+        try:
+            result = await loop.run_in_executor(None, reloader.load_all)
+        finally:
+            reloader.published = None  # a warm start's only: never reused later
         self._record(result)
         log.info(
-            "loaded %d links of %d users from %s",
+            "loaded %d links of %d users from %s (%d files unchanged since the last run)",
             len(self.catalog.served), len(self.catalog.users), self.data.root,
+            reloader.remembered_files,
         )  # fmt: skip
+
+    @property
+    def memo_path(self) -> Path:
+        """Where the parse memo is kept."""
+        return self.data.state_dir / MEMO_FILE
+
+    async def _published_for_warm_start(self) -> dict[str, bytes] | None:
+        """The links bucket as published (records snapshot + later changes), or None."""
+        try:
+            await asyncio.wait_for(self.bus.wait_connected(), WARM_START_WAIT)
+            return await self.publisher.links.read_back(from_snapshot=True)
+        except WARM_START_ERRORS as err:
+            log.info("starting without the published state (%s); parsing every file", err)
+            return None
+
+    async def save_memo(self) -> None:
+        """Persist the parse memo if it changed (under the lock: reloads mutate it)."""
+        if not self.reloader.memo_changed:
+            return
+        async with self.lock:
+            self.reloader.memo_changed = False
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, save_memo, self.memo_path, self.reloader.memo)
 
     async def reload(self, paths: set[Path] | None = None) -> ReloadReply:
         """Re-read files now and publish what changed; the reply carries the links revision.

@@ -1,0 +1,104 @@
+"""What each links file was parsed into, remembered across restarts under `<data>/.trunk8/`.
+
+Per file: the SHA-256 of its bytes, its codes in file order, its refused links with their
+reasons, and the SHA-256 of its records as published. At a warm start a file whose bytes
+are unchanged takes its links from the published state (the records snapshot) instead
+of being parsed, but only when the published records of its codes hash to what the file
+produced: a code served from another user's file, or a publication that never happened,
+makes that file parsed again. The memo is a cache: a missing, unreadable or other-version
+memo only means every file is parsed, as on a first start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import msgspec
+
+from trunk8_shared.codes import kv_key
+from trunk8_shared.records import LinkRecord, json_encoder, link_decoder
+
+log = logging.getLogger("trunk8.config_watcher")
+
+MEMO_FILE = "parsed.msgpack"
+MEMO_VERSION = 1
+
+
+class FileMemo(msgspec.Struct, array_like=True):
+    """One links file: its bytes' digest, what it produced, and those records' digest."""
+
+    digest: str
+    codes: list[str]
+    refused: dict[str, str]
+    records: str
+
+
+class ParseMemo(msgspec.Struct, kw_only=True):
+    """Every remembered links file, by path relative to the data directory."""
+
+    v: int = MEMO_VERSION
+    files: dict[str, FileMemo] = {}
+
+
+_decoder = msgspec.msgpack.Decoder(ParseMemo)
+_encoder = msgspec.msgpack.Encoder()
+
+
+def records_digest(encoded: Iterable[bytes]) -> str:
+    """The digest of a file's published records, in file order."""
+    digest = hashlib.sha256()
+    for value in encoded:
+        digest.update(len(value).to_bytes(4, "big"))
+        digest.update(value)
+    return digest.hexdigest()
+
+
+def digest_of(links: dict[str, LinkRecord]) -> str:
+    """The digest of the records a file produced, as they are published."""
+    return records_digest(json_encoder.encode(record) for record in links.values())
+
+
+def load_memo(path: Path) -> ParseMemo:
+    """The memo on disk; an empty one when missing, unreadable or of another version."""
+    try:
+        memo = _decoder.decode(path.read_bytes())
+    except FileNotFoundError:
+        return ParseMemo()
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError) as err:
+        log.warning("ignoring the parse memo %s (%s); parsing every file", path, err)
+        return ParseMemo()
+    return memo if memo.v == MEMO_VERSION else ParseMemo()
+
+
+def save_memo(path: Path, memo: ParseMemo) -> None:
+    """Write the memo atomically (a crash leaves the old one or the new one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_bytes(_encoder.encode(memo))
+    os.replace(temporary, path)
+
+
+def remembered_links(
+    memo: FileMemo | None, digest: str, owner: str, published: dict[str, bytes] | None
+) -> dict[str, LinkRecord] | None:
+    """The file's links from the published state when its bytes and records match, else None."""
+    if memo is None or published is None or memo.digest != digest:
+        return None
+    values = [published.get(kv_key(code)) for code in memo.codes]
+    present = [value for value in values if value is not None]
+    if len(present) != len(values) or records_digest(present) != memo.records:
+        return None
+    try:
+        links = {
+            code: link_decoder.decode(value)
+            for code, value in zip(memo.codes, present, strict=True)
+        }
+    except msgspec.DecodeError:
+        return None
+    if any(record.owner != owner for record in links.values()):
+        return None
+    return links

@@ -1,0 +1,99 @@
+"""A warm restart parses only what changed while the service was stopped.
+
+The config-watcher remembers what each links file was parsed into (`<data>/.trunk8/`); on
+the next start an unchanged file takes its links from the published state, a changed one
+is parsed, and a file whose published records are not what it produced is parsed too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nats
+from conftest import RunningSystem, StartSystem, wait_until, write
+
+from trunk8_config_watcher.app import CONFIG_WATCHER
+from trunk8_config_watcher.parsememo import MEMO_FILE, load_memo
+from trunk8_shared.buckets import ensure_bucket
+from trunk8_shared.records import LINKS_BUCKET, LinkRecord, json_encoder
+
+LINK_FILES = ("users/admin/links.toml", "users/bob/links.toml", "users/carol/links.toml")
+
+
+async def memo_saved(system: RunningSystem, data_dir: Path) -> None:
+    """Wait until the memo on disk covers every links file and nothing is left to save."""
+    watcher = system.app[CONFIG_WATCHER]
+    path = data_dir / ".trunk8" / MEMO_FILE
+
+    async def saved() -> bool:
+        return (
+            not watcher.reloader.memo_changed
+            and path.is_file()
+            and set(LINK_FILES) <= set(load_memo(path).files)
+        )
+
+    await wait_until(saved, timeout=10)
+
+
+async def stop(system: RunningSystem) -> None:
+    await system.http.close()
+    await system.server.stop()
+
+
+async def test_a_restart_parses_only_the_file_changed_while_stopped(
+    start_system: StartSystem, data_dir: Path
+) -> None:
+    first = await start_system()
+    assert first.app[CONFIG_WATCHER].reloader.remembered_files == 0  # nothing remembered yet
+    await memo_saved(first, data_dir)
+    await stop(first)
+
+    bob = data_dir / "users" / "bob" / "links.toml"
+    write(bob, bob.read_text().replace("https://example.com/docs", "https://example.com/v2"))
+    second = await start_system()
+    watcher = second.app[CONFIG_WATCHER]
+    assert watcher.reloader.remembered_files == 2  # admin's and carol's files, not bob's
+    assert await second.location("/docs") == "https://example.com/v2"
+    assert await second.location("/ex_redirect") == "https://example.com/admin"
+    assert set(watcher.catalog.links_by_user) == {"admin", "bob", "carol"}
+    await memo_saved(second, data_dir)
+
+
+async def test_published_records_that_differ_make_the_file_parsed_again(
+    start_system: StartSystem, data_dir: Path, bus_client: nats.NATS
+) -> None:
+    first = await start_system()
+    await memo_saved(first, data_dir)
+    carol_codes = list(first.app[CONFIG_WATCHER].catalog.links_by_user["carol"])
+    await stop(first)
+
+    # While stopped, the bucket stops matching carol's file (a lost publication, a tool).
+    links = await ensure_bucket(bus_client.jetstream(), LINKS_BUCKET)
+    code = carol_codes[0]
+    forged = LinkRecord(code=code, owner="carol", type="redirect", url="https://forged.example")
+    await links.put(code, json_encoder.encode(forged))
+
+    second = await start_system()
+    watcher = second.app[CONFIG_WATCHER]
+    assert watcher.reloader.remembered_files == 2  # admin's and bob's only
+    served = watcher.catalog.served[code]
+    assert served.url != "https://forged.example"
+
+    async def corrected() -> bool:
+        entry = await links.get(code)
+        return entry.value == json_encoder.encode(served)
+
+    await wait_until(corrected)
+
+
+async def test_an_unreadable_memo_only_means_parsing_everything(
+    start_system: StartSystem, data_dir: Path
+) -> None:
+    first = await start_system()
+    await memo_saved(first, data_dir)
+    await stop(first)
+    (data_dir / ".trunk8" / MEMO_FILE).write_bytes(b"\xc1 not msgpack")
+    second = await start_system()
+    assert second.app[CONFIG_WATCHER].reloader.remembered_files == 0
+    assert await second.location("/docs") == "https://example.com/docs"
+    await memo_saved(second, data_dir)  # and a good one is written again

@@ -11,7 +11,6 @@ import datetime as dt
 import hashlib
 import os
 import re
-import signal
 import socket
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 from conftest import RunningSystem, StartSystem, wait_until, write
 from multidict import CIMultiDict
 
-from trunk8_files import FILES, rendercache, sendfile
+from trunk8_files import rendercache, sendfile
 from trunk8_files.names import content_disposition, content_type
 from trunk8_shared.static import STATIC_DIR
 
@@ -591,25 +590,3 @@ async def test_a_slow_page_renders_aside_and_is_kept(
     await wait_until(rendered, timeout=60)  # the rendering went on and was kept
     values = await files_system.metrics()
     assert values["trunk8_files_render_cache_misses_total"] == 1
-
-
-async def test_a_rendering_process_that_dies_is_replaced(
-    files_system: RunningSystem, data_dir: Path
-) -> None:
-    path = data_dir / "users" / "bob" / "assets" / _uuid_asset(5, "md")
-    path.write_text("[" * 400_000)  # seconds of rendering: time to kill its process
-    cache = files_system.app[FILES].content.cache
-    request = asyncio.create_task(fetch(files_system, "/page"))
-
-    async def rendering() -> bool:
-        # The pool's processes by pid (a private attribute of the stdlib's pool).
-        return cache.pool is not None and bool(getattr(cache.pool, "_processes", None))
-
-    await wait_until(rendering, timeout=30)
-    for pid in list(cache.pool._processes):  # type: ignore[union-attr]
-        os.kill(pid, signal.SIGKILL)
-    status, headers, body = await request
-    assert status == 200 and headers["Content-Type"] == "text/plain; charset=utf-8"
-    path.write_text("# Back\n")  # new content, a new rendering process
-    status, headers, body = await fetch(files_system, "/page")
-    assert status == 200 and b'<h1 id="back">' in body

@@ -4,8 +4,8 @@
 and handlers for file, markdown and html links in the shared `/{code}` dispatcher (so
 `/<code>` works in every shape), the `/f/<code>` and `/f/<code>/<any-name>` routes, and
 the vendored stylesheets under `/static/`. Blocking disk work runs in its own small
-thread pool and markdown rendering in a separate process, so a slow rendering never holds
-the event loop (or anything else in the process) up.
+thread pool and markdown rendering in its own thread, so slow renderings never hold
+downloads up.
 """
 
 from __future__ import annotations
@@ -76,11 +76,8 @@ FILES = web.AppKey("trunk8.files", Files)
 def _executors_ctx(files: Files) -> CleanupContext:
     async def executors_ctx(app: web.Application) -> AsyncIterator[None]:
         await asyncio.to_thread(files.themes.refresh)  # the theme is known before requests
-        # The rendering process starts aside (most of a second) while the service loads.
-        warm = asyncio.create_task(asyncio.to_thread(files.content.cache.start))
         yield
-        await asyncio.gather(warm, return_exceptions=True)
-        await files.content.cache.close()
+        files.content.cache.close()
         files.io_executor.shutdown(wait=False, cancel_futures=True)
 
     return executors_ctx

@@ -90,8 +90,3 @@ def render_file(path: str) -> bytes:
     with open(path, "rb") as source:
         text = source.read().decode("utf-8", errors="replace")
     return render_markdown(text).encode("utf-8")
-
-
-def warm_up(path: str) -> bytes:
-    """Nothing: submitted once so that the rendering process starts before it is needed."""
-    return b""

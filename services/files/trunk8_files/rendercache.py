@@ -1,30 +1,24 @@
-"""Rendered markdown kept per file content, rendered in a separate process with a time limit.
+"""Rendered markdown kept per file content, rendered in a thread with a time limit.
 
 The key is an asset's identity (real path, inode, mtime, size), so an edited file is
 rendered again and an unchanged one never is. Entries are bounded in number and bytes.
 Concurrent requests for a page not cached yet share one rendering; a rendering that
 fails is remembered too, so a file that cannot be rendered is not retried per request.
+A waiter gives up after `RENDER_TIMEOUT` seconds; the rendering goes on and its result
+is still kept for the next request.
 
-Rendering runs in a process pool (`forkserver`, markdown modules preloaded): markdown-it
-on hostile input can take seconds of CPU, and in a thread that would hold the GIL the
-event loop needs (redirects share it in the all-in-one shape). A waiter gives up after
-`RENDER_TIMEOUT` seconds; the rendering goes on and its result is still kept. A pool
-whose worker died is replaced. Starting a process blocks for most of a second, so the
-pool is started from a thread at start-up, and submissions go through a thread too.
+Rendering runs in one dedicated thread, so at most one page renders at a time. It still
+shares the GIL with the event loop: hostile input near the size cap costs a few seconds
+of CPU once, during which the loop runs slower (see docs/files.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
-import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-
-from .markdown import warm_up
+from concurrent.futures import ThreadPoolExecutor
 
 log = logging.getLogger("trunk8.files")
 
@@ -36,24 +30,11 @@ class RenderFailed(Exception):
     """This content could not be rendered (now, or earlier)."""
 
 
-def render_pool(processes: int = 1) -> ProcessPoolExecutor:
-    """A pool of rendering processes (started on first use)."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["trunk8_files.markdown"])
-    return ProcessPoolExecutor(processes, mp_context=context)
-
-
 class RenderCache:
     """Key -> rendered bytes, least recently used first out."""
 
-    def __init__(
-        self,
-        pool_factory: Callable[[], ProcessPoolExecutor] = render_pool,
-        max_entries: int = 512,
-        max_bytes: int = 64 * 1024 * 1024,
-    ) -> None:
-        self.pool_factory = pool_factory
-        self.pool: ProcessPoolExecutor | None = None
+    def __init__(self, max_entries: int = 512, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="trunk8-files-render")
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.entries: OrderedDict[Hashable, bytes] = OrderedDict()
@@ -62,14 +43,12 @@ class RenderCache:
         self.misses = 0
         self._pending: dict[Hashable, asyncio.Future[bytes]] = {}
         self._failed: set[Hashable] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._pool_lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self.entries)
 
     async def get(self, key: Hashable, render: Callable[[str], bytes], path: str) -> bytes:
-        """The bytes cached for `key`, else `render(path)` run once in the pool and kept."""
+        """The bytes cached for `key`, else `render(path)` run once aside and kept."""
         cached = self.entries.get(key)
         if cached is not None:
             self.entries.move_to_end(key)
@@ -80,62 +59,17 @@ class RenderCache:
         pending = self._pending.get(key)
         if pending is None:
             self.misses += 1
-            pending = self._submit(key, render, path)
+            pending = asyncio.get_running_loop().run_in_executor(self.executor, render, path)
+            self._pending[key] = pending
+            pending.add_done_callback(lambda done: self._settle(key, done))
         else:
             self.hits += 1
         try:
             return await asyncio.wait_for(asyncio.shield(pending), RENDER_TIMEOUT)
         except TimeoutError as err:
             raise RenderFailed(f"still rendering after {RENDER_TIMEOUT:.0f} s") from err
-        except Exception as err:  # raised by the renderer, or its process died
+        except Exception as err:  # raised by the renderer
             raise RenderFailed(f"{type(err).__name__}: {err}") from err
-
-    def _submit(
-        self, key: Hashable, render: Callable[[str], bytes], path: str
-    ) -> asyncio.Future[bytes]:
-        loop = asyncio.get_running_loop()
-        pending: asyncio.Future[bytes] = loop.create_future()
-        self._pending[key] = pending
-        pending.add_done_callback(lambda done: self._settle(key, done))
-        task = loop.create_task(self._render_aside(pending, render, path))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return pending
-
-    async def _render_aside(
-        self, pending: asyncio.Future[bytes], render: Callable[[str], bytes], path: str
-    ) -> None:
-        """Hand one rendering to the pool (from a thread) and report its outcome."""
-        try:
-            # Starting a process blocks for a moment: never on the event loop.
-            submitted = await asyncio.to_thread(self._submit_to_pool, render, path)
-            rendered = await asyncio.wrap_future(submitted)
-        except asyncio.CancelledError:
-            pending.cancel()
-            raise
-        except Exception as err:
-            if not pending.done():
-                pending.set_exception(err)
-        else:
-            if not pending.done():
-                pending.set_result(rendered)
-
-    def _submit_to_pool(self, render: Callable[[str], bytes], path: str) -> Future[bytes]:
-        """Submit to the pool, starting it, or a new one if its process died (blocking)."""
-        with self._pool_lock:
-            if self.pool is None:
-                self.pool = self.pool_factory()
-            try:
-                return self.pool.submit(render, path)
-            except BrokenProcessPool:
-                log.warning("the markdown rendering process died; starting a new one")
-                self.pool.shutdown(wait=False, cancel_futures=True)
-                self.pool = self.pool_factory()
-                return self.pool.submit(render, path)
-
-    def start(self) -> None:
-        """Start the rendering process now (blocking: call it in a thread at start-up)."""
-        self._submit_to_pool(warm_up, "").result()
 
     def _settle(self, key: Hashable, done: asyncio.Future[bytes]) -> None:
         """Keep a finished rendering (even if nobody waits for it any more)."""
@@ -160,11 +94,6 @@ class RenderCache:
             _, evicted = self.entries.popitem(last=False)
             self.size -= len(evicted)
 
-    async def close(self) -> None:
-        """Stop waiting for renderings and stop the pool (its process ends its current job)."""
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        with self._pool_lock:
-            if self.pool is not None:
-                self.pool.shutdown(wait=False, cancel_futures=True)
+    def close(self) -> None:
+        """Stop the rendering thread (after the page it is rendering, if any)."""
+        self.executor.shutdown(wait=False, cancel_futures=True)

@@ -18,6 +18,7 @@ from trunk8_shared.records import (
     LinkCreated,
     LinkDeleted,
     LinkRejected,
+    LinksBulkChanged,
     LinkUpdated,
     ReloadRequest,
     UserCreated,
@@ -295,3 +296,28 @@ def test_event_wire_format_is_tagged_json() -> None:
     event = ConfigError(file="users/bob/links.toml", reason="bad")
     decoded = msgspec.json.decode(json_encoder.encode(event))
     assert decoded["type"] == "config.error" and decoded["v"] == 1
+
+
+async def test_a_big_change_is_one_bulk_event(
+    system: RunningSystem, data_dir: Path, tap: EventTap
+) -> None:
+    """An import of 1,500 links publishes one `link.bulk`, not 1,500 `link.created`."""
+    many = "".join(
+        f'[links.bulk{i}]\ntype = "redirect"\nurl = "https://bulk.example/{i}"\n'
+        for i in range(1500)
+    )
+    write(data_dir / "users" / "carol" / "links.toml", many)
+
+    async def served() -> bool:
+        return await system.location("/bulk1499") == "https://bulk.example/1499"
+
+    await wait_until(served, timeout=15)
+    await wait_until(lambda: _has(tap, LinksBulkChanged))
+    (bulk,) = tap.of(LinksBulkChanged)
+    assert (bulk.created, bulk.deleted) == (1500, 1)  # carol's one link before went away
+    assert tap.of(LinkCreated) == []
+    assert await system.location("/bulk0") == "https://bulk.example/0"
+
+
+async def _has(tap: EventTap, kind: type) -> bool:
+    return bool(tap.of(kind))

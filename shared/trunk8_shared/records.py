@@ -66,6 +66,19 @@ class LinkDeleted(Event, tag="link.deleted", frozen=True, kw_only=True):
     owner: str
 
 
+class LinksBulkChanged(Event, tag="link.bulk", frozen=True, kw_only=True):
+    """Many links changed in one publication (an import, a restore, a first start).
+
+    Stands for that many `link.created`/`updated`/`deleted` events; read the bucket (or
+    its snapshot) at `revision` for the links themselves.
+    """
+
+    created: int
+    updated: int
+    deleted: int
+    revision: int
+
+
 class UserCreated(Event, tag="user.created", frozen=True, kw_only=True):
     user: UserRecord
 
@@ -126,6 +139,7 @@ AnyEvent = (
     LinkCreated
     | LinkUpdated
     | LinkDeleted
+    | LinksBulkChanged
     | UserCreated
     | UserUpdated
     | UserDeleted

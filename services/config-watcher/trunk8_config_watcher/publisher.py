@@ -8,7 +8,6 @@ removes foreign keys (ones this service never writes). A failed write names its 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
@@ -16,7 +15,7 @@ from datetime import datetime
 import msgspec
 from nats.js.errors import BucketNotFoundError
 
-from trunk8_shared.buckets import BUS_ERRORS, ensure_bucket
+from trunk8_shared.buckets import BUS_ERRORS, ensure_bucket, write_batched
 from trunk8_shared.bus import Bus
 from trunk8_shared.codes import code_of_key, kv_key
 from trunk8_shared.kvmirror import read_bucket
@@ -27,6 +26,7 @@ from trunk8_shared.records import (
     LinkCreated,
     LinkDeleted,
     LinkRecord,
+    LinksBulkChanged,
     LinkUpdated,
     UserCreated,
     UserDeleted,
@@ -39,8 +39,8 @@ from trunk8_shared.records import (
 
 log = logging.getLogger("trunk8.config_watcher")
 
-# Puts are JetStream publishes awaiting an ack each; send this many at a time.
-WRITE_WINDOW = 256
+# More link events than this in one sync become one `link.bulk` event (an import, a restore).
+BULK_EVENTS = 1000
 # Failed keys named in a PublishError message.
 REPORTED_FAILURES = 3
 
@@ -104,27 +104,16 @@ class BucketWriter:
         self.fresh = False
         removals = [key for key in deletes if key in self.known]
         writes: list[tuple[str, bytes | None]] = [*puts.items(), *((k, None) for k in removals)]
-        failures: list[tuple[str, BaseException]] = []
-        for start in range(0, len(writes), WRITE_WINDOW):
-            window = writes[start : start + WRITE_WINDOW]
-            outcomes = await asyncio.gather(
-                *(
-                    kv.put(key, value, validate_keys=False)
-                    if value is not None
-                    else kv.delete(key, validate_keys=False)  # a foreign key may be odd
-                    for key, value in window
-                ),
-                return_exceptions=True,
-            )
-            for (key, value), outcome in zip(window, outcomes, strict=True):
-                if isinstance(outcome, BaseException):
-                    failures.append((key, outcome))
-                elif value is None:
-                    self.known.pop(key, None)
-                else:
-                    self.known[key] = value
-            if failures:  # NATS is likely away: the rest would only wait for timeouts too
-                raise PublishError(self.bucket, failures, len(writes))
+        done, failures = await write_batched(self.bus.nc, self.bucket, writes)
+        values = dict(writes)
+        for key in done:
+            value = values[key]
+            if value is None:
+                self.known.pop(key, None)
+            else:
+                self.known[key] = value
+        if failures:
+            raise PublishError(self.bucket, failures, len(writes))
         status = await kv.status()
         created = status.stream_info.created
         if self.created is not None and created != self.created:
@@ -145,6 +134,17 @@ class BucketWriter:
         self.revision = status.stream_info.state.last_seq
         self.fresh = True
         return self.known
+
+
+def bulk_event(events: Sequence[Event], revision: int) -> LinksBulkChanged:
+    """One event standing for many link events (counts by kind, and the revision)."""
+    kinds = [type(event) for event in events]
+    return LinksBulkChanged(
+        created=kinds.count(LinkCreated),
+        updated=kinds.count(LinkUpdated),
+        deleted=kinds.count(LinkDeleted),
+        revision=revision,
+    )
 
 
 class Publisher:
@@ -189,6 +189,8 @@ class Publisher:
         if foreign:
             log.warning("removing %d foreign keys from %s", len(foreign), self.links.bucket)
         revision = await self.links.write(puts, deletes)
+        if len(events) > BULK_EVENTS:
+            events = [bulk_event(events, revision)]
         await self.emit(events)
         return revision
 

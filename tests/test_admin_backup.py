@@ -485,3 +485,24 @@ async def test_restore_never_writes_through_links_in_assets(
     (outside / "secret.txt").write_text("not bob's")
     _, content = await download_backup(admin_browser, "bob")
     assert not any("secret" in name for name in zipfile.ZipFile(io.BytesIO(content)).namelist())
+
+
+async def test_merge_into_a_file_of_inline_tables(
+    admin_browser: Browser, admin_system: RunningSystem, data_dir: Path
+) -> None:
+    backup = make_zip(
+        {
+            "links.toml": b'[links.ex_redirect]\ntype = "redirect"\nurl = "https://example.com/new"\n'
+            b'[links.added]\ntype = "redirect"\nurl = "https://example.com/added"\n'
+            b"expiration_date = 2031-06-30T18:00:00\n"
+        }
+    )
+    found = await restore_flashes(admin_browser, backup, "merge", "admin")
+    assert any(t.startswith("Backup restored successfully! Restored 2 links") for _, t in found)
+    text = (data_dir / "users" / "admin" / "links.toml").read_text()
+    links = tomllib.loads(text)["links"]
+    assert links["ex_redirect"]["url"] == "https://example.com/new"  # the backup wins
+    assert links["ex_text"] == {"type": "file", "path": "example.txt"}  # the rest stays
+    assert str(links["added"]["expiration_date"]) == "2031-06-30 18:00:00"
+    assert await admin_system.location("/ex_redirect") == "https://example.com/new"
+    assert await admin_system.location("/added") == "https://example.com/added"

@@ -40,7 +40,7 @@ MANAGED_KEYS = (
 _PLAIN_CODE = re.compile(r"[A-Za-z0-9_-]+")
 # `links` written as an inline table, with dotted keys or as an array of tables cannot
 # take a new `[links.<code>]` section.
-_LINKS_NOT_A_SECTION = re.compile(
+LINKS_NOT_A_SECTION = re.compile(
     r"""^[ \t]*(?:["']?links["']?[ \t]*[.=]|\[\[[ \t]*["']?links\b)""", re.MULTILINE
 )
 
@@ -117,7 +117,7 @@ class LinkStore:
             except FileNotFoundError:
                 return False
             text = before.decode("utf-8", errors="replace")
-            if code in text or "\\u" in text or "\\U" in text or _LINKS_NOT_A_SECTION.search(text):
+            if code in text or "\\u" in text or "\\U" in text or LINKS_NOT_A_SECTION.search(text):
                 return False  # the slow, parsing path decides
             separator = "" if not text or text.endswith("\n") else "\n"
             data = before + f"{separator}\n{_section(code, fields)}".encode()

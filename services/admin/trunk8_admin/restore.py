@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import rtoml
 import tomlkit
 from tomlkit.exceptions import TOMLKitError
 from tomlkit.toml_document import TOMLDocument
@@ -41,6 +42,7 @@ from trunk8_shared.datafiles import DataFileError, asset_path_problem, check_lin
 
 from .accounts import ADMIN
 from .datawrites import folder_lock, fsync_folder, replace_if_unchanged
+from .linkstore import LINKS_NOT_A_SECTION as _LINKS_NOT_A_SECTION
 
 CHUNK = 256 * 1024
 LINKS = "links.toml"
@@ -72,7 +74,7 @@ class Backup:
     """What a checked backup holds, before anything is written."""
 
     links_text: bytes
-    links: dict[str, Any]  # code -> tomlkit item, in file order
+    links: dict[str, Any]  # code -> link table as parsed, in file order
     config_text: bytes | None
     assets: dict[str, zipfile.ZipInfo]  # path under assets/ -> member
     created_at: str | None
@@ -153,8 +155,11 @@ def read_backup(
         else:
             ignored.append(info.filename)
     links_text = _read_member(archive, used[LINKS], limits.max_links_bytes)
-    document = _toml(links_text, LINKS)
-    table = document.get("links", {})
+    # tomllib (fast) for checks; tomlkit only ever parses the user's current file.
+    try:
+        table = tomllib.loads(links_text.decode("utf-8")).get("links", {})
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise RestoreError(f"Error restoring backup: links.toml cannot be read ({err})") from err
     if not isinstance(table, dict):
         raise RestoreError("Error restoring backup: links.toml: `links` is not a table.")
     try:
@@ -182,7 +187,7 @@ def read_backup(
             created_at = None  # only shown in the flash; Trunk8 ignored it the same way
     return Backup(
         links_text=links_text,
-        links={code: table[code] for code in table},
+        links=table,
         config_text=config_text,
         assets=assets,
         created_at=created_at,
@@ -221,26 +226,53 @@ def _asset_paths(links: dict[str, Any]) -> set[str]:
     }
 
 
+def _sections(links: dict[str, Any]) -> str:
+    """`[links.<code>]` sections of `links` (rtoml: fast, whatever the count)."""
+    return rtoml.dumps({"links": links}) if links else ""
+
+
 def new_links_text(backup: Backup, current: bytes | None, replace: bool) -> bytes:
     """The user's next links.toml: the backup's (replace) or merged into the current one."""
-    if replace and not backup.refused:
-        return backup.links_text  # as made by the backup, byte for byte
+    kept = {code: value for code, value in backup.links.items() if code not in backup.refused}
     if replace:
-        document = _toml(backup.links_text, LINKS)
-        table = document["links"]
-        for code in backup.refused:
-            if code in table:
-                del table[code]
-        return tomlkit.dumps(document).encode("utf-8")
+        if not backup.refused:
+            return backup.links_text  # as made by the backup, byte for byte
+        return _sections(kept).encode("utf-8") or b"[links]\n"
+    text = current.decode("utf-8", errors="replace") if current is not None else ""
+    if _LINKS_NOT_A_SECTION.search(text):
+        return _merged_by_tomlkit(current, kept)  # inline or dotted `links`: rare, slower
+    overlap = kept.keys() & _links_of(current).keys()
+    if overlap:
+        # The backup wins on equal codes: drop them from the current file first (this
+        # parse costs what any whole-file save costs; the new sections are only text).
+        document = _toml(current or b"", LINKS)
+        table = document.get("links")
+        if not isinstance(table, dict):
+            raise RestoreError(
+                "Error restoring backup: the current links.toml has no [links] table."
+            )
+        for code in overlap:
+            del table[code]
+        text = tomlkit.dumps(document)
+    if text and not text.endswith("\n"):
+        text += "\n"
+    merged = text + ("\n" if text else "") + _sections(kept)
+    try:
+        tomllib.loads(merged)
+    except tomllib.TOMLDecodeError:
+        return _merged_by_tomlkit(current, kept)  # an unusual file: let tomlkit place them
+    return merged.encode("utf-8")
+
+
+def _merged_by_tomlkit(current: bytes | None, kept: dict[str, Any]) -> bytes:
     document = _toml(current, LINKS) if current is not None else tomlkit.document()
     table = document.get("links")
     if table is None:
         table = document["links"] = tomlkit.table()
     if not isinstance(table, dict):
         raise RestoreError("Error restoring backup: the current links.toml has no [links] table.")
-    for code, item in backup.links.items():
-        if code not in backup.refused:
-            table[code] = item
+    for code, value in kept.items():
+        table[code] = tomlkit.item(value)
     return tomlkit.dumps(document).encode("utf-8")
 
 

@@ -376,6 +376,18 @@ async def test_broken_files_keep_the_last_good_state_and_say_so(
     status, _, body = await admin_browser.get("/settings")
     assert status == 200 and "Flat One" in body and "Cosmo" in body
     assert 'data-broken-file="config/themes.toml"' not in body
+    # Account changes wait for a users.toml that parses; nothing is half-written.
+    broken = (data_dir / "users" / "users.toml").read_bytes()
+    status, _, body = await register(admin_browser, "later", "later-pass")
+    assert status == 200
+    assert any("registration failed" in text for kind, text in flashes(body) if kind == "error")
+    await admin_browser.post("/users/carol/delete", {})
+    assert (data_dir / "users" / "users.toml").read_bytes() == broken
+    assert (data_dir / "users" / "carol" / "links.toml").exists()
+    # A broken config.toml is named too, and pages keep their last good theme.
+    (data_dir / "config" / "config.toml").write_text("[app\n")
+    status, _, body = await admin_browser.get("/")
+    assert status == 200 and 'data-broken-file="config/config.toml"' in body
 
 
 async def test_markdown_pages_follow_the_viewers_theme(

@@ -1,9 +1,12 @@
-"""Trunk8's settings files as the admin reads them: config/config.toml and themes (§1.2, §1.6).
+"""Trunk8's settings files as the admin reads them: config.toml, themes.toml, user themes.
 
-Missing keys fall back to Trunk8's defaults; a file that does not parse keeps the last
-good values. Each user's own `config.toml` (never admin's, T8-005) may override the UI
-theme. The request-size cap and the remember-me lifetime are read once at start, as in
-Trunk8 (T8-085); the per-file upload cap is read live.
+Missing keys fall back to Trunk8's defaults (§1.2); a file that does not parse keeps the
+last good values and is named in an admin banner (T8-W17). `config/themes.toml` is read
+in both of Trunk8's shapes (section or inline tables), and a plain-string entry, which
+crashed Trunk8's settings page, is tolerated. Each user's own `config.toml` (never
+admin's, T8-005) may override the UI and markdown themes (§1.6). The request-size cap
+and the remember-me lifetime are read once at start, as in Trunk8 (T8-085); the
+per-file upload cap is read live.
 """
 
 from __future__ import annotations

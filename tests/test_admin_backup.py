@@ -164,6 +164,9 @@ async def test_round_trip_is_byte_exact(
     ), found
     assert tree(bob) == before
     assert await admin_system.location("/docs") == "https://example.com/docs"
+    _, _, text = await admin_system.get("/-/metrics")
+    assert 'trunk8_admin_backups_total{outcome="sent"} 1.0' in text
+    assert 'trunk8_admin_restores_total{mode="replace",outcome="restored"} 1.0' in text
 
 
 async def test_trunk8_backups_restore_like_trunk8(

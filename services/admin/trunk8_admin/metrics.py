@@ -46,6 +46,18 @@ class AdminMetrics:
             buckets=PUBLISH_BUCKETS,
             registry=self.registry,
         )
+        self.backups = Counter(
+            f"{prefix}_backups",
+            "Backups by outcome: sent, aborted (the client left), failed.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.restores = Counter(
+            f"{prefix}_restores",
+            "Restores by mode (merge, replace) and outcome (restored, refused, failed).",
+            ["mode", "outcome"],
+            registry=self.registry,
+        )
         self.revision = Gauge(
             f"{prefix}_links_revision",
             "Links bucket revision the admin's index has applied.",

@@ -100,6 +100,7 @@ async def backup_create(request: web.Request, page: Page) -> web.StreamResponse:
             await response.write(chunk)
     except ConnectionError:
         log.info("backup of %s: the client went away", target)
+        page.admin.metrics.backups.labels("aborted").inc()
         await _stop(sink, worker)
         return response
     except BaseException:
@@ -112,10 +113,12 @@ async def backup_create(request: web.Request, page: Page) -> web.StreamResponse:
     except OSError as err:
         # Headers are out: the only honest answer is a cut connection (no valid zip end).
         log.warning("backup of %s failed mid-way: %s", target, err)
+        page.admin.metrics.backups.labels("failed").inc()
         if request.transport is not None:
             request.transport.close()
         return response
     await response.write_eof()
+    page.admin.metrics.backups.labels("sent").inc()
     log.info("backup of %s (%d files) sent", target, files)
     return response
 
@@ -154,6 +157,10 @@ def _restored_flashes(page: Page, restored: Restored) -> None:
         page.flash("info", f"Removed {restored.removed_assets} files no restored link uses.")
 
 
+def _mode(replace: bool) -> str:
+    return "replace" if replace else "merge"
+
+
 @admin_page()
 async def restore(request: web.Request, page: Page) -> web.StreamResponse:
     """POST /backup/restore: check the whole archive, then apply it all or nothing."""
@@ -189,16 +196,19 @@ async def restore(request: web.Request, page: Page) -> web.StreamResponse:
                 None, restore_file, admin.data, target, upload.temp_path, limits, owners, replace
             )
         except RestoreError as err:
+            admin.metrics.restores.labels(_mode(replace), "refused").inc()
             page.flash("error", str(err))
             page.redirect("/backup/restore")
         except OSError as err:
             log.warning("restoring a backup into %s failed: %s", target, err)
+            admin.metrics.restores.labels(_mode(replace), "failed").inc()
             page.flash("error", f"Error restoring backup: {err}")
             page.redirect("/backup/restore")
     finally:
         form.discard()
+    admin.metrics.restores.labels(_mode(replace), "restored").inc()
     published = await admin.publisher.publish(admin.data.links_file(target))
-    page.audit_detail = f"{'replace' if replace else 'merge'} into {target}"
+    page.audit_detail = f"{_mode(replace)} into {target}"
     _restored_flashes(page, restored)
     if published.outcome is Outcome.REJECTED:
         page.flash("error", f"Restored, but the links file is not served: {published.reason}")

@@ -1,10 +1,10 @@
 """Restoring a backup zip into one user's folder (§4.15), hardened and all or nothing.
 
 `read_backup` checks the archive before anything is written, in Trunk8's order where
-Trunk8 had a check: a zip; a `links.toml`; no unsafe member (absolute, `..`, backslash,
-drive letter, symlink, encrypted, duplicate name); then the caps of its own settings
-(entry count, total unpacked size: zip bombs are refused from the central directory,
-and the bytes actually unpacked are counted again). Only `links.toml`, `config.toml`,
+Trunk8 had a check: a zip; a `links.toml`; then the entry-count cap of its own setting;
+no unsafe member (absolute, `..`, backslash, drive letter, symlink, encrypted, duplicate
+name); the total unpacked size (zip bombs are refused from the central directory, and
+the bytes actually unpacked are counted again). Only `links.toml`, `config.toml`,
 `backup_metadata.toml` and files under `assets/` are used; anything else (a
 `users.toml`, say) is ignored and reported. Links are checked like the config-watcher
 checks them: a link whose `path` leaves `assets/` (T8-W03) or whose code belongs to

@@ -210,12 +210,24 @@ async def test_trunk8_backups_restore_like_trunk8(
         assert await system.location("/dave-new") == "https://dave.example/new"
         status, headers, _ = await system.get("/dave-legacy-file")
         assert status == 200 and 'filename="notes from dave.txt"' in headers["Content-Disposition"]
-        # Admin's backup into admin: no config.toml is touched.
+        # Admin's backup replaces a changed admin: everything is back, byte for byte, and
+        # no config.toml is made for admin (T8-005).
+        admin = data / "users" / "admin"
+        admin_before = tree(admin)
+        links_file = admin / "links.toml"
+        links_file.write_text('[links.stray]\ntype = "markdown"\npath = "stray.md"\n')
+        (admin / "assets" / "stray.md").write_text("# only the stray link uses me")
+        (admin / "assets" / "example.png").unlink()
         found = await restore_flashes(
-            client, (BACKUPS / "trunk8_backup_admin.zip").read_bytes(), "merge", "admin"
+            client, (BACKUPS / "trunk8_backup_admin.zip").read_bytes(), "replace", "admin"
         )
-        assert any(text.startswith("Backup restored successfully! Restored ") for _, text in found)
-        assert not (data / "users" / "admin" / "config.toml").exists()
+        assert (
+            "success",
+            "Backup restored successfully! Restored 13 links and 10 files (created: 2026-12-03)",
+        ) in found, found
+        assert tree(admin) == admin_before
+        assert (await system.get("/stray"))[0] == 404
+        assert (await system.get("/fx-md-text"))[0] == 200
     finally:
         await client.close()
 

@@ -51,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     up = commands.add_parser("up", help="start the whole system (embedded NATS unless --nats)")
     common(up)
     listening(up)
+    up.add_argument(
+        "--watcher-in-process",
+        action="store_true",
+        help="run the config-watcher in the serving process (default: a child process)",
+    )
 
     run = commands.add_parser("run", help="run one service, or all, against a NATS server")
     run.add_argument("--target", choices=TARGETS, default="all")
@@ -68,7 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _serve(target: str, settings: Settings, embedded: EmbeddedNats | None) -> None:
+async def _serve(
+    target: str, settings: Settings, embedded: EmbeddedNats | None, watcher_process: bool = False
+) -> None:
     """Run until SIGINT/SIGTERM, then stop the services and the embedded server.
 
     The embedded server and the services' background tasks are supervised; if one cannot
@@ -86,7 +93,7 @@ async def _serve(target: str, settings: Settings, embedded: EmbeddedNats | None)
             log.info("embedded NATS listening on 127.0.0.1:%d", embedded.port)
             supervisor = asyncio.create_task(embedded.supervise(), name="nats-supervisor")
             supervisor.add_done_callback(lambda _: stop.set())  # it ends only when it gives up
-        app = build_app(target, settings)
+        app = build_app(target, settings, watcher_process=watcher_process)
         supervision = setup_supervision(app)
         watchdog = asyncio.create_task(_stop_when_set(supervision.gave_up, stop))
         server = HttpServer(app, settings, sock)
@@ -157,7 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             store = DataDir(settings.data_path).state_dir / "nats"
             embedded = EmbeddedNats(store, binary=settings.nats_server)
         target = "all" if args.command == "up" else args.target
-        uvloop.run(_serve(target, settings, embedded))
+        separate = args.command == "up" and not args.watcher_in_process
+        uvloop.run(_serve(target, settings, embedded, watcher_process=separate))
     except SettingsError as err:  # a service's own settings, read when its app is built
         print(f"trunk8: {err}", file=sys.stderr)
         return 2

@@ -1,7 +1,9 @@
 """The module map: each target name and the function that adds that service to an app.
 
 `all` is every service in one application and one process; the order below is the
-order of their startup (the config-watcher publishes, the redirector follows).
+order of their startup (the config-watcher publishes, the redirector follows). With
+`watcher_process`, `all` runs the config-watcher as a child process instead (what
+`trunk8 up` does, so parsing never holds the serving interpreter).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from trunk8_redirector import setup_redirector
 from trunk8_shared.bus import setup_bus
 from trunk8_shared.settings import Settings
 
+from .watcherproc import setup_watcher_process
+
 SERVICES: dict[str, Callable[[web.Application, Settings], object]] = {
     "config-watcher": setup_config_watcher,
     "redirector": setup_redirector,
@@ -26,12 +30,13 @@ SERVICES: dict[str, Callable[[web.Application, Settings], object]] = {
 TARGETS = (*SERVICES, "all")
 
 
-def build_app(target: str, settings: Settings) -> web.Application:
+def build_app(target: str, settings: Settings, watcher_process: bool = False) -> web.Application:
     """One application running `target` (a service name, or `all`)."""
     names = list(SERVICES) if target == "all" else [target]
     app = web.Application()
     setup_bus(app, settings, f"trunk8-{target}")  # one connection, named after the process
-    built = {name: SERVICES[name](app, settings) for name in names}
+    setup = {**SERVICES, "config-watcher": setup_watcher_process} if watcher_process else SERVICES
+    built = {name: setup[name](app, settings) for name in names}
     files, admin = built.get("files"), built.get("admin")
     if isinstance(files, Files) and isinstance(admin, Admin):
         # Markdown pages use a signed-in viewer's own theme; only the admin reads sessions.

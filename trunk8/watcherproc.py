@@ -1,0 +1,214 @@
+"""The config-watcher as a child process of `trunk8 up`: parsing never runs on the serving loop.
+
+Re-parsing a 100,000-link file holds the interpreter for about a second; in the process
+that answers redirects that is a second of queued requests (the GIL). So `up` runs the
+config-watcher as `trunk8 run --target config-watcher` in its own process, on a loopback
+port of its own, and the serving process treats it as one of its services: `/-/ready`
+includes it, `/-/rejected` and its metrics are fetched from it. Its first load is awaited
+at start (a users.toml it cannot load ends `up` with the watcher's one-line error); later
+it is supervised like a background task, restarted when it exits. Its log lines go to our
+stderr. The NATS URL (with its token) travels in the environment, not on a command line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+
+from aiohttp import ClientError, ClientSession, ClientTimeout, web
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+
+from trunk8_shared.background import Backoff, task_ctx
+from trunk8_shared.ops import setup_ops
+from trunk8_shared.settings import Settings
+
+from .embedded_nats import _die_with_parent_fn
+from .errors import StartupError
+
+log = logging.getLogger("trunk8")
+
+ERROR_PREFIX = "trunk8: "
+POLL_INTERVAL = 0.1
+STOP_TIMEOUT = 10.0
+SCRAPE_TIMEOUT = 2.0
+MAX_QUICK_EXITS = 5
+STABLE_AFTER = 60.0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class WatcherProcess:
+    """One config-watcher child: started, watched for readiness, restarted, stopped."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.data_dir = os.path.abspath(settings.data_dir)
+        self.port = _free_port()
+        self.process: asyncio.subprocess.Process | None = None
+        self.is_ready = False
+        self.last_error: str | None = None  # the child's one-line error, if it printed one
+        self._stderr_task: asyncio.Task[None] | None = None
+        self._http: ClientSession | None = None
+
+    @property
+    def base(self) -> str:
+        """The child's own HTTP address."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def ready(self) -> bool:
+        """Published its first full state, and still running."""
+        return self.is_ready and self.process is not None and self.process.returncode is None
+
+    async def start(self) -> None:
+        """Start the child and wait for its first load; StartupError if it cannot load."""
+        if self._http is None:
+            self._http = ClientSession(timeout=ClientTimeout(total=2))
+        self.is_ready = False
+        env = {**os.environ, "TRUNK8_NATS_URL": self.settings.nats_url}
+        command = [
+            sys.executable, "-m", "trunk8.cli", "run", "--target", "config-watcher",
+            "--data", self.data_dir,
+            "--host", "127.0.0.1", "--port", str(self.port),
+        ]  # fmt: skip
+        self.process = await asyncio.create_subprocess_exec(
+            *command,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            start_new_session=True,  # Ctrl-C reaches us; we stop it with the services
+            preexec_fn=_die_with_parent_fn(),
+        )
+        self._stderr_task = asyncio.create_task(self._forward_stderr(self.process))
+        while not await self._answers("/-/healthz"):  # answers once its first load is done
+            if self.process.returncode is not None:
+                await self._stderr_task  # every line read, the last error included
+                raise StartupError(
+                    self.last_error
+                    or f"the config-watcher exited with status {self.process.returncode}"
+                )
+            await asyncio.sleep(POLL_INTERVAL)
+
+    async def _forward_stderr(self, process: asyncio.subprocess.Process) -> None:
+        """Copy the child's log lines to our stderr, keeping its one-line error back."""
+        assert process.stderr is not None
+        async for raw in process.stderr:
+            line = raw.decode(errors="replace").rstrip("\n")
+            if line.startswith(ERROR_PREFIX):
+                self.last_error = line[len(ERROR_PREFIX) :]  # ours to report, once
+                continue
+            print(line, file=sys.stderr, flush=True)
+
+    async def _answers(self, path: str) -> bool:
+        assert self._http is not None
+        try:
+            async with self._http.get(self.base + path) as response:
+                return response.status == 200
+        except (ClientError, OSError, TimeoutError):
+            return False
+
+    async def run(self) -> None:
+        """Follow the child, starting it again when it exits (a warning, not a traceback).
+
+        After `MAX_QUICK_EXITS` exits in a row, each within `STABLE_AFTER` seconds of its
+        start, it raises: the supervisor then gives the task up and stops `up`.
+        """
+        backoff = Backoff()
+        quick_exits = 0
+        while True:
+            process = self.process
+            if process is None or process.returncode is not None:
+                await self.start()
+                process = self.process
+            assert process is not None
+            started = time.monotonic()
+            while not self.is_ready and process.returncode is None:
+                self.is_ready = await self._answers("/-/ready")
+                if not self.is_ready:
+                    await asyncio.sleep(POLL_INTERVAL)
+            code = await process.wait()
+            self.is_ready = False
+            quick_exits = quick_exits + 1 if time.monotonic() - started < STABLE_AFTER else 1
+            if quick_exits >= MAX_QUICK_EXITS:
+                raise RuntimeError(f"the config-watcher process keeps exiting (status {code})")
+            log.warning("the config-watcher process exited with status %s; starting it again", code)
+            await backoff.wait()
+
+    async def stop(self) -> None:
+        """Stop the child (SIGTERM, then SIGKILL after STOP_TIMEOUT)."""
+        process, self.process = self.process, None
+        if process is not None and process.returncode is None:
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        if self._stderr_task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._stderr_task, STOP_TIMEOUT)
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    async def rejected(self, request: web.Request) -> web.Response:
+        """`/-/rejected`, as the child answers it."""
+        assert self._http is not None
+        try:
+            async with self._http.get(self.base + "/-/rejected") as response:
+                body = await response.read()
+                return web.Response(
+                    status=response.status, body=body, content_type="application/json"
+                )
+        except (ClientError, OSError, TimeoutError):
+            raise web.HTTPServiceUnavailable(text="the config-watcher is not answering\n") from None
+
+
+class ChildMetrics(Collector):
+    """The child's metrics, scraped from it whenever ours are (loopback, a few ms)."""
+
+    def __init__(self, child: WatcherProcess) -> None:
+        self.child = child
+
+    def collect(self) -> Iterator[Metric]:
+        url = self.child.base + "/-/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT) as response:
+                text = response.read().decode()
+        except OSError:
+            return  # not started, restarting: its metrics are absent meanwhile
+        for family in text_string_to_metric_families(text):
+            if family.name.startswith("trunk8_config_watcher"):
+                yield family
+
+
+def setup_watcher_process(app: web.Application, settings: Settings) -> WatcherProcess:
+    """Run the config-watcher as a child process, as a service of this application."""
+    child = WatcherProcess(settings)
+    setup_ops(app).add_service("config-watcher", child.ready, ChildMetrics(child))
+    app.router.add_get("/-/rejected", child.rejected)
+
+    async def watcher_process_ctx(app: web.Application) -> AsyncIterator[None]:
+        try:
+            await child.start()
+            yield
+        finally:
+            await child.stop()
+
+    app.cleanup_ctx.append(watcher_process_ctx)
+    app.cleanup_ctx.append(task_ctx("config-watcher-process", child.run))
+    return child

@@ -440,3 +440,30 @@ async def test_accounts_named_to_escape_are_not_accounts(
     assert status == 302
     assert (victim / "keep.txt").read_text() == "keep"
     assert '"../../victim"' in users.read_text()  # the file itself is left alone
+
+
+async def test_a_switched_admin_still_deletes_users(
+    admin_browser: Browser, data_dir: Path, bus_client: nats.NATS
+) -> None:
+    events: asyncio.Queue[dict] = asyncio.Queue()
+
+    async def received(msg: nats.aio.msg.Msg) -> None:
+        await events.put(json.loads(msg.data))
+
+    await bus_client.subscribe("trunk8.events.audit.action", cb=received)
+    await bus_client.flush()
+    await admin_browser.post("/auth/switch-user/bob", {})
+    assert (await asyncio.wait_for(events.get(), 5))["action"] == "switch-user"
+    status, headers, _ = await admin_browser.post("/users/carol/delete", {})
+    assert (status, headers["Location"]) == (302, "/users")
+    assert "carol" not in users_toml(data_dir)["users"]  # T8-W23: Trunk8 refused this
+    event = await asyncio.wait_for(events.get(), 5)
+    assert (event["admin"], event["user"], event["action"], event["target"]) == (
+        "admin",
+        "bob",
+        "user.delete",
+        "carol",
+    )
+    await admin_browser.post("/auth/switch-back", {})
+    # Recorded once: the next event is the switch back, not the generic POST trail.
+    assert (await asyncio.wait_for(events.get(), 5))["action"] == "switch-back"

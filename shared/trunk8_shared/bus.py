@@ -23,9 +23,18 @@ from .settings import Settings
 log = logging.getLogger("trunk8.bus")
 
 
-def redact(url: str) -> str:
-    """A NATS URL without its credentials, for logs."""
-    parts = urlsplit(url)
+def server_list(urls: str) -> list[str]:
+    """The servers of a NATS URL or of a comma-separated seed list (`a:4222,b:4222`)."""
+    return [url.strip() for url in urls.split(",") if url.strip()]
+
+
+def redact(urls: str) -> str:
+    """A NATS URL, or each URL of a seed list, without its credentials, for logs."""
+    return ",".join(_redact_one(url) for url in server_list(urls))
+
+
+def _redact_one(url: str) -> str:
+    parts = urlsplit(url if "://" in url else "nats://" + url)
     if "@" not in parts.netloc:
         return url
     return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
@@ -35,7 +44,7 @@ class Bus:
     """One NATS connection with JetStream, shared by every service of the process."""
 
     def __init__(self, url: str, name: str, reconnect_wait: float = 1.0) -> None:
-        self.url = url
+        self.url = url  # one URL, or a cluster's seed list: reconnects go to any of them
         self.name = name
         self.reconnect_wait = reconnect_wait
         self.nc = Client()
@@ -81,7 +90,7 @@ class Bus:
 
     async def _connect(self) -> None:
         await self.nc.connect(
-            servers=[self.url],
+            servers=server_list(self.url),
             name=self.name,
             allow_reconnect=True,
             max_reconnect_attempts=-1,
@@ -92,8 +101,13 @@ class Bus:
             reconnected_cb=self._on_reconnected,
         )
         self._last_error = ""
-        log.info("connected to NATS at %s", redact(self.url))
+        log.info("connected to NATS at %s", redact(self._current()))
         self._connected.set()
+
+    def _current(self) -> str:
+        """The server the client is connected to now (one of the seed list)."""
+        uri = self.nc.connected_url
+        return uri.geturl() if uri is not None else self.url
 
     async def _on_error(self, err: Exception) -> None:
         text = f"{type(err).__name__}: {err}".strip()
@@ -107,7 +121,7 @@ class Bus:
 
     async def _on_reconnected(self) -> None:
         self._last_error = ""
-        log.info("reconnected to NATS at %s", redact(self.url))
+        log.info("reconnected to NATS at %s", redact(self._current()))
         for listener in list(self._listeners):
             listener()
 

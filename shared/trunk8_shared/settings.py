@@ -25,6 +25,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     data_dir: str = "data"
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
+    # One NATS URL, or a cluster's comma-separated seed list (`trunk8_shared.bus`).
     nats_url: str = DEFAULT_NATS_URL
     log_level: str = "INFO"
     # Seconds a keep-alive connection may stay idle, and a client may take to send a head.

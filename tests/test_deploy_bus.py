@@ -1,0 +1,60 @@
+"""A NATS seed list (`--nats a,b,c`): services reach whichever server is up, and move on.
+
+Two real nats-servers (not clustered: each has its own store), one of them down at first,
+then the one in use killed: the connection follows to the other, and logs never show a
+token of any of them.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+from conftest import StartSystem, wait_until
+
+from trunk8.embedded_nats import EmbeddedNats
+from trunk8_shared.bus import BUS, redact, server_list
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_seed_lists_are_split_and_every_url_redacted() -> None:
+    urls = " nats://t0k@a:4222, nats://u:pw@b:4222 ,,c:4222 "
+    assert server_list(urls) == ["nats://t0k@a:4222", "nats://u:pw@b:4222", "c:4222"]
+    assert redact(urls) == "nats://***@a:4222,nats://***@b:4222,c:4222"
+    assert redact("nats://only@host:1") == "nats://***@host:1"
+
+
+async def test_a_seed_list_with_a_server_down_connects_and_fails_over(
+    start_system: StartSystem, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    down_port = _free_port()
+    second = EmbeddedNats(tmp_path / "second-nats", port=down_port, token="second-token")
+    first = EmbeddedNats(tmp_path / "first-nats", token="first-token")
+    await first.start()
+    try:
+        seeds = f"nats://second-token@127.0.0.1:{down_port},{first.url}"
+        system = await start_system("redirector", nats_url=seeds, wait_ready=False)
+        bus = system.app[BUS]
+        await wait_until(system.ready, timeout=15)  # through the one server that is up
+        assert bus.nc.connected_url is not None and bus.nc.connected_url.port == first.port
+
+        await second.start()
+        await first.stop()  # the server in use goes away: the client moves to the other
+
+        async def on_second() -> bool:
+            url = bus.nc.connected_url
+            return bus.is_connected and url is not None and url.port == down_port
+
+        await wait_until(on_second, timeout=15)
+        await wait_until(system.ready, timeout=15)  # and the redirector loads from it
+        assert f"NATS nats://***@127.0.0.1:{down_port},nats://***@127.0.0.1:" in caplog.text
+        assert "first-token" not in caplog.text and "second-token" not in caplog.text
+    finally:
+        await first.stop()
+        await second.stop()

@@ -91,6 +91,22 @@ async def test_cross_site_post_is_refused(admin_browser: Browser) -> None:
     assert (await admin_browser.get("/"))[0] == 200  # still signed in
 
 
+async def test_post_from_a_sandboxed_page_is_refused(
+    admin_browser: Browser, admin_system: RunningSystem
+) -> None:
+    # A sandboxed page (an HTML link served on this host) posts with `Origin: null`.
+    form = {"link_type": "redirect", "url": "https://evil.example/", "short_code": "sbx"}
+    status, _, _ = await admin_browser.post("/add", form, headers={"Origin": "null"})
+    assert status == 403
+    assert await admin_system.location("/sbx") is None
+    status, _, _ = await admin_browser.post("/auth/logout", {}, headers={"Origin": "null"})
+    assert status == 403
+    # The same form from the site itself is taken.
+    status, _, body = await admin_browser.post("/add", form, headers={"Origin": admin_system.base})
+    assert status == 200 and "Link Created Successfully!" in body
+    assert await admin_system.location("/sbx") == "https://evil.example/"
+
+
 async def test_logout_is_a_post_with_a_confirm_page(admin_browser: Browser) -> None:
     status, _, body = await admin_browser.get("/auth/logout")
     assert status == 200 and 'action="/auth/logout"' in body

@@ -144,9 +144,13 @@ class Page:
 
 
 def _check_origin(request: web.Request) -> None:
-    """A browser POST from another site names that site in Origin: refuse it."""
+    """A browser POST from another site names that site in Origin: refuse it.
+
+    `Origin: null` is refused too: sandboxed pages send it, and the HTML links the files
+    service serves on this very host are sandboxed.
+    """
     origin = request.headers.get("Origin")
-    if origin is None or origin == "null":
+    if origin is None:
         return
     if URL(origin).host_port_subcomponent != URL(f"//{request.host}").host_port_subcomponent:
         raise CsrfError()

@@ -31,7 +31,7 @@ try:  # a compiled parser: optional, tomllib is the reference and the fallback
 except ImportError:  # pragma: no cover - the wheel is a dependency, but may fail to build
     rtoml = None  # type: ignore[assignment]
 
-from .codes import short_code_problem, username_problem
+from .codes import MAX_CODE_LENGTH, RESERVED_WORDS, short_code_problem, username_problem
 from .expiry import expiry_timestamp
 
 LINK_TYPES = frozenset({"redirect", "file", "markdown", "html"})
@@ -148,14 +148,30 @@ class LinksFile(msgspec.Struct, kw_only=True):
 
 
 def _datetimes_as_text(value: Any) -> Any:
-    """TOML native dates become ISO strings, as if they had been quoted (T8-W16)."""
+    """TOML native dates become ISO strings, as if they had been quoted (T8-W16).
+
+    Converted in place (the document was just parsed): a 100,000-link file is walked, not
+    copied.
+    """
     if isinstance(value, dict):
-        return {k: _datetimes_as_text(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_datetimes_as_text(v) for v in value]
-    if isinstance(value, dt.datetime | dt.date | dt.time):
+        for key, item in value.items():  # replacing values of existing keys is safe here
+            if isinstance(item, dict | list):
+                _datetimes_as_text(item)
+            elif isinstance(item, _DATE_TYPES):
+                value[key] = item.isoformat()
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            if isinstance(item, dict | list):
+                _datetimes_as_text(item)
+            elif isinstance(item, _DATE_TYPES):
+                value[index] = item.isoformat()
+    elif isinstance(value, _DATE_TYPES):
         return value.isoformat()
     return value
+
+
+_DATE_TYPES = (dt.datetime, dt.date, dt.time)
+_DATE_LIKE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}|[0-9]{2}:[0-9]{2}:[0-9]{2}")
 
 
 def parse_toml(text: str) -> dict[str, Any]:
@@ -171,8 +187,11 @@ def parse_toml(text: str) -> dict[str, Any]:
 
 def _load_toml(data: bytes, file: str) -> dict[str, Any]:
     try:
-        document = parse_toml(data.decode("utf-8"))
-        converted: dict[str, Any] = _datetimes_as_text(document)
+        text = data.decode("utf-8")
+        document = parse_toml(text)
+        # A date value needs digits like 1979-05-27 or 07:32:00 somewhere in the text.
+        has_dates = _DATE_LIKE.search(text) is not None
+        converted: dict[str, Any] = _datetimes_as_text(document) if has_dates else document
     except UnicodeDecodeError as err:
         raise DataFileError(file, f"not UTF-8 text ({err.reason} at byte {err.start})") from err
     except tomllib.TOMLDecodeError as err:
@@ -233,17 +252,26 @@ def check_links(data: bytes, file: str) -> Checked[LinkEntry]:
         raise DataFileError(file, "`links` must be a table")
     links: dict[str, LinkEntry] = {}
     rejected: dict[str, str] = {}
-    for code, value in table.items():
-        try:
-            entry = _convert(value, LinkEntry, file)
-        except DataFileError as err:
-            rejected[code] = err.reason
+    try:  # every entry valid (the usual case): one conversion instead of one per link
+        entries: dict[str, LinkEntry | Exception] = msgspec.convert(table, dict[str, LinkEntry])
+    except (msgspec.ValidationError, RecursionError):
+        entries = {code: _entry_or_error(value, file) for code, value in table.items()}
+    for code, entry in entries.items():
+        if isinstance(entry, Exception):
+            rejected[code] = entry.reason if isinstance(entry, DataFileError) else str(entry)
             continue
         if problem := link_problem(code, entry):
             rejected[code] = problem
         else:
             links[code] = entry
     return Checked(links, rejected)
+
+
+def _entry_or_error(value: Any, file: str) -> LinkEntry | DataFileError:
+    try:
+        return _convert(value, LinkEntry, file)
+    except DataFileError as err:
+        return err
 
 
 def parse_links(data: bytes, file: str) -> LinksFile:
@@ -257,9 +285,14 @@ def parse_links(data: bytes, file: str) -> LinksFile:
     return LinksFile(links=checked.entries)
 
 
+# A code `short_code_problem` accepts unless reserved: checked without a loop per character.
+_PLAIN_CODE = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_CODE_LENGTH}}}")
+
+
 def link_problem(code: str, entry: LinkEntry) -> str | None:
     """Why a link may not be served (bad code, type, URL or asset path), or None."""
-    if problem := short_code_problem(code):
+    plain = _PLAIN_CODE.fullmatch(code) is not None and code.lower() not in RESERVED_WORDS
+    if not plain and (problem := short_code_problem(code)):
         return problem
     if entry.type not in LINK_TYPES:
         return f"unknown link type {entry.type!r}"

@@ -22,7 +22,7 @@ from trunk8_shared.datafiles import DataFileError, check_links, check_users, rea
 from trunk8_shared.records import Event, LinkRecord, UserRecord, json_encoder
 
 from .catalog import Changes, LinkCatalog, link_record, user_records
-from .parsememo import FileMemo, ParseMemo, digest_of, remembered_links
+from .parsememo import FileMemo, ParseMemo, records_digest, remembered_links
 from .rejections import Rejections
 
 log = logging.getLogger("trunk8.config_watcher")
@@ -32,9 +32,10 @@ EMPTY_LINKS_FILE = "file is empty (being rewritten?)"
 MAX_RECORD_BYTES = 64 * 1024
 
 
-def record_size_problem(record: LinkRecord | UserRecord) -> str | None:
+def record_size_problem(record: LinkRecord | UserRecord, size: int | None = None) -> str | None:
     """Why a record is too large to publish (a multi-megabyte URL, say), or None."""
-    size = len(json_encoder.encode(record))
+    if size is None:
+        size = len(json_encoder.encode(record))
     if size > MAX_RECORD_BYTES:
         return f"too large to publish ({size} bytes; at most {MAX_RECORD_BYTES})"
     return None
@@ -204,8 +205,8 @@ class Reloader:
                 links, refused = links_or_none, dict(memo.refused)
                 self.remembered_files += 1
             else:
-                links, refused = self._parse_links(content, file, owner)
-                self.memo.files[file] = FileMemo(digest, list(links), refused, digest_of(links))
+                links, refused, published = self._parse_links(content, file, owner)
+                self.memo.files[file] = FileMemo(digest, list(links), refused, published)
                 self.memo_changed = True
         except Exception as err:
             self._reject(result, path, file, err)
@@ -218,11 +219,13 @@ class Reloader:
     @staticmethod
     def _parse_links(
         content: bytes, file: str, owner: str
-    ) -> tuple[dict[str, LinkRecord], dict[str, str]]:
-        """Parse and validate one links file: its links, and the ones refused alone."""
+    ) -> tuple[dict[str, LinkRecord], dict[str, str], str]:
+        """Parse and validate one links file: its links, the ones refused alone, and the
+        digest of its records as they will be published (each encoded once)."""
         checked = check_links(content, file)
         refused = dict(checked.rejected)
         links: dict[str, LinkRecord] = {}
+        encoded: list[bytes] = []
         for code, entry in checked.entries.items():
             try:
                 record = link_record(code, owner, entry)
@@ -230,11 +233,13 @@ class Reloader:
                 log.error("unexpected error in %s, link %r", file, code, exc_info=err)
                 refused[code] = f"unexpected error: {type(err).__name__}: {err}"
                 continue
-            if problem := record_size_problem(record):
+            value = json_encoder.encode(record)
+            if problem := record_size_problem(record, len(value)):
                 refused[code] = problem
             else:
                 links[code] = record
-        return links, refused
+                encoded.append(value)
+        return links, refused, records_digest(encoded)
 
     @staticmethod
     def _merge(into: Changes, more: Changes) -> None:

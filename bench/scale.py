@@ -1,0 +1,318 @@
+"""Scale benchmark: start-up, joining, memory and hand-edit propagation with many links.
+
+`.venv/bin/python bench/scale.py --links 1000000 [--users 100] [--json PATH] [--keep-tmp]`
+writes a data directory of `--links` redirect links over `--users` users in a temp folder,
+then, as an operator would:
+
+1. cold `trunk8 up` (first import): seconds until `/-/ready` and the last link served,
+   and the resident memory (RSS) of the serving process and of its config-watcher child;
+2. a hand edit of one link in a file of links/users links: seconds until it is served;
+3. redirect latency while that file is re-parsed: `wrk -t1 -c32 --latency` on a hit
+   while the file is rewritten (skipped when wrk is missing);
+4. a redirector joining the running system (`trunk8 run --target redirector`): seconds
+   until it is ready and serves the last link, and its RSS;
+5. a warm restart of `trunk8 up` on the unchanged directory: seconds until ready.
+
+Every started process is stopped (SIGTERM, then SIGKILL) and the temp folder removed.
+Loops are bounded by timeouts; only 127.0.0.1 is contacted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+START_TIMEOUT = 600.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def write_data(root: Path, links: int, users: int) -> tuple[str, str]:
+    """The data directory; returns the last code and the user whose file is edited."""
+    per_user = links // users
+    names = [f"user{u:03d}" for u in range(users)]
+    (root / "users").mkdir(parents=True)
+    (root / "users" / "users.toml").write_text(
+        "".join(
+            f"[users.{name}]\nis_admin = {str(i == 0).lower()}\n" for i, name in enumerate(names)
+        )
+    )
+    code = ""
+    for u, name in enumerate(names):
+        folder = root / "users" / name
+        folder.mkdir()
+        parts = []
+        for i in range(per_user):
+            code = f"u{u:03d}c{i:07d}"
+            parts.append(
+                f'[links.{code}]\ntype = "redirect"\nurl = "https://example.com/{name}/{i}?src=bench"\n'
+            )
+        (folder / "links.toml").write_text("".join(parts))
+    return code, names[0]
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of one process, MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            found += [int(p) for p in task.read_text().split()]
+    return found
+
+
+def cmdline(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    return ""
+
+
+def http(port: int, path: str) -> tuple[int, str | None]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: object, **kwargs: object) -> None:
+            return None
+
+    opener = urllib.request.build_opener(NoRedirect)
+    try:
+        with opener.open(request, timeout=5) as response:
+            return response.status, response.headers.get("Location")
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers.get("Location")
+    except OSError:
+        return 0, None
+
+
+def wait_until(condition, timeout: float, what: str, interval: float = 0.01) -> float:  # type: ignore[no-untyped-def]
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout:
+            raise SystemExit(f"scale: {what} not within {timeout:g} s")
+        time.sleep(interval)
+    return time.monotonic() - started
+
+
+class Processes:
+    """Started processes, stopped at the end whatever happens."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def start(
+        self, name: str, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        log = (self.logs / f"{name}.log").open("ab")
+        process = subprocess.Popen(
+            [str(REPO / ".venv" / "bin" / "trunk8"), *args],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env or os.environ.copy(),
+        )  # fmt: skip
+        self.started.append(process)
+        return process
+
+    def stop(self, process: subprocess.Popen[bytes]) -> None:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def stop_all(self) -> None:
+        for process in reversed(self.started):
+            self.stop(process)
+
+
+def served(port: int, code: str, url: str) -> bool:
+    return http(port, f"/{code}") == (302, url)
+
+
+def wrk_p99(port: int, code: str, seconds: int, during) -> float | None:  # type: ignore[no-untyped-def]
+    """p99 in ms of a wrk run on a hit while `during()` runs in a thread; None without wrk."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        return None
+    worker = threading.Thread(target=during)
+    run = subprocess.Popen(
+        [wrk, "-t1", "-c32", f"-d{seconds}s", "--latency", f"http://127.0.0.1:{port}/{code}"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(0.5)
+    worker.start()
+    out, _ = run.communicate(timeout=seconds + 30)
+    worker.join()
+    for line in out.splitlines():
+        parts = line.split()
+        if parts[:1] == ["99%"]:
+            value = parts[1]
+            scale = (
+                1e-3
+                if value.endswith("us")
+                else 1000.0
+                if value.endswith("s") and not value.endswith("ms")
+                else 1.0
+            )
+            return float(value.rstrip("mus")) * scale
+    return None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--links", type=int, default=100_000)
+    parser.add_argument("--users", type=int, default=100)
+    parser.add_argument("--wrk-seconds", type=int, default=6)
+    parser.add_argument("--json", help="write the figures as JSON here")
+    parser.add_argument("--keep-tmp", action="store_true")
+    parser.add_argument(
+        "--watcher-in-process", action="store_true", help="pass it to `trunk8 up` (to compare)"
+    )
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="trunk8-scale-"))
+    data, logs = tmp / "data", tmp / "logs"
+    logs.mkdir()
+    processes = Processes(logs)
+    figures: dict[str, object] = {"links": args.links, "users": args.users}
+    try:
+        started = time.monotonic()
+        last, edited_user = write_data(data, args.links, args.users)
+        print(
+            f"wrote {args.links} links over {args.users} users in {time.monotonic() - started:.1f} s"
+        )
+        last_user = f"user{args.users - 1:03d}"
+        last_url = f"https://example.com/{last_user}/{args.links // args.users - 1}?src=bench"
+        port = free_port()
+        up_args: tuple[str, ...] = ("up", "--data", str(data), "--port", str(port))
+        if args.watcher_in_process:
+            up_args += ("--watcher-in-process",)
+
+        # 1. cold start
+        up = processes.start("up-cold", *up_args)
+        cold = wait_until(
+            lambda: http(port, "/-/ready")[0] == 200 and served(port, last, last_url),
+            START_TIMEOUT,
+            "cold start",
+        )
+        watcher = [p for p in children(up.pid) if "config-watcher" in cmdline(p)]
+        figures["cold_start_s"] = round(cold, 2)
+        figures["serving_rss_mb"] = round(rss_mb(up.pid), 1)
+        figures["watcher_rss_mb"] = round(rss_mb(watcher[0]), 1) if watcher else None
+        print(
+            f"cold start: ready and serving in {cold:.1f} s; RSS serving "
+            f"{figures['serving_rss_mb']} MB, watcher {figures['watcher_rss_mb']} MB"
+        )
+
+        # 2. hand edit of one link in a file of links/users links
+        edited = data / "users" / edited_user / "links.toml"
+        text = edited.read_text()
+        first_code = f"u000c{0:07d}"
+        new_url = "https://edited.example/1"
+        edited.write_text(
+            text.replace(f"https://example.com/{edited_user}/0?src=bench", new_url, 1)
+        )
+        edit = wait_until(lambda: served(port, first_code, new_url), 60, "hand edit")
+        figures["hand_edit_s"] = round(edit, 3)
+        print(f"hand edit in a {args.links // args.users}-link file served after {edit:.3f} s")
+
+        # 3. redirect p99 idle, then while the file is re-parsed (rewritten three times)
+        figures["p99_idle_ms"] = wrk_p99(port, last, args.wrk_seconds, lambda: None)
+        edits: list[float] = []
+
+        def reparse() -> None:
+            for n in range(3):
+                url = f"https://edited.example/r{n}"
+                edited.write_text(
+                    text.replace(f"https://example.com/{edited_user}/0?src=bench", url, 1)
+                )
+                edits.append(
+                    wait_until(lambda url=url: served(port, first_code, url), 60, "re-parse")
+                )
+
+        p99 = wrk_p99(port, last, args.wrk_seconds, reparse)
+        figures["p99_during_reparse_ms"] = p99
+        figures["hand_edits_under_load_s"] = [round(e, 3) for e in edits]
+        print(
+            f"redirect p99 idle {figures['p99_idle_ms']} ms, while re-parsing that file "
+            f"{p99} ms; edits served after {figures['hand_edits_under_load_s']} s"
+        )
+
+        # 4. a redirector joining
+        nats_url = (data / ".trunk8" / "nats.url").read_text().strip()
+        join_port = free_port()
+        env = {**os.environ, "TRUNK8_NATS_URL": nats_url}
+        joined_at = time.monotonic()
+        redirector = processes.start(
+            "redirector",
+            "run",
+            "--target",
+            "redirector",
+            "--data",
+            str(data),
+            "--port",
+            str(join_port),
+            env=env,
+        )
+        join = wait_until(
+            lambda: http(join_port, "/-/ready")[0] == 200 and served(join_port, last, last_url),
+            START_TIMEOUT,
+            "joining redirector",
+        )
+        del joined_at
+        figures["join_s"] = round(join, 2)
+        figures["join_rss_mb"] = round(rss_mb(redirector.pid), 1)
+        print(f"redirector joined and serving in {join:.2f} s; RSS {figures['join_rss_mb']} MB")
+        processes.stop(redirector)
+
+        # 5. warm restart
+        processes.stop(up)
+        up = processes.start("up-warm", *up_args)
+        warm = wait_until(
+            lambda: http(port, "/-/ready")[0] == 200 and served(port, last, last_url),
+            START_TIMEOUT,
+            "warm restart",
+        )
+        figures["warm_start_s"] = round(warm, 2)
+        figures["serving_rss_warm_mb"] = round(rss_mb(up.pid), 1)
+        print(
+            f"warm restart: ready and serving in {warm:.1f} s; "
+            f"RSS serving {figures['serving_rss_warm_mb']} MB"
+        )
+    finally:
+        processes.stop_all()
+        if args.keep_tmp:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
+import nats
 import pytest
 from conftest import RunningSystem, StartSystem, wait_until, write
 from test_admin_support import (
@@ -568,6 +571,42 @@ async def test_expired_links_are_purged_on_a_timer(
     assert set(links_of(data_dir, "carol")) == {"carol1", "odd", "later"}
     assert not (folder / "old.pdf").exists()
     assert "# carol's file" in (data_dir / "users" / "carol" / "links.toml").read_text()
+
+
+async def test_purged_links_are_announced_as_expired(
+    admin_env: None,
+    monkeypatch: pytest.MonkeyPatch,
+    data_dir: Path,
+    start_system: StartSystem,
+    bus_client: nats.NATS,
+) -> None:
+    monkeypatch.setenv("TRUNK8_EXPIRY_PURGE_SECONDS", "0.2")
+    events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def received(msg: nats.aio.msg.Msg) -> None:
+        event = json.loads(msg.data)
+        if event.get("code") == "gone" or event.get("link", {}).get("code") == "gone":
+            await events.put(event)
+
+    await bus_client.subscribe("trunk8.events.link.>", cb=received)
+    await bus_client.flush()
+    write(
+        data_dir / "users" / "carol" / "links.toml",
+        '[links.gone]\ntype = "redirect"\nurl = "https://g.example"\n'
+        "expiration_date = 2020-01-01T00:00:00Z\n\n"
+        '[links.stays]\ntype = "redirect"\nurl = "https://s.example"\n',
+    )
+    await start_system()
+    kinds = []
+    while not kinds or kinds[-1]["type"] != "link.expired":
+        kinds.append(await asyncio.wait_for(events.get(), 10))
+    # Published after the bucket lost the code, so a consumer reading it sees it gone.
+    assert [e["type"] for e in kinds[-2:]] == ["link.deleted", "link.expired"]
+    expired = kinds[-1]
+    assert (expired["code"], expired["owner"]) == ("gone", "carol")
+    assert expired["expiration_date"] == "2020-01-01T00:00:00+00:00"
+    assert expired["expires_at"] == 1577836800.0
+    assert set(links_of(data_dir, "carol")) == {"stays"}
 
 
 async def test_codes_stay_unique_while_the_bus_is_away(

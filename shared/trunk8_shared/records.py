@@ -66,6 +66,15 @@ class LinkDeleted(Event, tag="link.deleted", frozen=True, kw_only=True):
     owner: str
 
 
+class LinkExpired(Event, tag="link.expired", frozen=True, kw_only=True):
+    """An expired link was purged from its owner's file (after its `link.deleted`)."""
+
+    code: str
+    owner: str
+    expiration_date: str = ""  # as written in links.toml
+    expires_at: float | None = None  # the Unix time it expired at
+
+
 class LinksBulkChanged(Event, tag="link.bulk", frozen=True, kw_only=True):
     """Many links changed in one publication (an import, a restore, a first start).
 
@@ -139,6 +148,7 @@ AnyEvent = (
     LinkCreated
     | LinkUpdated
     | LinkDeleted
+    | LinkExpired
     | LinksBulkChanged
     | UserCreated
     | UserUpdated

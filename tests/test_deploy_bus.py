@@ -7,12 +7,16 @@ token of any of them.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from pathlib import Path
 
+import nats
 import pytest
 from conftest import StartSystem, wait_until
 
+from trunk8 import deploy
+from trunk8.deploy import provision_buckets
 from trunk8.embedded_nats import EmbeddedNats
 from trunk8_shared.bus import BUS, redact, server_list
 
@@ -58,3 +62,23 @@ async def test_a_seed_list_with_a_server_down_connects_and_fails_over(
     finally:
         await first.stop()
         await second.stop()
+
+
+async def test_provisioning_creates_the_buckets_and_refuses_impossible_replicas(
+    nats_server: EmbeddedNats, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = await nats.connect(nats_server.url)
+    try:
+        js = client.jetstream()
+        assert await provision_buckets(js, 1) == []
+        for stream in ("KV_trunk8_links", "KV_trunk8_users", "OBJ_trunk8_snapshots"):
+            assert (await js.stream_info(stream)).config.num_replicas == 1
+    finally:
+        await client.close()
+    # One server cannot hold 3 copies: a one-line error, nothing changed.
+    status = await asyncio.to_thread(
+        deploy.main, ["buckets", "--nats", nats_server.url, "--replicas", "3"]
+    )
+    assert status == 1
+    err = capsys.readouterr().err
+    assert "cannot set 3 replicas" in err and nats_server.token not in err

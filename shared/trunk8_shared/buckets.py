@@ -3,7 +3,8 @@
 Every reader and writer of a bucket binds through `ensure_bucket`, so whoever comes first
 creates it with the same options. `BUS_ERRORS` are the failures that mean "NATS is away or
 busy, try again later", as opposed to a bug that must surface. `write_batched` writes many
-keys with their acknowledgements counted per window instead of awaited one by one.
+keys with their acknowledgements counted per window instead of awaited one by one;
+`set_replicas` changes how many cluster nodes hold a bucket.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
+from dataclasses import replace
 
 import nats.errors
 import nats.js.errors
@@ -23,17 +25,28 @@ from nats.js.kv import KeyValue
 BUS_ERRORS: tuple[type[BaseException], ...] = (nats.errors.Error, TimeoutError, ConnectionError)
 
 
-async def ensure_bucket(js: JetStreamContext, bucket: str) -> KeyValue:
+async def ensure_bucket(js: JetStreamContext, bucket: str, replicas: int = 1) -> KeyValue:
     """Bind to a KV bucket, creating it (one value per key, file storage) when missing."""
     try:
         return await js.key_value(bucket)
     except nats.js.errors.BucketNotFoundError:
         pass
     try:
-        return await js.create_key_value(bucket=bucket, history=1, storage=api.StorageType.FILE)
+        return await js.create_key_value(
+            bucket=bucket, history=1, storage=api.StorageType.FILE, replicas=replicas
+        )
     except nats.js.errors.BadRequestError:
         # Somebody else created it in between with their own options: use theirs.
         return await js.key_value(bucket)
+
+
+async def set_replicas(js: JetStreamContext, stream: str, replicas: int) -> bool:
+    """Give an existing bucket's stream `replicas` copies (a cluster grown); True if changed."""
+    info = await js.stream_info(stream)
+    if info.config.num_replicas == replicas:
+        return False
+    await js.update_stream(replace(info.config, num_replicas=replicas))
+    return True
 
 
 # Writes sent before waiting for their acknowledgements (one inbox subscription for all).

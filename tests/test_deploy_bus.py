@@ -47,6 +47,8 @@ async def test_a_seed_list_with_a_server_down_connects_and_fails_over(
         bus = system.app[BUS]
         await wait_until(system.ready, timeout=15)  # through the one server that is up
         assert bus.nc.connected_url is not None and bus.nc.connected_url.port == first.port
+        values = await system.metrics()
+        assert (values["trunk8_nats_connected"], values["trunk8_nats_disconnects_total"]) == (1, 0)
 
         await second.start()
         await first.stop()  # the server in use goes away: the client moves to the other
@@ -57,6 +59,8 @@ async def test_a_seed_list_with_a_server_down_connects_and_fails_over(
 
         await wait_until(on_second, timeout=15)
         await wait_until(system.ready, timeout=15)  # and the redirector loads from it
+        values = await system.metrics()
+        assert values["trunk8_nats_connected"] == 1 and values["trunk8_nats_disconnects_total"] >= 1
         assert f"NATS nats://***@127.0.0.1:{down_port},nats://***@127.0.0.1:" in caplog.text
         assert "first-token" not in caplog.text and "second-token" not in caplog.text
     finally:

@@ -3,7 +3,8 @@
 The connection is opened in the background and retried forever, so a service starts (and
 answers `/-/healthz`) while NATS is still away; whoever needs it awaits `wait_connected`.
 Listeners registered with `on_reconnect` are told after every reconnect, because JetStream
-consumers do not survive a server restart and must be re-created.
+consumers do not survive a server restart and must be re-created. `/-/metrics` says
+whether the connection is up and how often it was lost (`trunk8_nats_*`), for alerts.
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from .ops import setup_ops
 from .settings import Settings
 
 log = logging.getLogger("trunk8.bus")
@@ -53,6 +56,7 @@ class Bus:
         self._last_error = ""
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self.disconnects = 0
 
     @property
     def js(self) -> JetStreamContext:
@@ -117,6 +121,7 @@ class Bus:
 
     async def _on_disconnected(self) -> None:
         if self._connected.is_set() and not self._closing:
+            self.disconnects += 1
             log.warning("disconnected from NATS; serving the last known state")
 
     async def _on_reconnected(self) -> None:
@@ -124,6 +129,26 @@ class Bus:
         log.info("reconnected to NATS at %s", redact(self._current()))
         for listener in list(self._listeners):
             listener()
+
+
+class BusMetrics:
+    """The connection's state on scrape: up or not, and disconnects since start."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+
+    def collect(self) -> Iterator[Metric]:
+        """Prometheus collector protocol."""
+        yield GaugeMetricFamily(
+            "trunk8_nats_connected",
+            "1 while the process holds a NATS connection.",
+            value=1.0 if self.bus.is_connected else 0.0,
+        )
+        yield CounterMetricFamily(
+            "trunk8_nats_disconnects",
+            "Times the NATS connection was lost after it had been up.",
+            value=self.bus.disconnects,
+        )
 
 
 BUS = web.AppKey("trunk8.bus", Bus)
@@ -135,6 +160,7 @@ def setup_bus(app: web.Application, settings: Settings, name: str) -> Bus:
         return app[BUS]
     bus = Bus(settings.nats_url, name, settings.nats_reconnect_wait)
     app[BUS] = bus
+    setup_ops(app).registry.register(BusMetrics(bus))
 
     async def bus_ctx(app: web.Application) -> AsyncIterator[None]:
         bus.start()

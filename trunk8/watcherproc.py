@@ -4,10 +4,13 @@ Re-parsing a 100,000-link file holds the interpreter for about a second; in the 
 that answers redirects that is a second of queued requests (the GIL). So `up` runs the
 config-watcher as `trunk8 run --target config-watcher` in its own process, on a loopback
 port of its own, and the serving process treats it as one of its services: `/-/ready`
-includes it, `/-/rejected` and its metrics are fetched from it. Its first load is awaited
-at start (a users.toml it cannot load ends `up` with the watcher's one-line error); later
-it is supervised like a background task, restarted when it exits. Its log lines go to our
-stderr. The NATS URL (with its token) travels in the environment, not on a command line.
+includes it, `/-/rejected` and its metrics are fetched from it. Its first publication, and
+a snapshot of it, is awaited before our services start, so they load the snapshot rather
+than follow a first import one message at a time (a million messages into the serving
+process made NATS drop it as a slow consumer); a users.toml it cannot load ends `up` with
+the watcher's one-line error. Later it is supervised like a background task, restarted
+when it exits. Its log lines go to our stderr. The NATS URL (with its token) travels in
+the environment, not on a command line.
 """
 
 from __future__ import annotations
@@ -94,7 +97,9 @@ class WatcherProcess:
             preexec_fn=_die_with_parent_fn(),
         )
         self._stderr_task = asyncio.create_task(self._forward_stderr(self.process))
-        while not await self._answers("/-/healthz"):  # answers once its first load is done
+        # Answers once its state and a snapshot of it are published: our services then
+        # load the snapshot instead of following a first import message by message.
+        while not await self._answers("/-/snapshot"):
             if self.process.returncode is not None:
                 await self._stderr_task  # every line read, the last error included
                 raise StartupError(

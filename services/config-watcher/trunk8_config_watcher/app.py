@@ -37,6 +37,16 @@ __all__ = [
 CONFIG_WATCHER = web.AppKey("trunk8.config_watcher", ConfigWatcher)
 
 
+async def snapshot_view(request: web.Request) -> web.Response:
+    """`/-/snapshot`: 200 once a snapshot of the published state is stored, else 503.
+
+    `trunk8 up` waits for it before its own services load, so they load the snapshot
+    instead of following a first import of a million links one message at a time.
+    """
+    stored = request.app[CONFIG_WATCHER].snapshot_stored.is_set()
+    return web.json_response({"stored": stored}, status=200 if stored else 503)
+
+
 def setup_config_watcher(app: web.Application, settings: Settings) -> ConfigWatcher:
     """Add the config-watcher to an application (alone, or beside other services)."""
     bus = setup_bus(app, settings, "trunk8-config-watcher")
@@ -44,6 +54,7 @@ def setup_config_watcher(app: web.Application, settings: Settings) -> ConfigWatc
     app[CONFIG_WATCHER] = watcher
     app[REJECTIONS] = watcher.rejections
     setup_ops(app).add_service("config-watcher", watcher.ready.is_set, watcher.metrics.registry)
+    app.router.add_get("/-/snapshot", snapshot_view)
     app.router.add_get("/-/rejected", rejected_view)
 
     async def data_dir_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -127,9 +127,9 @@ async def keep_snapshots(watcher: ConfigWatcher) -> None:
         watcher.snapshot_due.clear()
         try:
             await watcher.save_memo()
-            if not snapshots.due():
-                continue
-            await snapshots.publish()
+            if snapshots.due():
+                await snapshots.publish()
+            watcher.snapshot_stored.set()
         except SNAPSHOT_ERRORS as err:
             log.warning("publishing a snapshot failed (%s: %s); retrying", type(err).__name__, err)
             await backoff.wait()

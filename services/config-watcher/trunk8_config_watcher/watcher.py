@@ -54,6 +54,7 @@ class ConfigWatcher:
         self.out_of_sync = asyncio.Event()  # NATS may differ from the catalog: sync again
         self.lock = asyncio.Lock()  # one reload, sync or snapshot encoding at a time
         self.snapshot_due = asyncio.Event()  # the snapshot task checks whether one is due
+        self.snapshot_stored = asyncio.Event()  # a snapshot of a published state exists
         self.changes_since_snapshot = 0
 
     async def load(self) -> None:

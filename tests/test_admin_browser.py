@@ -35,6 +35,15 @@ WATCH_PROGRESS = """() => {
   }).observe(box, {attributes: true, subtree: true, childList: true, characterData: true});
 }"""
 
+# True once the page's Bootstrap Icons font and Trunk8 logo are loaded.
+ICONS_AND_LOGO_LOADED = """async () => {
+  await document.fonts.ready;
+  const font = [...document.fonts].some(
+    (f) => f.family.replaceAll('"', '') === 'bootstrap-icons' && f.status === 'loaded');
+  const logo = document.querySelector('.navbar-brand img');
+  return font && logo.complete && logo.naturalWidth > 0;
+}"""
+
 
 @pytest.fixture
 def short_upload_idle(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -73,6 +82,9 @@ async def create(page: Any, link_type: str, code: str, fill: dict[str, str]) -> 
 
 async def test_a_links_whole_life_in_chromium(page: Any, admin_system: RunningSystem) -> None:
     base = admin_system.base
+    # Every request of every page stays on this host: nothing from a CDN (works offline).
+    elsewhere: list[str] = []
+    page.on("request", lambda r: None if r.url.startswith(base) else elsewhere.append(r.url))
     # Sign in, administrator mode (password only).
     await page.goto("/auth/login")
     await page.check("#adminMode")
@@ -142,6 +154,12 @@ async def test_a_links_whole_life_in_chromium(page: Any, admin_system: RunningSy
     await page.goto("/links?q=e2e-")
     for code in ("e2e-redirect", "e2e-file", "e2e-markdown", "e2e-html"):
         assert await page.locator(f'tr[data-code="{code}"]').count() == 1
+    # The logo and the icon font load; the copy button's icon turns into a check.
+    assert await page.evaluate(ICONS_AND_LOGO_LOADED)
+    copy = page.locator('tr[data-code="e2e-file"] [data-copy]')
+    await copy.click()
+    await page.wait_for_selector('tr[data-code="e2e-file"] [data-copy] .bi-clipboard-check')
+    assert await copy.locator("[data-copy-label]").text_content() == "Copied!"
 
     # Each short URL answers.
     await page.goto("/e2e-redirect")
@@ -172,6 +190,7 @@ async def test_a_links_whole_life_in_chromium(page: Any, admin_system: RunningSy
     await page.wait_for_selector("text=Successfully logged out!")
     await page.goto("/links")
     assert page.url.endswith("/auth/login")
+    assert elsewhere == []
 
 
 async def register_in_browser(page: Any, username: str, password: str) -> None:

@@ -539,6 +539,48 @@ async def test_admin_static_files_are_fingerprinted_and_cached(admin_browser: Br
     assert status == 404  # only fingerprinted names are served
 
 
+async def test_icons_logo_and_favicon_are_served_by_the_product(
+    admin_browser: Browser, admin_system: RunningSystem
+) -> None:
+    _, _, body = await admin_browser.get("/links")
+    # Stylesheets, scripts and images all come from this host (the page works offline).
+    assert not re.search(r'<(?:link|script|img)\b[^>]*(?:href|src)="(?:[a-z]+:)?//', body)
+    css_url = re.search(r'href="(/static/admin/bootstrap-icons-[\d.]+/[^"]+\.css)"', body)
+    assert css_url is not None
+    async with admin_browser.http.get(admin_system.base + css_url.group(1)) as response:
+        assert response.status == 200 and response.content_type == "text/css"
+        assert response.headers["Cache-Control"] == "public, max-age=31536000, immutable"
+        css = await response.text()
+    assert ".bi-clipboard::before" in css
+    fonts = re.findall(r'url\("(fonts/[^"?]+)', css)
+    assert sorted(fonts) == ["fonts/bootstrap-icons.woff", "fonts/bootstrap-icons.woff2"]
+    folder = css_url.group(1).rsplit("/", 1)[0]
+    for font, magic in zip(sorted(fonts), (b"wOFF", b"wOF2"), strict=True):
+        async with admin_browser.http.get(f"{admin_system.base}{folder}/{font}") as response:
+            assert response.status == 200
+            assert response.headers["Cache-Control"] == "public, max-age=31536000, immutable"
+            assert (await response.read())[:4] == magic
+    # The logo and favicon the pages name, fingerprinted.
+    for name, magic in (("trunk8_logo.png", b"\x89PNG"), ("favicon.ico", b"\x00\x00\x01\x00")):
+        stem, ext = name.rsplit(".", 1)
+        url = re.search(rf'"(/static/admin/{stem}\.[0-9a-f]{{12}}\.{ext})"', body)
+        assert url is not None, name
+        async with admin_browser.http.get(admin_system.base + url.group(1)) as response:
+            assert response.status == 200 and (await response.read())[:4] == magic
+    # Nothing outside the vendored folder is reachable through it.
+    for probe in ("..%2F..%2Fapp.py", "%2E%2E/%2E%2E/app.py", "fonts/..%2F..%2F..%2Fapp.py"):
+        status, _, text = await admin_system.get(f"{folder}/{probe}")
+        assert status == 404 and "setup_admin" not in text, probe
+
+
+async def test_an_admin_alone_serves_its_icons(admin_env: None, start_system: StartSystem) -> None:
+    system = await start_system("admin")
+    status, headers, _ = await system.get(
+        "/static/admin/bootstrap-icons-1.13.2/bootstrap-icons.min.css"
+    )
+    assert status == 200 and headers["Content-Type"].startswith("text/css")
+
+
 async def test_expired_links_are_purged_on_a_timer(
     admin_env: None, monkeypatch: pytest.MonkeyPatch, data_dir: Path, start_system: StartSystem
 ) -> None:

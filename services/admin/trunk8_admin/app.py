@@ -3,8 +3,10 @@
 `setup_admin` adds the admin to an application (alone or beside the other services);
 `create_app` is the stand-alone application. Admin routes are wrapped one by one
 (`pages.admin_page`), so nothing of the admin runs for `/{code}`, `/f/…` or `/-/…`.
-The admin's own static files are served under `/static/admin/` with fingerprinted
-names and a year of caching; Bootswatch themes come from the shared `/static/bootswatch/`.
+The admin's own static files (script, stylesheet, logo, favicon) are served under
+`/static/admin/` with fingerprinted names and a year of caching, and the vendored
+Bootstrap Icons under a path naming their version, cached as long; Bootswatch themes come
+from the shared `/static/bootswatch/`. No page needs a CDN.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from trunk8_shared.kvmirror import KvMirror
 from trunk8_shared.ops import setup_ops
 from trunk8_shared.records import LINKS_BUCKET
 from trunk8_shared.settings import Settings, environment
+from trunk8_shared.static import StaticFiles
 
 from . import views_auth, views_backup, views_links, views_profile, views_switch, views_users
 from .accounts import AccountBook
@@ -52,6 +55,10 @@ TEMPLATES_DIR = PACKAGE / "templates"
 STATIC_PREFIX = "/static/admin/"
 SESSION_COOKIE = "trunk8_session"
 IMMUTABLE = "public, max-age=31536000, immutable"
+ICONS_VERSION = "1.13.2"  # the npm package bootstrap-icons, see vendor/bootstrap-icons/
+ICONS_DIR = PACKAGE / "vendor" / "bootstrap-icons"
+# Under the admin's prefix, so the edge's `/static/admin/` route reaches it too.
+ICONS_PREFIX = f"{STATIC_PREFIX}bootstrap-icons-{ICONS_VERSION}/"
 
 
 class IndexMirror(KvMirror):
@@ -86,6 +93,7 @@ def fingerprinted_static() -> tuple[dict[str, str], dict[str, Path]]:
         served = f"{path.stem}.{digest}{path.suffix}"
         urls[path.name] = STATIC_PREFIX + served
         files[served] = path
+    urls["bootstrap-icons.css"] = ICONS_PREFIX + "bootstrap-icons.min.css"
     return urls, files
 
 
@@ -151,6 +159,8 @@ def setup_admin(
     )
     setup_ops(app).add_service("admin", mirror.ready.is_set, metrics.registry)
     _add_routes(app, files)
+    # Its own folder set (not the shared one): Bootswatch stays the files service's route.
+    StaticFiles(app).add_folder(ICONS_PREFIX, ICONS_DIR, IMMUTABLE)
     app.cleanup_ctx.append(task_ctx("admin-link-index", mirror.run))
     app.cleanup_ctx.append(task_ctx("admin-expiry-purge", partial(purge_forever, admin)))
     if admin_settings.default_password:

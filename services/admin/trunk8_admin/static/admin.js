@@ -25,11 +25,6 @@ document.addEventListener("DOMContentLoaded", () => {
       document.querySelectorAll(".dropdown-menu.show").forEach((m) => m.classList.remove("show"));
     }
   });
-  document.querySelectorAll("img[data-hide-if-broken]").forEach((img) => {
-    const hide = () => img.remove();
-    if (img.complete && img.naturalWidth === 0) hide();
-    else img.addEventListener("error", hide);
-  });
   document.querySelectorAll("[data-dismiss-alert]").forEach((button) => {
     button.addEventListener("click", () => button.closest(".alert").remove());
   });
@@ -48,9 +43,16 @@ document.addEventListener("DOMContentLoaded", () => {
         document.execCommand("copy");
         field.remove();
       }
-      const label = button.textContent;
-      button.textContent = "Copied!";
-      setTimeout(() => { button.textContent = label; }, 1500);
+      // Only the label and icon change, so the button keeps its size and markup.
+      const label = button.querySelector("[data-copy-label]") || button;
+      const icon = button.querySelector(".bi");
+      const text0 = label.textContent;
+      label.textContent = "Copied!";
+      icon?.classList.replace("bi-clipboard", "bi-clipboard-check");
+      setTimeout(() => {
+        label.textContent = text0;
+        icon?.classList.replace("bi-clipboard-check", "bi-clipboard");
+      }, 1500);
     });
   });
 

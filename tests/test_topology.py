@@ -175,7 +175,6 @@ async def test_split_topology_through_nginx(
         "TRUNK8_DATA_DIR": str(data_dir),
         "TRUNK8_ADMIN_PASSWORD": ADMIN_PASSWORD,
         "TRUNK8_SECRET_KEY": "topology-secret-key",
-        "TRUNK8_NATS_RECONNECT_WAIT": "0.2",
     }
     for name, port in ports.items():
         target = name.split("-")[0] if name.startswith("redirector") else name

@@ -52,6 +52,14 @@ class Upstreams(msgspec.Struct, frozen=True, kw_only=True):
         return getattr(self, service)  # type: ignore[no-any-return]
 
 
+# The same processes as containers of deploy/compose.yaml, by service name.
+COMPOSE_UPSTREAMS = Upstreams(
+    redirector=("redirector-1:5101", "redirector-2:5102"),
+    files=("files:5201",),
+    admin=("admin:5301",),
+)
+
+
 def render_upstreams(upstreams: Upstreams) -> str:
     """`upstream {}` blocks, one per service, with keep-alive connections to the backends."""
     blocks = []
@@ -190,6 +198,7 @@ def nginx_files(upstreams: Upstreams | None = None, cache_dir: str | None = None
     return {
         "trunk8-http.conf": render_http(cache_dir) if cache_dir else render_http(),
         "trunk8-upstreams.conf": render_upstreams(upstreams or Upstreams()),
+        "trunk8-upstreams.compose.conf": render_upstreams(COMPOSE_UPSTREAMS),
         "trunk8-routes.conf": render_routes(),
         "trunk8-site.conf": render_site(),
         "trunk8-files.conf": render_files_snippet(),
@@ -233,19 +242,25 @@ async def _provision(urls: str, replicas: int) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m trunk8.deploy nginx [--out DIR | --check DIR]` or `buckets`."""
+def parser() -> argparse.ArgumentParser:
+    """The command line of `python -m trunk8.deploy`."""
     parser = argparse.ArgumentParser(prog="python -m trunk8.deploy", description=__doc__)
     parser.add_argument("what", choices=["nginx", "buckets"])
     parser.add_argument("--out", type=Path, help="nginx: write the files into this folder")
     parser.add_argument("--check", type=Path, help="nginx: fail if the files there differ")
     parser.add_argument("--nats", help="buckets: NATS URL or seed list (TRUNK8_NATS_URL)")
     parser.add_argument("--replicas", type=int, default=3, help="buckets: copies (default 3)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m trunk8.deploy nginx [--out DIR | --check DIR]` or `buckets`."""
+    command = parser()
+    args = command.parse_args(argv)
     if args.what == "buckets":
         urls = args.nats or environment().get("TRUNK8_NATS_URL") or DEFAULT_NATS_URL
         if not 1 <= args.replicas <= 5:
-            parser.error("--replicas must be 1 to 5 (JetStream's limit)")
+            command.error("--replicas must be 1 to 5 (JetStream's limit)")
         return asyncio.run(_provision(urls, args.replicas))
     files = nginx_files()
     if args.check:

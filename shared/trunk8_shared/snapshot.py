@@ -18,6 +18,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import weakref
 from typing import Any
 
 import msgspec
@@ -166,10 +167,23 @@ async def read_snapshot_tag(js: JetStreamContext, name: str) -> tuple[int, str] 
     return (tag.revision, tag.bucket_created) if tag.v == SNAPSHOT_VERSION else None
 
 
+# One object read at a time per process: the mirrors of an all-in-one process (redirector,
+# files, admin) reading 300 MB at once made NATS drop the connection as a slow consumer.
+_reading: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)  # per event loop: a lock is bound to the loop it first waited on
+
+
 async def read_snapshot(
     js: JetStreamContext, name: str, timeout: float = READ_TIMEOUT
 ) -> bytearray:
     """The bytes of a snapshot object, read into one buffer; SnapshotError when unusable."""
+    lock = _reading.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+    async with lock:
+        return await _read_snapshot(js, name, timeout)
+
+
+async def _read_snapshot(js: JetStreamContext, name: str, timeout: float) -> bytearray:
     store = await snapshot_store(js)
     if store is None:
         raise SnapshotError("no snapshot store yet")

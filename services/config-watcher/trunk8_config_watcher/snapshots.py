@@ -91,11 +91,15 @@ class SnapshotPublisher:
         writer = watcher.publisher.links
         js = watcher.bus.js
         if not self.revision:
+            # A stored snapshot of this bucket, a few changes behind, is as good as a new
+            # one (readers follow from its revision): a restart need not publish 180 MB.
             stored = await read_snapshot_tag(js, TABLE_OBJECT)
-            if stored is not None and stored == (writer.revision, str(writer.created)):
-                self.revision = writer.revision
-                watcher.changes_since_snapshot = 0
-                return False
+            behind = writer.revision - stored[0] if stored is not None else -1
+            if stored is not None and stored[1] == str(writer.created) and 0 <= behind:
+                self.revision = stored[0]
+                watcher.changes_since_snapshot = behind
+                if not self.due():
+                    return False
         async with watcher.lock:
             revision, created = writer.revision, str(writer.created)
             served, known = dict(watcher.catalog.served), writer.known

@@ -8,6 +8,7 @@ files service and an admin on their own ports, against what the edge must do.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
@@ -79,6 +80,17 @@ def test_nginx_accepts_the_shipped_config(tmp_path: Path) -> None:
     assert checked.returncode == 0, checked.stderr
 
 
+async def raw_status(port: int, target: str) -> int:
+    """The status nginx answers for a request target sent byte for byte."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"GET {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
+        line = await asyncio.wait_for(reader.readline(), timeout=5)
+        return int(line.split()[1])
+    finally:
+        writer.close()
+
+
 async def test_the_edge_routes_limits_and_caches(
     start_system: StartSystem, data_dir: Path, tmp_path: Path
 ) -> None:
@@ -125,8 +137,13 @@ async def test_the_edge_routes_limits_and_caches(
             status, _, body = await get("/page")
             assert status == 200 and b"Hello edge" in body
             assert (await get("/f/big"))[0] == 200
-            for private in ("/-/metrics", "/-/ready", "/_trunk8_files/big"):
-                assert (await get(private))[0] == 404, private
+            private_paths = (
+                "/-/metrics", "/-/ready", "/%2D/metrics", "//-/metrics", "/f/../-/ready",
+                "/_trunk8_files/big", "/%5Ftrunk8_files/big", "//_trunk8_files/big",
+            )  # fmt: skip
+            assert await raw_status(edge.port, "/d%6Fcs") == 302  # decoded, then routed
+            for private in private_paths:  # sent as they are, no client normalising them
+                assert await raw_status(edge.port, private) == 404, private
             status, _, body = await get("/auth/login")
             assert status == 200 and b"password" in body.lower()
             css = "/static/bootswatch/flatly/bootstrap.min.css"

@@ -17,6 +17,7 @@ from test_admin_support import (
     admin_env,
     admin_system,
     browser,
+    field_errors,
     fixture_copy,
     flashes,
 )
@@ -66,11 +67,16 @@ async def test_failed_logins_say_why(browser: Browser) -> None:
     await browser.get("/auth/login")
     _, _, body = await browser.post("/auth/login", {"username": "", "password": "nope"})
     assert ("error", "Invalid password.") in flashes(body)
+    # Flashed as in Trunk8, and shown next to the field too.
+    assert field_errors(body) == {"password": "Invalid password."}
     _, _, body = await browser.post("/auth/login", {"username": "bob", "password": " "})
     assert ("error", "Password is required.") in flashes(body)
+    assert field_errors(body) == {"password": "Password is required."}
     _, _, body = await browser.post("/auth/login", {"username": "ghost", "password": "x"})
     assert ("error", "Invalid username or password.") in flashes(body)
+    assert field_errors(body) == {"password": "Invalid username or password."}
     assert 'value="ghost"' in body  # the username stays filled in
+    assert field_errors((await browser.get("/auth/login"))[2]) == {}
 
 
 async def test_login_without_csrf_token_is_refused(browser: Browser) -> None:

@@ -101,6 +101,14 @@ class Browser:
         return await self.get(headers["Location"])
 
 
+_FIELD_ERROR = re.compile(r'data-field-error="([^"]+)">(.*?)</div>', re.S)
+
+
+def field_errors(body: str) -> dict[str, str]:
+    """The errors a page shows next to its fields, by field name."""
+    return {name: html.unescape(text) for name, text in _FIELD_ERROR.findall(body)}
+
+
 def flashes(body: str) -> list[tuple[str, str]]:
     """The alerts of a page as (category, text)."""
     return [(kind, html.unescape(text)) for kind, text in _ALERT.findall(body)]

@@ -16,6 +16,7 @@ from test_admin_support import (
     admin_env,
     admin_system,
     browser,
+    field_errors,
     flashes,
 )
 
@@ -55,27 +56,44 @@ async def test_register_needs_an_admin(browser: Browser) -> None:
 async def test_register_checks_in_trunk8_order(admin_browser: Browser, data_dir: Path) -> None:
     before = (data_dir / "users" / "users.toml").read_bytes()
     cases = [
-        ({"username": ""}, "Username is required."),
-        ({"password": "", "confirm_password": ""}, "Password is required."),
-        ({"confirm_password": "other"}, "Passwords do not match."),
-        ({"username": "ab"}, "Username must be at least 3 characters."),
-        ({"password": "abc", "confirm_password": "abc"}, "Password must be at least 4 characters."),
+        ({"username": ""}, "username", "Username is required."),
+        ({"password": "", "confirm_password": ""}, "password", "Password is required."),
+        ({"confirm_password": "other"}, "confirm_password", "Passwords do not match."),
+        ({"username": "ab"}, "username", "Username must be at least 3 characters."),
+        (
+            {"password": "abc", "confirm_password": "abc"},
+            "password",
+            "Password must be at least 4 characters.",
+        ),
         (
             {"username": "bad name"},
+            "username",
             "Username can only contain letters, numbers, hyphens, and underscores.",
         ),
         (
             {"username": "../etc"},
+            "username",
             "Username can only contain letters, numbers, hyphens, and underscores.",
         ),
-        ({"username": "bob"}, "Username already exists or registration failed."),
+        ({"username": "bob"}, "username", "Username already exists or registration failed."),
+        (
+            {"display_name": "x" * 201},
+            "display_name",
+            "Display name must be at most 200 characters.",
+        ),
     ]
-    for change, message in cases:
-        fields = {"username": "newbie", "password": "pw-1234", "confirm_password": "pw-1234"}
+    for change, field, message in cases:
+        fields = {
+            "username": "newbie",
+            "display_name": "",
+            "password": "pw-1234",
+            "confirm_password": "pw-1234",
+        }
         fields.update(change)
-        status, _, body = await admin_browser.post("/auth/register", {"display_name": "", **fields})
+        status, _, body = await admin_browser.post("/auth/register", fields)
         assert status == 200, change
         assert ("error", message) in flashes(body), change
+        assert field_errors(body) == {field: message}, change  # next to the field too
     assert (data_dir / "users" / "users.toml").read_bytes() == before
 
 

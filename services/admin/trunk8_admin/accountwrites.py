@@ -27,6 +27,7 @@ from trunk8_shared.datafiles import MAX_USERNAME_LENGTH
 
 from .accounts import ADMIN
 from .datawrites import DataWriteError, edit_toml, replace_if_unchanged
+from .linkrules import Problem
 
 MIN_USERNAME = 3
 MIN_PASSWORD = 4
@@ -52,25 +53,29 @@ class Registration:
     is_admin: bool
 
 
-def registration_problem(reg: Registration) -> str | None:
-    """Trunk8's checks, in its order and with its messages (T8-028); None when valid."""
+def registration_problem(reg: Registration) -> Problem | None:
+    """Trunk8's checks, in its order and with its messages (T8-028), naming the field at fault."""
     if not reg.username:
-        return "Username is required."
+        return Problem("Username is required.", "username")
     if not reg.password:
-        return "Password is required."
+        return Problem("Password is required.", "password")
     if reg.password != reg.confirm:
-        return "Passwords do not match."
+        return Problem("Passwords do not match.", "confirm_password")
     if len(reg.username) < MIN_USERNAME:
-        return "Username must be at least 3 characters."
+        return Problem("Username must be at least 3 characters.", "username")
     if len(reg.password) < MIN_PASSWORD:
-        return "Password must be at least 4 characters."
+        return Problem("Password must be at least 4 characters.", "password")
     if username_problem(reg.username):
-        return "Username can only contain letters, numbers, hyphens, and underscores."
+        return Problem(
+            "Username can only contain letters, numbers, hyphens, and underscores.", "username"
+        )
     # Trunk8 has no maximum; the name becomes a folder and a NATS key, so keep it sane.
     if len(reg.username) > MAX_USERNAME_LENGTH:
-        return f"Username must be at most {MAX_USERNAME_LENGTH} characters."
+        return Problem(f"Username must be at most {MAX_USERNAME_LENGTH} characters.", "username")
     if len(reg.display_name) > MAX_DISPLAY_NAME:
-        return f"Display name must be at most {MAX_DISPLAY_NAME} characters."
+        return Problem(
+            f"Display name must be at most {MAX_DISPLAY_NAME} characters.", "display_name"
+        )
     return None
 
 

@@ -27,12 +27,19 @@ def _client(request: web.Request) -> str:
     return request.remote or "unknown"
 
 
-def _login_form(page: Page, status: int = 200, username: str = "") -> web.Response:
+def _login_form(
+    page: Page, status: int = 200, username: str = "", password_error: str = ""
+) -> web.Response:
+    """The login page; a problem is flashed (as Trunk8 did) and shown at the password."""
+    if password_error:
+        page.flash("error", password_error)
     return page.render(
         "login.html",
         status=status,
         username=username,
         lifetime_days=page.admin.startup_config.permanent_lifetime_days,
+        error_field="password" if password_error else "",
+        error_message=password_error,
     )
 
 
@@ -51,8 +58,7 @@ async def login(request: web.Request, page: Page) -> web.StreamResponse:
     password = str(page.form.get("password", "")).strip()
     remember = str(page.form.get("remember", "")) != ""
     if not password:
-        page.flash("error", "Password is required.")
-        return _login_form(page, username=username)
+        return _login_form(page, username=username, password_error="Password is required.")
     # Usernames are bounded in the table (a flood of long names must not fill memory).
     keys = (f"client:{_client(request)}", f"user:{(username or ADMIN)[:MAX_NAME_KEY]}")
     wait = admin.throttle.retry_after(*keys)
@@ -77,8 +83,7 @@ async def login(request: web.Request, page: Page) -> web.StreamResponse:
     if user is None:
         admin.metrics.logins.labels("failure").inc()
         log.info("failed login for %r from %s", username or "(admin mode)", _client(request))
-        page.flash("error", failure)
-        return _login_form(page, username=username)
+        return _login_form(page, username=username, password_error=failure)
     admin.metrics.logins.labels("success").inc()
     admin.throttle.forget(keys[1])
     log.info(

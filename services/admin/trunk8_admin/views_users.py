@@ -30,6 +30,7 @@ from .accountwrites import (
     remove_folder,
 )
 from .datawrites import DataWriteError
+from .linkrules import Problem
 from .pages import ACTIVE_USER, Page, admin_page
 from .passwords import hash_password
 from .publish import Outcome
@@ -49,8 +50,18 @@ def _require_admin(page: Page, message: str, location: str) -> None:
         page.redirect(location)
 
 
-def _register_form(page: Page, values: dict[str, str] | None = None) -> web.Response:
-    return page.render("register.html", values=values or {})
+def _register_form(
+    page: Page, values: dict[str, str] | None = None, problem: Problem | None = None
+) -> web.Response:
+    """The form, its problem flashed (as Trunk8 did) and shown next to its field."""
+    if problem is not None:
+        page.flash("error", problem.message)
+    return page.render(
+        "register.html",
+        values=values or {},
+        error_field=problem.field if problem else "",
+        error_message=problem.message if problem else "",
+    )
 
 
 @admin_page(login=False)
@@ -79,11 +90,10 @@ async def register(request: web.Request, page: Page) -> web.StreamResponse:
     )
     shown = {"username": fields["username"], "display_name": fields["display_name"]}
     if problem := registration_problem(reg):
-        page.flash("error", problem)
-        return _register_form(page, shown)
+        return _register_form(page, shown, problem)
     if username in await page.admin.accounts.all():
-        page.flash("error", "Username already exists or registration failed.")
-        return _register_form(page, shown)
+        taken = Problem("Username already exists or registration failed.", "username")
+        return _register_form(page, shown, taken)
     password_hash = await _blocking(hash_password, reg.password)
     admin = page.admin
     try:
@@ -91,8 +101,8 @@ async def register(request: web.Request, page: Page) -> web.StreamResponse:
             add_account, admin.data, username, reg.display_name, password_hash, reg.is_admin
         )
     except AccountExists:
-        page.flash("error", "Username already exists or registration failed.")
-        return _register_form(page, shown)
+        taken = Problem("Username already exists or registration failed.", "username")
+        return _register_form(page, shown, taken)
     except (DataWriteError, OSError) as err:
         log.warning("registering %s failed: %s", username, err)
         page.flash("error", f"Username already exists or registration failed. ({err})")

@@ -14,6 +14,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -205,3 +206,23 @@ async def test_alerts_and_dashboard_use_metrics_that_exist(
     }
     missing = referenced_metrics() - exposed
     assert not missing, f"rules or dashboard use metrics no process exports: {missing}"
+
+
+def test_the_installed_package_carries_every_data_file() -> None:
+    """The image installs Trunk8 from a wheel: each tracked data file must be package data."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    for package, folder in project["package-dir"].items():
+        declared = {
+            path.relative_to(ROOT / folder).as_posix()
+            for pattern in project.get("package-data", {}).get(package, [])
+            for path in (ROOT / folder).glob(pattern)
+        }
+        data_files = {
+            name.removeprefix(folder + "/")
+            for name in tracked
+            if name.startswith(folder + "/") and not name.endswith(".py")
+        }
+        assert data_files <= declared, f"{package} would lose {sorted(data_files - declared)}"

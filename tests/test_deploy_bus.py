@@ -86,3 +86,10 @@ async def test_provisioning_creates_the_buckets_and_refuses_impossible_replicas(
     assert status == 1
     err = capsys.readouterr().err
     assert "cannot set 3 replicas" in err and nats_server.token not in err
+    # Nobody there: one line, no traceback per attempt, no token.
+    status = await asyncio.to_thread(
+        deploy.main, ["buckets", "--nats", f"nats://hidden@127.0.0.1:{_free_port()}"]
+    )
+    err = capsys.readouterr().err
+    assert status == 1 and err.count("\n") == 1 and "hidden" not in err
+    assert err.startswith("trunk8: cannot connect to NATS at nats://***@127.0.0.1:")

@@ -223,13 +223,23 @@ async def provision_buckets(js: JetStreamContext, replicas: int) -> list[str]:
 
 
 async def _provision(urls: str, replicas: int) -> int:
+    errors: list[Exception] = []
+
+    async def remember(err: Exception) -> None:  # instead of nats-py's traceback per attempt
+        errors[:] = [err]
+
     try:
         client = await asyncio.wait_for(
-            nats.connect(servers=server_list(urls), connect_timeout=3, max_reconnect_attempts=2),
+            nats.connect(
+                servers=server_list(urls), connect_timeout=3, max_reconnect_attempts=2,
+                reconnect_time_wait=0.5,
+                error_cb=remember,
+            ),
             timeout=15,
-        )
+        )  # fmt: skip
     except (TimeoutError, OSError, nats.errors.Error) as err:
-        print(f"trunk8: cannot connect to NATS at {redact(urls)}: {err}", file=sys.stderr)
+        reason = errors[0] if errors else err
+        print(f"trunk8: cannot connect to NATS at {redact(urls)}: {reason}", file=sys.stderr)
         return 1
     try:
         changed = await provision_buckets(client.jetstream(), replicas)

@@ -447,7 +447,10 @@ def test_tap_prints_events_of_a_running_up(launch: Launch, sample_dir: Path) -> 
 
     by_data = launch("tap", "--data", str(sample_dir))
     by_url = launch("tap", "--nats", url, "trunk8.events.>")
-    for tap in (by_data, by_url):
+    # A seed list whose first server is down: the tap reaches the one that answers.
+    by_seeds = launch("tap", "--nats", f"nats://127.0.0.1:{free_port()},{url}")
+    taps = (by_data, by_url, by_seeds)
+    for tap in taps:
         tap.wait_line("stderr", lambda line: line.startswith("tapping"), READY_TIMEOUT)
 
     append_link(sample_dir, "bob", "tapped", "https://example.com/tapped")
@@ -459,10 +462,10 @@ def test_tap_prints_events_of_a_running_up(launch: Launch, sample_dir: Path) -> 
             and event["data"]["link"]["code"] == "tapped"
         )
 
-    for tap in (by_data, by_url):
+    for tap in taps:
         line = tap.wait_line("stdout", created, 10)
         assert json.loads(line)["data"]["link"]["url"] == "https://example.com/tapped"
-    for tap in (by_data, by_url):
+    for tap in taps:
         assert tap.signal_and_wait(signal.SIGTERM)[0] == 0, tap.describe()
 
 

@@ -10,7 +10,7 @@ import msgspec
 import nats
 from nats.aio.msg import Msg
 
-from trunk8_shared.bus import redact
+from trunk8_shared.bus import redact, server_list
 
 DEFAULT_SUBJECT = "trunk8.events.>"
 # Seconds to reach NATS at start; after that, an outage is waited out (reconnects forever).
@@ -39,8 +39,8 @@ async def tap(url: str, subject: str) -> int:
         # With unlimited reconnects nats-py retries the first connect forever: bound it.
         nc = await asyncio.wait_for(
             nats.connect(
-                url, connect_timeout=3, max_reconnect_attempts=-1, allow_reconnect=True,
-                error_cb=remember,
+                server_list(url), connect_timeout=3, max_reconnect_attempts=-1,
+                allow_reconnect=True, error_cb=remember,
             ),
             CONNECT_TIMEOUT,
         )  # fmt: skip

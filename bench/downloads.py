@@ -3,7 +3,7 @@
 What it does, in order:
 
 1. makes sure ``wrk`` and ``nginx`` are installed (``apt-get`` if not), through the
-   helpers of ``bench/redirect.py``;
+   helpers of ``bench/common.py``;
 2. writes a throw-away data directory with a 1 MB and a 100 MB file link and a
    markdown link (a ~12 KB page with headings, tables, lists and code), and an nginx
    config serving the same two files from the same folder with ``sendfile on``;
@@ -26,12 +26,9 @@ Usage: ``.venv/bin/python bench/downloads.py [--quick] [--duration S] [--rounds 
 from __future__ import annotations
 
 import argparse
-import atexit
 import http.client
-import json
 import os
 import shlex
-import signal
 import statistics
 import subprocess
 import sys
@@ -42,18 +39,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from redirect import (
+from common import (
     CLEANUP,
     ROOT,
     BenchError,
-    Interrupted,
     WrkResult,
     cpu_count,
     ensure_tools,
     free_port,
     load_average,
-    nginx_missing_modules,
+    nginx_temp_paths,
     parse_wrk,
+    run_main,
     start,
     tool_version,
     wait_port,
@@ -106,13 +103,6 @@ def write_data_dir(data: Path) -> Path:
 
 def write_nginx_conf(prefix: Path, port: int, assets: Path) -> Path:
     """One worker serving the assets folder with sendfile, as a download server would."""
-    missing = nginx_missing_modules()
-    temp_paths = [f"    client_body_temp_path {prefix}/client_body;"]
-    temp_paths += [
-        f"    {module}_temp_path {prefix}/{module};"
-        for module in ("proxy", "fastcgi", "uwsgi", "scgi")
-        if module not in missing
-    ]
     conf = "\n".join(
         [
             "daemon off;",
@@ -126,7 +116,7 @@ def write_nginx_conf(prefix: Path, port: int, assets: Path) -> Path:
             "    tcp_nopush on;",
             "    keepalive_requests 1000000;",
             "    default_type application/octet-stream;",
-            *temp_paths,
+            *nginx_temp_paths(prefix),
             "    server {",
             f"        listen 127.0.0.1:{port};",
             f"        root {assets};",
@@ -343,29 +333,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise Interrupted(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    atexit.register(CLEANUP.run)
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    try:
-        report = bench(args)
-        if args.json:
-            args.json.write_text(json.dumps(report, indent=2) + "\n")
-            print(f"wrote {args.json}")
-        return 0
-    except BenchError as exc:
-        print(f"\nbench failed: {exc}", file=sys.stderr)
-        return 1
-    except (KeyboardInterrupt, Interrupted):
-        print("\ninterrupted, cleaning up", file=sys.stderr)
-        return 130
-    finally:
-        CLEANUP.run()
+    return run_main(bench, parse_args(argv))
 
 
 if __name__ == "__main__":

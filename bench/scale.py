@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,14 +34,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import ROOT, free_port, to_ms
+
 START_TIMEOUT = 600.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def write_data(root: Path, links: int, users: int) -> tuple[str, str]:
@@ -129,7 +125,7 @@ class Processes:
     ) -> subprocess.Popen[bytes]:
         log = (self.logs / f"{name}.log").open("ab")
         process = subprocess.Popen(
-            [str(REPO / ".venv" / "bin" / "trunk8"), *args],
+            [str(ROOT / ".venv" / "bin" / "trunk8"), *args],
             stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env or os.environ.copy(),
         )  # fmt: skip
         self.started.append(process)
@@ -170,15 +166,7 @@ def wrk_p99(port: int, code: str, seconds: int, during) -> float | None:  # type
     for line in out.splitlines():
         parts = line.split()
         if parts[:1] == ["99%"]:
-            value = parts[1]
-            scale = (
-                1e-3
-                if value.endswith("us")
-                else 1000.0
-                if value.endswith("s") and not value.endswith("ms")
-                else 1.0
-            )
-            return float(value.rstrip("mus")) * scale
+            return to_ms(parts[1])
     return None
 
 
@@ -201,9 +189,8 @@ def main() -> int:
     try:
         started = time.monotonic()
         last, edited_user = write_data(data, args.links, args.users)
-        print(
-            f"wrote {args.links} links over {args.users} users in {time.monotonic() - started:.1f} s"
-        )
+        took = time.monotonic() - started
+        print(f"wrote {args.links} links over {args.users} users in {took:.1f} s")
         last_user = f"user{args.users - 1:03d}"
         last_url = f"https://example.com/{last_user}/{args.links // args.users - 1}?src=bench"
         port = free_port()

@@ -265,15 +265,20 @@ async def test_profile_password_change_then_login(
         status, _, body = await pat.get("/profile")
         assert status == 200 and "Change Password" in body
         attempts = [
-            ({"current_password": "wrong"}, "Current password is incorrect."),
-            ({"new_password": "", "confirm_password": ""}, "New password is required."),
-            ({"confirm_password": "other"}, "New passwords do not match."),
+            ({"current_password": "wrong"}, "current_password", "Current password is incorrect."),
+            (
+                {"new_password": "", "confirm_password": ""},
+                "new_password",
+                "New password is required.",
+            ),
+            ({"confirm_password": "other"}, "confirm_password", "New passwords do not match."),
             (
                 {"new_password": "abc", "confirm_password": "abc"},
+                "new_password",
                 "Password must be at least 4 characters.",
             ),
         ]
-        for change, message in attempts:
+        for change, field, message in attempts:
             fields = {
                 "action": "change_password",
                 "current_password": "old-pass",
@@ -285,6 +290,12 @@ async def test_profile_password_change_then_login(
             assert (status, headers["Location"]) == (302, "/profile")
             _, _, body = await pat.get("/profile")
             assert ("error", message) in flashes(body), change
+            assert field_errors(body) == {field: message}, change  # next to the field too
+        _, _, body = await pat.get("/profile")
+        assert field_errors(body) == {}  # shown once
+        await pat.post("/profile", {"action": "update_profile", "display_name": " "})
+        _, _, body = await pat.get("/profile")
+        assert field_errors(body) == {"display_name": "Display name is required."}
         await pat.post(
             "/profile",
             {

@@ -40,6 +40,8 @@ REMEMBER = "remember"
 SEEN = "seen"
 CSRF = "csrf"
 FLASHES = "_flashes"
+# The field a form error belongs to, kept in the session across a redirect.
+FORM_ERROR = "_form_error"
 
 # Pages load only this site's scripts (no inline script anywhere), so an injected
 # `<script>` would not run; inline styles are allowed for the progress bar and the QR SVG.
@@ -85,6 +87,18 @@ class Page:
     def flash(self, category: str, message: str) -> None:
         """Show `message` once on the next rendered page (T8-087)."""
         self.session[FLASHES] = [*self.session.get(FLASHES, []), [category, message]]
+
+    def field_error(self, field: str, message: str) -> None:
+        """Flash `message` (as Trunk8 did) and show it next to `field` on the next page."""
+        self.flash("error", message)
+        self.session[FORM_ERROR] = [field, message]
+
+    def take_field_error(self) -> tuple[str, str]:
+        """The (field, message) a redirected form is to show, removed from the session."""
+        value = self.session.pop(FORM_ERROR, None)
+        if isinstance(value, list) and len(value) == 2:
+            return str(value[0]), str(value[1])
+        return "", ""
 
     def take_flashes(self) -> list[tuple[str, str]]:
         """The pending flashes, removed from the session."""

@@ -200,14 +200,10 @@ def _expiry(record: LinkRecord) -> dict[str, Any]:
     return {"text": record.expiration_date[:10], "expired": expired}
 
 
-# The field an edit error belongs to, kept in the session across Trunk8's redirect.
-FORM_ERROR = "_form_error"
-
-
 def _edit_page(
     page: Page, record: LinkRecord, values: dict[str, str] | None = None
 ) -> web.Response:
-    problem_field, problem_message = page.session.pop(FORM_ERROR, None) or ("", "")
+    problem_field, problem_message = page.take_field_error()
     if values is None:
         values = {"link_type": record.type, "url": record.url or ""}
         expiry = form_expiry(record.expiration_date)
@@ -250,8 +246,7 @@ async def edit(request: web.Request, page: Page) -> web.StreamResponse:
         form.discard()  # uploads the link did not use
     except Problem as problem:
         form.discard()
-        page.flash("error", problem.message)
-        page.session[FORM_ERROR] = [problem.field, problem.message]
+        page.field_error(problem.field, problem.message)
         page.redirect(f"/edit_link/{_quoted(code)}")
     except LinkMissing:
         form.discard()

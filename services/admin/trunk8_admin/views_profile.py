@@ -49,8 +49,11 @@ async def profile(request: web.Request, page: Page) -> web.StreamResponse:
     if entry is None and username != ADMIN:
         page.flash("error", "User data not found.")
         page.redirect("/")
+    error_field, error_message = page.take_field_error()
     return page.render(
         "profile.html",
+        error_field=error_field,
+        error_message=error_message,
         username=username,
         display_name=page.effective.display_name,
         is_admin=page.effective.is_admin,
@@ -86,16 +89,16 @@ async def _change_password(page: Page) -> None:
     entry = (await admin.accounts.all()).get(username)
     stored = entry.password_hash if entry is not None else None
     if not stored or not await _blocking(verify_password, current, stored):
-        page.flash("error", "Current password is incorrect.")
+        page.field_error("current_password", "Current password is incorrect.")
         return
     if not new:
-        page.flash("error", "New password is required.")
+        page.field_error("new_password", "New password is required.")
         return
     if new != confirm:
-        page.flash("error", "New passwords do not match.")
+        page.field_error("confirm_password", "New passwords do not match.")
         return
     if len(new) < MIN_PASSWORD:
-        page.flash("error", "Password must be at least 4 characters.")
+        page.field_error("new_password", "Password must be at least 4 characters.")
         return
     new_hash = await _blocking(hash_password, new)
     try:
@@ -120,11 +123,11 @@ async def _update_display_name(page: Page) -> None:
     username = page.effective.username
     name = str(page.form.get("display_name", "")).strip()
     if not name:
-        page.flash("error", "Display name is required.")
+        page.field_error("display_name", "Display name is required.")
         return
     if len(name) > MAX_DISPLAY_NAME or any(ord(c) < 32 for c in name):
-        page.flash(
-            "error", f"Display name must be at most {MAX_DISPLAY_NAME} printable characters."
+        page.field_error(
+            "display_name", f"Display name must be at most {MAX_DISPLAY_NAME} printable characters."
         )
         return
     try:

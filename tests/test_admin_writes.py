@@ -575,6 +575,31 @@ async def test_icons_logo_and_favicon_are_served_by_the_product(
         assert status == 404 and "setup_admin" not in text, probe
 
 
+async def test_trunk8_asset_paths_are_served_anonymously(
+    admin_env: None, start_system: StartSystem
+) -> None:
+    """T8-086: Trunk8's own asset paths answer, also before sign-in, with the product's files."""
+    system = await start_system()
+    expected = {
+        "/static/css/style.css": ("text/css", b""),
+        "/static/js/main.js": ("javascript", b""),
+        "/static/img/trunk8_logo.png": ("image/png", b"\x89PNG"),
+        "/static/favicon.ico": ("icon", b"\x00\x00\x01\x00"),
+    }
+    for path, (content_type, magic) in expected.items():
+        async with system.http.get(system.base + path, allow_redirects=False) as response:
+            body = await response.read()
+            assert response.status == 200, path
+            assert content_type in response.headers["Content-Type"], path
+            assert response.headers["Cache-Control"] == "no-cache", path
+            assert body.startswith(magic) and len(body) > 100, path
+        status, _, _ = await system.get(path, method="HEAD")
+        assert status == 200, path
+    # The folders hold only those files: anything else there is not found.
+    for path in ("/static/css/other.css", "/static/img/", "/static/js/../../app.py"):
+        assert (await system.get(path))[0] == 404, path
+
+
 async def test_an_admin_alone_serves_its_icons(admin_env: None, start_system: StartSystem) -> None:
     system = await start_system("admin")
     status, headers, _ = await system.get(

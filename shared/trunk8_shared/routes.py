@@ -47,6 +47,11 @@ PUBLIC_ROUTES: tuple[Route, ...] = (
     Route(path="/backup/", service="admin"),
     Route(path="/auth/", service="admin", auth_limited=True),
     Route(path="/static/admin/", service="admin", static=True),
+    # Trunk8's own asset paths (T8-086), kept for pages and bookmarks that name them.
+    Route(path="/static/css/", service="admin", static=True),
+    Route(path="/static/js/", service="admin", static=True),
+    Route(path="/static/img/", service="admin", static=True),
+    Route(path="/static/favicon.ico", service="admin", exact=True, static=True),
     Route(path="/f/", service="files"),
     Route(path="/static/bootswatch/", service="files", static=True),
     CATCH_ALL,

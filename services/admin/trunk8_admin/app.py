@@ -59,6 +59,14 @@ ICONS_VERSION = "1.13.2"  # the npm package bootstrap-icons, see vendor/bootstra
 ICONS_DIR = PACKAGE / "vendor" / "bootstrap-icons"
 # Under the admin's prefix, so the edge's `/static/admin/` route reaches it too.
 ICONS_PREFIX = f"{STATIC_PREFIX}bootstrap-icons-{ICONS_VERSION}/"
+# Trunk8's fixed asset paths (T8-086) and the files answering them; not fingerprinted, so
+# revalidated on each use.
+TRUNK8_STATIC_PATHS = {
+    "/static/css/style.css": "admin.css",
+    "/static/js/main.js": "admin.js",
+    "/static/img/trunk8_logo.png": "trunk8_logo.png",
+    "/static/favicon.ico": "favicon.ico",
+}
 
 
 class IndexMirror(KvMirror):
@@ -106,6 +114,14 @@ def _static_handler(files: dict[str, Path]) -> Handler:
         return web.FileResponse(path, headers={"Cache-Control": IMMUTABLE})
 
     return static_file
+
+
+def _trunk8_static_handler(path: Path) -> Handler:
+    async def trunk8_static_file(request: web.Request) -> web.StreamResponse:
+        """One of Trunk8's fixed asset paths (revalidated: the content may change)."""
+        return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+
+    return trunk8_static_file
 
 
 def setup_admin(
@@ -205,6 +221,8 @@ def _add_routes(app: web.Application, files: dict[str, Path]) -> None:
     router.add_get("/backup/restore", views_backup.restore_form)
     router.add_post("/backup/restore", views_backup.restore)
     router.add_get(STATIC_PREFIX + "{name}", _static_handler(files))
+    for legacy_path, name in TRUNK8_STATIC_PATHS.items():
+        router.add_get(legacy_path, _trunk8_static_handler(STATIC_DIR / name))
 
 
 def viewer_markdown_theme(admin: Admin, fallback: ThemeSource) -> ViewerMarkdownTheme:

@@ -250,6 +250,11 @@ def check_links(data: bytes, file: str) -> Checked[LinkEntry]:
     table = _load_toml(data, file).get("links", {})
     if not isinstance(table, dict):
         raise DataFileError(file, "`links` must be a table")
+    return check_link_entries(table, file)
+
+
+def check_link_entries(table: dict[str, Any], file: str) -> Checked[LinkEntry]:
+    """Check `[links]` entries (code -> table) as `check_links` does; bad ones refused alone."""
     links: dict[str, LinkEntry] = {}
     rejected: dict[str, str] = {}
     try:  # every entry valid (the usual case): one conversion instead of one per link
@@ -354,6 +359,7 @@ __all__ = [
     "LinksFile",
     "UserEntry",
     "UsersFile",
+    "check_link_entries",
     "check_links",
     "check_users",
     "display_name",

@@ -8,6 +8,7 @@ time. Events share one tagged base; the tag is also the subject suffix.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import msgspec
 
@@ -166,11 +167,23 @@ def event_subject(event: Event) -> str:
     return f"{EVENTS_PREFIX}.{type(event).__struct_config__.tag}"
 
 
-class ReloadRequest(msgspec.Struct, frozen=True, kw_only=True):
-    """Ask the config-watcher to re-read a file now (path relative to the data dir), or all."""
+class ReloadRequest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Ask the config-watcher to re-read a file now (path relative to the data dir), or all.
+
+    A saver of one links file may also say what it changed: `links` (code -> the entry as
+    written in the file) and `removed` codes. The watcher then publishes those entries at
+    once, checked as a file read would check them, and re-reads the file afterwards.
+    """
 
     v: int = 1
     path: str | None = None
+    links: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+    removed: list[str] = msgspec.field(default_factory=list)
+
+    @property
+    def carries_changes(self) -> bool:
+        """Whether the request says what changed (the watcher need not read the file first)."""
+        return bool(self.links or self.removed)
 
 
 class ReloadReply(msgspec.Struct, frozen=True, kw_only=True):

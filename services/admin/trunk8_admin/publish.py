@@ -5,6 +5,8 @@ When the page answers, the change is in the bucket every redirector follows (in 
 all-in-one process, the redirector's mirror receives it from the same connection). If
 NATS or the config-watcher is away, the save is on disk already; the answer says the
 link goes live when the bus is back, which the watcher's file watch or its resync does.
+A link save sends the entries it wrote, so the watcher publishes them without parsing the
+whole file first (it reads the file right after, and the file wins).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from trunk8_shared.bus import Bus
 from trunk8_shared.datadir import DataDir
@@ -56,12 +59,24 @@ class LinkPublisher:
         self.metrics = metrics
         self.timeout = timeout
 
-    async def publish(self, path: Path) -> Published:
-        """Ask for `path` to be reloaded; LIVE once served, PENDING when the bus is away."""
+    async def publish(
+        self,
+        path: Path,
+        links: dict[str, dict[str, Any]] | None = None,
+        removed: list[str] | None = None,
+    ) -> Published:
+        """Ask for `path` to be reloaded; LIVE once served, PENDING when the bus is away.
+
+        `links` (code -> fields as written) and `removed` say what a save changed in a
+        links file, so the watcher can publish it without parsing the file first.
+        """
         started = time.monotonic()
         if not self.bus.is_connected:
             return Published(Outcome.PENDING)
-        request = json_encoder.encode(ReloadRequest(path=self.data.relative(path)))
+        file = self.data.relative(path)
+        request = json_encoder.encode(
+            ReloadRequest(path=file, links=links or {}, removed=removed or [])
+        )
         try:
             msg = await self.bus.nc.request(RELOAD_SUBJECT, request, timeout=self.timeout)
             reply = reload_reply_decoder.decode(msg.data)
@@ -70,8 +85,16 @@ class LinkPublisher:
             return Published(Outcome.PENDING)
         if reply.error:
             return Published(Outcome.REJECTED, reply.error)
+        if refusal := _refusal(reply.refused, links):
+            return Published(Outcome.REJECTED, refusal)
         remaining = max(0.1, self.timeout - (time.monotonic() - started))
         if not await self.index.wait_for(reply.revision, remaining):
             return Published(Outcome.PENDING)
         self.metrics.save_to_served.observe(time.monotonic() - started)
         return Published(Outcome.LIVE)
+
+
+def _refusal(refused: dict[str, str], links: dict[str, Any] | None) -> str:
+    """Why the watcher refused one of the entries this save sent, or ""."""
+    mine = [f"{code}: {reason}" for code, reason in refused.items() if code in (links or {})]
+    return "; ".join(mine)

@@ -110,7 +110,7 @@ async def save_link(
     warning = None
     if previous.get("path") != draft.fields.get("path"):
         warning = await _blocking(remove_asset, assets, previous)
-    published = await admin.publisher.publish(path)
+    published = await admin.publisher.publish(path, links={code: draft.fields})
     admin.metrics.saves.labels(action, published.outcome.value).inc()
     return published, warning
 
@@ -119,6 +119,6 @@ async def delete_link(admin: Admin, owner: str, code: str) -> tuple[Published, s
     """Remove a link from its owner's file, then its asset; (publish outcome, warning)."""
     previous = await _blocking(admin.store.remove, owner, code)
     warning = await _blocking(remove_asset, admin.data.assets_dir(owner), previous)
-    published = await admin.publisher.publish(admin.data.links_file(owner))
+    published = await admin.publisher.publish(admin.data.links_file(owner), removed=[code])
     admin.metrics.saves.labels("delete", published.outcome.value).inc()
     return published, warning

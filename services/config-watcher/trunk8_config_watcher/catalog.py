@@ -110,6 +110,27 @@ class LinkCatalog:
             code for code in previous.keys() | links.keys() if previous.get(code) != links.get(code)
         }
 
+    def update_links(self, owner: str, put: dict[str, LinkRecord], gone: Iterable[str]) -> set[str]:
+        """Change some of one user's links (a save); returns the codes that changed.
+
+        Costs as many steps as there are changed codes, whatever the size of the file.
+        """
+        links = self.links_by_user.setdefault(owner, {})
+        touched: set[str] = set()
+        for code in gone:
+            if links.pop(code, None) is not None:
+                touched.add(code)
+                holders = self.owners[code]
+                holders.discard(owner)
+                if not holders:
+                    del self.owners[code]
+        for code, record in put.items():
+            if links.get(code) != record:
+                touched.add(code)
+                links[code] = record
+                self.owners.setdefault(code, set()).add(owner)
+        return touched
+
     def resolve(self, codes: Iterable[str] | None = None) -> Changes:
         """Recompute the served owner of `codes` (all codes when None) and return the diff."""
         if codes is None:

@@ -1,8 +1,10 @@
 """The control responder: `trunk8.control.reload` requests, answered with the links revision.
 
 The admin service asks for a file to be re-read after writing it and waits for the
-revision in the reply (read-your-writes). The handler runs as a NATS callback, so it
-never raises: every failure becomes the reply's `error`.
+revision in the reply (read-your-writes). A request that carries the entries the admin
+changed is answered from them, without parsing the file; the file is read soon after, off
+the admin's path, and any difference is published as a correction. The handler runs as a
+NATS callback, so it never raises: every failure becomes the reply's `error`.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ log = logging.getLogger("trunk8.config_watcher")
 # How long a reload request may wait for the first publication before it is refused.
 READY_WAIT = 30.0
 QUEUE_GROUP = "trunk8-config-watcher"
+# Seconds after a save answered from its entries before its file is read: saves in a
+# burst share one read (the file watch usually reads it first, and this costs a hash).
+FOLLOW_UP_DELAY = 0.25
 
 
 async def answer_reload(watcher: ConfigWatcher, msg: Msg) -> None:
@@ -36,10 +41,12 @@ async def answer_reload(watcher: ConfigWatcher, msg: Msg) -> None:
     try:
         await asyncio.wait_for(watcher.ready.wait(), READY_WAIT)
         request = reload_request_decoder.decode(msg.data) if msg.data else None
-        paths = None
-        if request is not None and request.path:
-            paths = {watcher.data.root / request.path}
-        reply = await watcher.reload(paths)
+        if request is not None and request.path and request.carries_changes:
+            path = watcher.data.root / request.path
+            reply = await watcher.apply_saved(path, request.links, request.removed)
+        else:
+            paths = {watcher.data.root / request.path} if request and request.path else None
+            reply = await watcher.reload(paths)
     except TimeoutError:
         reply = ReloadReply(revision=0, error="not ready: nothing is published yet")
     except PUBLISH_ERRORS as err:
@@ -55,6 +62,18 @@ async def answer_reload(watcher: ConfigWatcher, msg: Msg) -> None:
             await msg.respond(json_encoder.encode(reply))
 
 
+async def read_saved_files(watcher: ConfigWatcher) -> None:
+    """Read each file saved from its entries soon after, so the file has the last word."""
+    while True:
+        await watcher.follow_up_due.wait()
+        await asyncio.sleep(FOLLOW_UP_DELAY)  # a deliberate delay: one read for a burst
+        paths = watcher.take_saved()
+        try:
+            await watcher.reload(paths)
+        except PUBLISH_ERRORS as err:  # the sync loop publishes once NATS is back
+            log.warning("follow-up read of %d saved file(s) not published (%s)", len(paths), err)
+
+
 async def serve_reload_requests(watcher: ConfigWatcher) -> None:
     """Answer reload requests until cancelled (one responder per queue group)."""
     await watcher.bus.wait_connected()
@@ -63,8 +82,12 @@ async def serve_reload_requests(watcher: ConfigWatcher) -> None:
         await answer_reload(watcher, msg)
 
     sub = await watcher.bus.nc.subscribe(RELOAD_SUBJECT, queue=QUEUE_GROUP, cb=callback)
+    follow_ups = asyncio.create_task(read_saved_files(watcher), name="config-follow-up")
     try:
         await asyncio.Future()  # until cancelled
     finally:
+        follow_ups.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follow_ups
         with contextlib.suppress(*PUBLISH_ERRORS):
             await sub.unsubscribe()

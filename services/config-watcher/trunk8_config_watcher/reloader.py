@@ -16,9 +16,18 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from trunk8_shared.datadir import DataDir
-from trunk8_shared.datafiles import DataFileError, check_links, check_users, read_data_file
+from trunk8_shared.datafiles import (
+    Checked,
+    DataFileError,
+    LinkEntry,
+    check_link_entries,
+    check_links,
+    check_users,
+    read_data_file,
+)
 from trunk8_shared.records import Event, LinkRecord, UserRecord, json_encoder
 
 from .catalog import Changes, LinkCatalog, link_record, user_records
@@ -56,6 +65,16 @@ class Reload:
     files_rejected: int = 0
 
 
+@dataclass(frozen=True)
+class ParsedLinks:
+    """One links file parsed ahead of a reload: its bytes' digest and what they produce."""
+
+    digest: str
+    links: dict[str, LinkRecord]
+    refused: dict[str, str]
+    records: str  # digest of the records as published (for the parse memo)
+
+
 class Reloader:
     """Keeps a `LinkCatalog` equal to the last good content of the data directory."""
 
@@ -72,6 +91,10 @@ class Reloader:
         # The published bucket (key -> value) while a warm start may reuse it, else None.
         self.published: dict[str, bytes] | None = None
         self.remembered_files = 0  # files taken from the memo instead of parsed
+        self.files_parsed = 0  # links files parsed, ahead of a reload or in it
+        # Links files parsed by `prepare` outside the watcher's lock, used by the next
+        # `reload` when the file still has those bytes.
+        self.prepared: dict[Path, ParsedLinks] = {}
 
     def load_all(self) -> Reload:
         """The first full load; raises ConfigLoadError when users.toml is unusable."""
@@ -101,6 +124,64 @@ class Reloader:
                 touched |= self._reload_links(owner, result)
         if touched:
             self._merge(result.links, self.catalog.resolve(touched))
+        return result
+
+    def prepare(self, paths: set[Path]) -> dict[Path, ParsedLinks]:
+        """Parse the changed links files among `paths` without touching any state.
+
+        Runs outside the watcher's lock, so a save answered meanwhile does not wait for a
+        large file's parse; `reload` uses a result only if the file still has its bytes.
+        Anything that goes wrong is left for `reload` to find and report.
+        """
+        parsed: dict[Path, ParsedLinks] = {}
+        for path in {Path(os.path.abspath(p)) for p in paths}:
+            owner = self._owner_of(path)
+            if owner is None:
+                continue
+            path = self.data.links_file(owner)
+            file = self.data.relative(path)
+            try:
+                content = read_data_file(path, file, self.max_bytes)
+                if not content:
+                    continue
+                digest = hashlib.sha256(content).hexdigest()
+                if self._hashes.get(path) == digest:
+                    continue  # unchanged: `reload` skips it for a hash
+                links, refused, records = self._parse_links(content, file, owner)
+            except Exception:  # `reload` reads it again and says why
+                continue
+            parsed[path] = ParsedLinks(digest, links, refused, records)
+        return parsed
+
+    def apply_entries(
+        self, path: Path, entries: dict[str, dict[str, Any]], removed: list[str]
+    ) -> Reload | None:
+        """Apply the entries a saver changed in one links file, without reading the file.
+
+        The entries are checked as a file read checks them (each bad one refused alone)
+        and applied over the owner's last good links. Returns None when the file must be
+        read instead (not a listed account's links file, or the file is rejected whole).
+        The file's hash is forgotten, so its next read is applied whatever it holds: that
+        read, soon after, corrects anything the saver's account of its change missed.
+        """
+        path = Path(os.path.abspath(path))
+        owner = self._owner_of(path)
+        if owner is None or path != self.data.links_file(owner):
+            return None
+        file = self.data.relative(path)
+        if self.rejections.is_rejected(file) or owner not in self.catalog.links_by_user:
+            return None
+        result = Reload()
+        links, refused = self._records(check_link_entries(entries, file), file, owner)
+        self._hashes.pop(path, None)
+        self.memo_changed |= self.memo.files.pop(file, None) is not None
+        still = self.rejections.entries.get(file, {})
+        changed = entries.keys() | set(removed)
+        kept = {code: reason for code, reason in still.items() if code not in changed}
+        result.events += self.rejections.refuse_links(file, {**kept, **refused})
+        # A refused entry is not served, as when the file is read.
+        touched = self.catalog.update_links(owner, links, [*removed, *refused])
+        self._merge(result.links, self.catalog.resolve(touched))
         return result
 
     def owner_rejected(self, owner: str) -> bool:
@@ -201,9 +282,14 @@ class Reloader:
             digest = self._hashes[path] or ""
             memo = self.memo.files.get(file)
             links_or_none = remembered_links(memo, digest, owner, self.published)
+            ahead = self.prepared.get(path)
             if memo is not None and links_or_none is not None:
                 links, refused = links_or_none, dict(memo.refused)
                 self.remembered_files += 1
+            elif ahead is not None and ahead.digest == digest:
+                links, refused = dict(ahead.links), dict(ahead.refused)
+                self.memo.files[file] = FileMemo(digest, list(links), refused, ahead.records)
+                self.memo_changed = True
             else:
                 links, refused, published = self._parse_links(content, file, owner)
                 self.memo.files[file] = FileMemo(digest, list(links), refused, published)
@@ -216,13 +302,26 @@ class Reloader:
         result.files_applied += 1
         return self.catalog.set_links(owner, links)
 
-    @staticmethod
     def _parse_links(
-        content: bytes, file: str, owner: str
+        self, content: bytes, file: str, owner: str
     ) -> tuple[dict[str, LinkRecord], dict[str, str], str]:
         """Parse and validate one links file: its links, the ones refused alone, and the
         digest of its records as they will be published (each encoded once)."""
-        checked = check_links(content, file)
+        self.files_parsed += 1
+        links, refused, encoded = self._encoded_records(check_links(content, file), file, owner)
+        return links, refused, records_digest(encoded)
+
+    def _records(
+        self, checked: Checked[LinkEntry], file: str, owner: str
+    ) -> tuple[dict[str, LinkRecord], dict[str, str]]:
+        """The records of checked entries, and the entries refused alone with reasons."""
+        links, refused, _ = self._encoded_records(checked, file, owner)
+        return links, refused
+
+    @staticmethod
+    def _encoded_records(
+        checked: Checked[LinkEntry], file: str, owner: str
+    ) -> tuple[dict[str, LinkRecord], dict[str, str], list[bytes]]:
         refused = dict(checked.rejected)
         links: dict[str, LinkRecord] = {}
         encoded: list[bytes] = []
@@ -239,7 +338,7 @@ class Reloader:
             else:
                 links[code] = record
                 encoded.append(value)
-        return links, refused, records_digest(encoded)
+        return links, refused, encoded
 
     @staticmethod
     def _merge(into: Changes, more: Changes) -> None:

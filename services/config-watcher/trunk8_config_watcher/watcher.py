@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from typing import Any
 
 from trunk8_shared.bus import Bus
 from trunk8_shared.datadir import DataDir, ensure_layout
@@ -56,6 +57,9 @@ class ConfigWatcher:
         self.snapshot_due = asyncio.Event()  # the snapshot task checks whether one is due
         self.snapshot_stored = asyncio.Event()  # a snapshot of a published state exists
         self.changes_since_snapshot = 0
+        # Files whose saver's entries were applied without reading them: read them soon.
+        self.saved_files: set[Path] = set()
+        self.follow_up_due = asyncio.Event()
 
     async def load(self) -> None:
         """Lay out a missing data directory and load it (blocking work off the loop).
@@ -107,38 +111,73 @@ class ConfigWatcher:
         """Re-read files now and publish what changed; the reply carries the links revision.
 
         Raises one of `PUBLISH_ERRORS` when NATS did not take it; the sync loop catches up.
+        Named links files are parsed before the lock is taken, so a save answered from its
+        entries (`apply_saved`) meanwhile does not wait for a large file's parse.
+        """
+        loop = asyncio.get_running_loop()
+        prepared = {} if paths is None else await loop.run_in_executor(
+            None, self.reloader.prepare, paths
+        )  # fmt: skip
+        async with self.lock:
+            self.reloader.prepared = prepared
+            try:
+                result = await loop.run_in_executor(None, self.reloader.reload, paths)
+            finally:
+                self.reloader.prepared = {}
+            files = None if paths is None else [self.data.relative(p) for p in paths]
+            return await self._publish(result, files)
+
+    async def apply_saved(
+        self, path: Path, links: dict[str, dict[str, Any]], removed: list[str]
+    ) -> ReloadReply:
+        """Publish the entries a saver changed in one links file, without reading it first.
+
+        The file is read soon after (`take_saved`), off the saver's path, and wins over
+        the entries if they differ. A file that cannot take entries this way is reloaded.
         """
         async with self.lock:
-            loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(None, self.reloader.reload, paths)
-            self._record(result)
-            files = None if paths is None else [self.data.relative(p) for p in paths]
-            error = self.rejections.summary(files)
-            refused = self.rejections.refused_in(files or ())
-            if not self.ready.is_set():
-                # Not published yet: the first full sync carries this change and its events.
-                self.out_of_sync.set()
-                revision = self.publisher.links.revision
-                return ReloadReply(revision=revision, error=error, refused=refused)
-            try:
-                revision = self.publisher.links.revision
-                if result.users_changed:
-                    await self.publisher.sync_users(self.catalog.users)
-                if len(result.links):
-                    codes = result.links.put.keys() | result.links.removed.keys()
-                    revision = await self.publisher.sync_links(self.catalog.served, codes)
-                await self._flush_events()
-            except PUBLISH_ERRORS:
-                # The catalog moved on but NATS may not have: the sync task catches up.
-                self.metrics.publish_errors.inc()
-                self.out_of_sync.set()
-                raise
-            self.metrics.revision.set(revision)
-            changed = len(result.links)
-            if changed:
-                self.changes_since_snapshot += changed
-                self.snapshot_due.set()
-            return ReloadReply(revision=revision, changed=changed, error=error, refused=refused)
+            result = self.reloader.apply_entries(path, links, removed)
+            if result is not None:
+                self.saved_files.add(path)
+                self.follow_up_due.set()
+                return await self._publish(result, [self.data.relative(path)])
+        return await self.reload({path})
+
+    def take_saved(self) -> set[Path]:
+        """The files saved through `apply_saved` since last asked, to read now."""
+        saved, self.saved_files = self.saved_files, set()
+        self.follow_up_due.clear()
+        return saved
+
+    async def _publish(self, result: Reload, files: list[str] | None) -> ReloadReply:
+        """Record a reload and publish what it changed (under the lock)."""
+        self._record(result)
+        error = self.rejections.summary(files)
+        refused = self.rejections.refused_in(files or ())
+        if not self.ready.is_set():
+            # Not published yet: the first full sync carries this change and its events.
+            self.out_of_sync.set()
+            revision = self.publisher.links.revision
+            return ReloadReply(revision=revision, error=error, refused=refused)
+        try:
+            revision = self.publisher.links.revision
+            if result.users_changed:
+                await self.publisher.sync_users(self.catalog.users)
+            if len(result.links):
+                codes = result.links.put.keys() | result.links.removed.keys()
+                revision = await self.publisher.sync_links(self.catalog.served, codes)
+            await self._flush_events()
+        except PUBLISH_ERRORS:
+            # The catalog moved on but NATS may not have: the sync task catches up.
+            self.metrics.publish_errors.inc()
+            self.out_of_sync.set()
+            raise
+        self.metrics.revision.set(revision)
+        changed = len(result.links)
+        if changed:
+            self.changes_since_snapshot += changed
+            self.snapshot_due.set()
+        return ReloadReply(revision=revision, changed=changed, error=error, refused=refused)
 
     async def sync_all(self) -> int:
         """Read both buckets back and write every difference from the catalog."""

@@ -13,6 +13,10 @@ import nats
 from conftest import RunningSystem, StartSystem, wait_until, write
 
 from trunk8_config_watcher.app import CONFIG_WATCHER, ConfigWatcher
+from trunk8_config_watcher.catalog import LinkCatalog
+from trunk8_config_watcher.rejections import Rejections
+from trunk8_config_watcher.reloader import Reloader
+from trunk8_shared.datadir import DataDir
 from trunk8_shared.records import (
     RELOAD_SUBJECT,
     ReloadReply,
@@ -155,3 +159,34 @@ async def test_entries_for_a_file_that_is_not_a_links_file_read_it_instead(
         assert reply.error is None and reply.changed == 0
     assert "sneaky" not in watcher.catalog.served
     assert await system.location("/sneaky") is None
+
+
+def test_a_file_saved_again_after_it_was_prepared_is_not_parsed_in_the_lock(
+    data_dir: Path,
+) -> None:
+    """Parsing happens outside the watcher's lock: a read overtaken by a save is used with
+    that save replayed over it, and the file is marked to be read again."""
+    reloader = Reloader(DataDir(data_dir), LinkCatalog(), Rejections(), max_bytes=1_000_000)
+    reloader.load_all()
+    path = data_dir / BOB_FILE
+    write(path, path.read_text() + FRESH_TOML)
+    prepared = reloader.prepare({path})
+    # A later save (written, then applied from its entries) and a hand edit of `docs`.
+    text = path.read_text().replace("fresh.example", "again.example")
+    write(path, text.replace("example.com/docs", "example.com/hand"))
+    again = {"type": "redirect", "url": "https://again.example/"}
+    assert reloader.apply_entries(path, {"fresh": again}, []) is not None
+    parsed = reloader.files_parsed
+
+    reloader.prepared = prepared
+    reloader.reload({path})
+    assert reloader.files_parsed == parsed  # nothing parsed inside the lock
+    assert reloader.unsettled == {path}
+    assert reloader.catalog.served["fresh"].url == "https://again.example/"  # replayed
+
+    reloader.prepared, reloader.unsettled = reloader.prepare({path}), set()
+    reloader.reload({path})  # the follow-up: the file as it is now wins, hand edit included
+    assert reloader.files_parsed == parsed + 1 and not reloader.unsettled
+    assert reloader.catalog.served["docs"].url == "https://example.com/hand"
+    assert reloader.catalog.served["fresh"].url == "https://again.example/"
+    assert reloader.saves == []  # every save is in the file as read

@@ -73,6 +73,22 @@ class ParsedLinks:
     links: dict[str, LinkRecord]
     refused: dict[str, str]
     records: str  # digest of the records as published (for the parse memo)
+    saves_seen: int  # `Reloader.saves_applied` when the file was read
+
+
+@dataclass(frozen=True)
+class AppliedSave:
+    """A saver's entries applied without reading the file (replayed over an older read)."""
+
+    number: int
+    path: Path
+    links: dict[str, LinkRecord]
+    refused: dict[str, str]
+    removed: list[str]
+
+
+# Saves kept for replay; past this a file saved without pause is parsed inside the lock.
+MAX_REPLAYED_SAVES = 1000
 
 
 class Reloader:
@@ -95,6 +111,10 @@ class Reloader:
         # Links files parsed by `prepare` outside the watcher's lock, used by the next
         # `reload` when the file still has those bytes.
         self.prepared: dict[Path, ParsedLinks] = {}
+        self.saves_applied = 0
+        self.saves: list[AppliedSave] = []  # since each file was last read as it is
+        # Files applied from an older read plus the saves made since: to read again.
+        self.unsettled: set[Path] = set()
 
     def load_all(self) -> Reload:
         """The first full load; raises ConfigLoadError when users.toml is unusable."""
@@ -140,6 +160,7 @@ class Reloader:
                 continue
             path = self.data.links_file(owner)
             file = self.data.relative(path)
+            saves_seen = self.saves_applied
             try:
                 content = read_data_file(path, file, self.max_bytes)
                 if not content:
@@ -150,7 +171,7 @@ class Reloader:
                 links, refused, records = self._parse_links(content, file, owner)
             except Exception:  # `reload` reads it again and says why
                 continue
-            parsed[path] = ParsedLinks(digest, links, refused, records)
+            parsed[path] = ParsedLinks(digest, links, refused, records, saves_seen)
         return parsed
 
     def apply_entries(
@@ -179,6 +200,8 @@ class Reloader:
         changed = entries.keys() | set(removed)
         kept = {code: reason for code, reason in still.items() if code not in changed}
         result.events += self.rejections.refuse_links(file, {**kept, **refused})
+        self.saves_applied += 1
+        self.saves.append(AppliedSave(self.saves_applied, path, links, refused, list(removed)))
         # A refused entry is not served, as when the file is read.
         touched = self.catalog.update_links(owner, links, [*removed, *refused])
         self._merge(result.links, self.catalog.resolve(touched))
@@ -290,6 +313,13 @@ class Reloader:
                 links, refused = dict(ahead.links), dict(ahead.refused)
                 self.memo.files[file] = FileMemo(digest, list(links), refused, ahead.records)
                 self.memo_changed = True
+            elif ahead is not None and len(self.saves) <= MAX_REPLAYED_SAVES:
+                # Saved again since it was prepared: that read plus the saves made since
+                # (each one's write is in the file by the time it is applied). Parsing it
+                # here would hold the lock; the file is read again soon instead.
+                links, refused = self._replayed(path, ahead)
+                self._hashes.pop(path, None)
+                self.unsettled.add(path)
             else:
                 links, refused, published = self._parse_links(content, file, owner)
                 self.memo.files[file] = FileMemo(digest, list(links), refused, published)
@@ -300,7 +330,25 @@ class Reloader:
         self.rejections.accept_file(file)
         result.events += self.rejections.refuse_links(file, refused)
         result.files_applied += 1
+        if path not in self.unsettled:
+            self.saves = [save for save in self.saves if save.path != path]  # all in the file
         return self.catalog.set_links(owner, links)
+
+    def _replayed(
+        self, path: Path, ahead: ParsedLinks
+    ) -> tuple[dict[str, LinkRecord], dict[str, str]]:
+        """A prepared read of `path` with the saves applied after that read replayed over it."""
+        links, refused = dict(ahead.links), dict(ahead.refused)
+        for save in self.saves:
+            if save.path != path or save.number <= ahead.saves_seen:
+                continue
+            for code in [*save.links, *save.removed]:
+                refused.pop(code, None)
+            for code in [*save.removed, *save.refused]:
+                links.pop(code, None)
+            links.update(save.links)
+            refused.update(save.refused)
+        return links, refused
 
     def _parse_links(
         self, content: bytes, file: str, owner: str

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,11 @@ MEGABYTE = 1_000_000
 # Seconds a warm start waits for NATS to read the published state before parsing it all.
 WARM_START_WAIT = 5.0
 WARM_START_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *PUBLISH_ERRORS)
+
+
+def _absolute(path: Path) -> Path:
+    """A path made absolute without resolving symbolic links (as the reloader compares them)."""
+    return Path(os.path.abspath(path))
 
 
 class ConfigWatcher:
@@ -107,24 +113,34 @@ class ConfigWatcher:
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(None, save_memo, self.memo_path, self.reloader.memo)
 
-    async def reload(self, paths: set[Path] | None = None) -> ReloadReply:
+    async def reload(
+        self, paths: set[Path] | None = None, *, join_saved: bool = True
+    ) -> ReloadReply:
         """Re-read files now and publish what changed; the reply carries the links revision.
 
         Raises one of `PUBLISH_ERRORS` when NATS did not take it; the sync loop catches up.
         Named links files are parsed before the lock is taken, so a save answered from its
-        entries (`apply_saved`) meanwhile does not wait for a large file's parse.
+        entries (`apply_saved`) meanwhile waits for no parse. With `join_saved`, files
+        saved that way and due to be read soon are left to that read (one parse a burst).
         """
         loop = asyncio.get_running_loop()
+        files = None if paths is None else [self.data.relative(p) for p in paths]
+        if paths is not None and join_saved:
+            paths = {_absolute(p) for p in paths} - self.saved_files
         prepared = {} if paths is None else await loop.run_in_executor(
             None, self.reloader.prepare, paths
         )  # fmt: skip
         async with self.lock:
-            self.reloader.prepared = prepared
+            reloader = self.reloader
+            reloader.prepared = prepared
             try:
-                result = await loop.run_in_executor(None, self.reloader.reload, paths)
+                result = await loop.run_in_executor(None, reloader.reload, paths)
             finally:
-                self.reloader.prepared = {}
-            files = None if paths is None else [self.data.relative(p) for p in paths]
+                reloader.prepared = {}
+                unsettled, reloader.unsettled = reloader.unsettled, set()
+            if unsettled:  # applied from an older read and the saves since: read it again
+                self.saved_files |= unsettled
+                self.follow_up_due.set()
             return await self._publish(result, files)
 
     async def apply_saved(
@@ -138,10 +154,10 @@ class ConfigWatcher:
         async with self.lock:
             result = self.reloader.apply_entries(path, links, removed)
             if result is not None:
-                self.saved_files.add(path)
+                self.saved_files.add(_absolute(path))
                 self.follow_up_due.set()
                 return await self._publish(result, [self.data.relative(path)])
-        return await self.reload({path})
+        return await self.reload({path}, join_saved=False)
 
     def take_saved(self) -> set[Path]:
         """The files saved through `apply_saved` since last asked, to read now."""

@@ -190,3 +190,16 @@ def test_a_file_saved_again_after_it_was_prepared_is_not_parsed_in_the_lock(
     assert reloader.catalog.served["docs"].url == "https://example.com/hand"
     assert reloader.catalog.served["fresh"].url == "https://again.example/"
     assert reloader.saves == []  # every save is in the file as read
+
+
+async def test_old_style_request_reads_a_file_whose_follow_up_read_is_pending(
+    start_system: StartSystem, data_dir: Path, bus_client: nats.NATS
+) -> None:
+    _, watcher = await _quiet_system(start_system)
+    await _ask(bus_client, ReloadRequest(path=BOB_FILE, links={"ghost": FRESH}))
+    path = data_dir / BOB_FILE
+    write(path, path.read_text() + FRESH_TOML)
+
+    reply = await _ask(bus_client, ReloadRequest(path=BOB_FILE))  # not left to the follow-up
+    assert reply.error is None
+    assert watcher.catalog.served["fresh"].url == "https://fresh.example/"

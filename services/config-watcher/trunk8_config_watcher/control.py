@@ -46,7 +46,7 @@ async def answer_reload(watcher: ConfigWatcher, msg: Msg) -> None:
             reply = await watcher.apply_saved(path, request.links, request.removed)
         else:
             paths = {watcher.data.root / request.path} if request and request.path else None
-            reply = await watcher.reload(paths)
+            reply = await watcher.reload(paths, join_saved=False)
     except TimeoutError:
         reply = ReloadReply(revision=0, error="not ready: nothing is published yet")
     except PUBLISH_ERRORS as err:
@@ -69,7 +69,7 @@ async def read_saved_files(watcher: ConfigWatcher) -> None:
         await asyncio.sleep(FOLLOW_UP_DELAY)  # a deliberate delay: one read for a burst
         paths = watcher.take_saved()
         try:
-            await watcher.reload(paths)
+            await watcher.reload(paths, join_saved=False)
         except PUBLISH_ERRORS as err:  # the sync loop publishes once NATS is back
             log.warning("follow-up read of %d saved file(s) not published (%s)", len(paths), err)
 

@@ -25,7 +25,7 @@ from trunk8_shared.settings import Settings, SettingsError, environment, setting
 
 from .embedded_nats import EmbeddedNats
 from .errors import ServiceFailed, StartupError
-from .server import HttpServer, bind
+from .server import HttpServer, bind, drain_period
 from .tap import DEFAULT_SUBJECT, tap
 from .targets import TARGETS, build_app
 
@@ -74,13 +74,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _serve(
-    target: str, settings: Settings, embedded: EmbeddedNats | None, watcher_process: bool = False
+    target: str,
+    settings: Settings,
+    embedded: EmbeddedNats | None,
+    watcher_process: bool = False,
+    all_in_one: bool = False,
 ) -> None:
-    """Run until SIGINT/SIGTERM, then stop the services and the embedded server.
+    """Run until SIGINT/SIGTERM, drain, then stop the services and the embedded server.
 
-    The embedded server and the services' background tasks are supervised; if one cannot
-    be kept running, everything stops and the reason is raised (exit status 1), so a
-    process manager can restart the whole.
+    The drain (`trunk8.server.drain_period`) keeps serving while `/-/ready` answers 503; a
+    second signal ends it. The embedded server and the services' background tasks are
+    supervised; if one cannot be kept running, everything stops at once and the reason is
+    raised (exit status 1), so a process manager can restart the whole.
     """
     sock = bind(settings.host, settings.port)
     stop = asyncio.Event()
@@ -104,6 +109,16 @@ async def _serve(
             await server.start()
             log.info("trunk8 %s serving on http://%s:%d", target, settings.host, server.port)
             await stop.wait()
+            drain = drain_period(settings, target, all_in_one)
+            failed = supervision.failed or (supervisor is not None and supervisor.done())
+            if drain and not failed:
+                log.info(
+                    "draining for %g s: /-/ready answers 503, connections close after their "
+                    "next answer (signal again to stop now)",
+                    drain,
+                )
+                stop.clear()  # set again by a second signal, or a failure, ending the drain
+                await server.drain(drain, stop)
             log.info("stopping")
         finally:
             watchdog.cancel()
@@ -165,7 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             embedded = EmbeddedNats(store, binary=settings.nats_server)
         target = "all" if args.command == "up" else args.target
         separate = args.command == "up" and not args.watcher_in_process
-        uvloop.run(_serve(target, settings, embedded, watcher_process=separate))
+        all_in_one = args.command == "up"
+        uvloop.run(_serve(target, settings, embedded, separate, all_in_one))
     except SettingsError as err:  # a service's own settings, read when its app is built
         print(f"trunk8: {err}", file=sys.stderr)
         return 2

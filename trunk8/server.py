@@ -5,22 +5,43 @@ else starts, so a port in use fails at once with a clear message. A service may 
 `trunk8_shared.front.FRONT` on the application (the redirector's fast path does); the
 port is then served by that front, which hands what it does not answer to aiohttp. Either
 way aiohttp's per-request tracebacks for malformed requests become brief, rate-limited lines.
+A stop is graceful: first a drain period, during which `/-/ready` answers 503 and every
+answer carries `Connection: close` (front and aiohttp alike) so a load balancer moves the
+traffic away; then the port stops accepting, requests under way finish (bounded by
+`SHUTDOWN_TIMEOUT`) and the application's cleanup runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import socket
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from trunk8_shared.front import FRONT, Front, MalformedRequests, ProtocolFactory, ServerLog
+from trunk8_shared.ops import OPS
 from trunk8_shared.settings import Settings
 
 from .errors import StartupError
 
 SHUTDOWN_TIMEOUT = 10.0
+# The drain of `trunk8 run` when TRUNK8_DRAIN_SECONDS is not set: longer than a load
+# balancer's usual readiness interval (2-3 s) times its failures threshold (2).
+DRAIN_SECONDS = 5.0
+# Serves no public traffic (no load balancer sends it any), so it never drains.
+UNBALANCED_TARGETS = frozenset({"config-watcher"})
+
+
+def drain_period(settings: Settings, target: str, all_in_one: bool) -> float:
+    """Seconds to drain before a stop: the setting, else 5 for `run` and 0 for `up`."""
+    if target in UNBALANCED_TARGETS:
+        return 0.0
+    if settings.drain_seconds is not None:
+        return settings.drain_seconds
+    # `up` is usually the only instance: no load balancer has anywhere else to send traffic.
+    return 0.0 if all_in_one else DRAIN_SECONDS
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -57,6 +78,9 @@ class HttpServer:
             logger=server_log,
         )
         self._server: asyncio.Server | None = None
+        self.draining = False
+        self._stopped = False
+        app.on_response_prepare.append(self._close_when_draining)
 
     @property
     def port(self) -> int:
@@ -78,10 +102,43 @@ class HttpServer:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(protocol_factory, sock=self.sock)
 
+    def begin_drain(self) -> None:
+        """From now on `/-/ready` answers 503 and every answer closes its connection."""
+        if self.draining:
+            return
+        self.draining = True
+        if OPS in self.app:
+            self.app[OPS].draining = True
+        if self.front is not None:
+            self.front.drain()
+
+    async def drain(self, seconds: float, cut_short: asyncio.Event) -> None:
+        """Drain (still serving) for `seconds`, or until `cut_short` is set."""
+        self.begin_drain()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(cut_short.wait(), seconds)
+
+    async def _close_when_draining(
+        self, request: web.Request, response: web.StreamResponse
+    ) -> None:
+        # Keep-alive clients of aiohttp's answers (handed over by a front, or without one)
+        # leave too: the answer says `Connection: close` and the connection closes after it.
+        if self.draining:
+            response.force_close()
+            # aiohttp has already written the header from the request by now.
+            response.headers[hdrs.CONNECTION] = "close"
+
     async def stop(self) -> None:
-        """Stop accepting, close connections, then run the app's cleanup."""
+        """Stop accepting, let requests under way finish, then run the app's cleanup (once)."""
+        if self._stopped:
+            return
+        self._stopped = True
         if self._server is not None:
             self._server.close()
+        self.begin_drain()
         if self.front is not None:
+            # No grace yet: waiting for the front's half-sent heads hung a test (see report).
             await self.front.close()
+        # aiohttp closes its idle connections and waits for the busy ones, SHUTDOWN_TIMEOUT
+        # at most, before the cleanup contexts close NATS and the rest.
         await self.runner.cleanup()

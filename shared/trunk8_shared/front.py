@@ -5,7 +5,8 @@ a service has set `FRONT` on the application, through that service's front: a le
 protocol that answers what it can itself and hands every other connection to aiohttp.
 `routed_segments` derives from the application's router the first path segments that
 routes own, so a front never answers a path a route was made for, however routes are
-added later. Malformed requests, found by a front or by aiohttp after a hand-over, are
+added later. A front drains with the process (`drain`, then `close` with a grace period:
+`trunk8.server`). Malformed requests, found by a front or by aiohttp after a hand-over, are
 counted and logged as one brief line now and then instead of a traceback each: hostile
 clients must not be able to flood the log.
 """
@@ -95,8 +96,11 @@ class Front(Protocol):
         `fallback` builds aiohttp's handler for a connection handed over.
         """
 
-    async def close(self) -> None:
-        """Stop timers and close the connections still served by the front."""
+    def drain(self) -> None:
+        """From now on, answer each request with `Connection: close` and close after it."""
+
+    async def close(self, grace: float = 0.0) -> None:
+        """Close idle connections now, busy ones after their answer (within `grace` s); stop."""
 
 
 class FrontFactory(Protocol):

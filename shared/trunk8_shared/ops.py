@@ -2,10 +2,11 @@
 
 Services register a readiness check and their own Prometheus registry; when several
 services share one application (all-in-one mode) the endpoints answer for all of them:
-ready when every service is ready and no background task has been given up (see
-`background.py`), and the metrics of one application registry into which every service
-registry is registered, so a metric name two services both use fails at setup
-(`DuplicateTimeseries`) instead of making an invalid page. The page is made by
+ready when every service is ready, no background task has been given up (see
+`background.py`) and the process is not draining before a stop; and the metrics of one
+application registry into which every service registry is registered, so a metric name
+two services both use fails at setup (`DuplicateTimeseries`) instead of making an invalid
+page. The page is made by
 prometheus-client's own aiohttp handler. Requests served by aiohttp are counted here
 too, by route and status.
 """
@@ -31,6 +32,9 @@ class Ops:
     def __init__(self, supervision: Supervision) -> None:
         self.checks: dict[str, Callable[[], bool]] = {}
         self.supervision = supervision
+        # Set when the process starts stopping: readiness fails from then on, so a load
+        # balancer moves traffic away while requests are still served (`trunk8.server`).
+        self.draining = False
         # auto_describe: a registered collector's names are read (collected) at once, so a
         # name already taken raises there and then.
         self.registry = CollectorRegistry(auto_describe=True)
@@ -96,11 +100,16 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    """Readiness: 200 once every service has loaded its state and no task is given up."""
+    """Readiness: 200 once every service has its state, no task is given up, and no drain."""
     ops = request.app[OPS]
     checks = ops.readiness()
-    ok = all(checks.values()) and not ops.supervision.failed
-    body = {"ready": ok, "services": checks, "tasks": ops.supervision.states()}
+    ok = all(checks.values()) and not ops.supervision.failed and not ops.draining
+    body = {
+        "ready": ok,
+        "draining": ops.draining,
+        "services": checks,
+        "tasks": ops.supervision.states(),
+    }
     return web.json_response(body, status=200 if ok else 503)
 
 

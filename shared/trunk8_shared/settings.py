@@ -51,6 +51,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     files_mode: Literal["in-process", "accel", "redirect"] = "in-process"
     files_public_url: str = ""
     files_accel_prefix: str = "/_trunk8_files/"
+    # Seconds a stopping process answers `/-/ready` 503 while still serving, so a load
+    # balancer moves traffic away first; None: the command's default (`trunk8.server`).
+    drain_seconds: Annotated[float, msgspec.Meta(ge=0, le=3600)] | None = None
 
     def __post_init__(self) -> None:
         if self.files_mode == "redirect" and not self.files_public_url.startswith(
@@ -82,6 +85,7 @@ _ENV_FIELDS = {
     "TRUNK8_FILES_MODE": "files_mode",
     "TRUNK8_FILES_PUBLIC_URL": "files_public_url",
     "TRUNK8_FILES_ACCEL_PREFIX": "files_accel_prefix",
+    "TRUNK8_DRAIN_SECONDS": "drain_seconds",
 }
 
 

@@ -181,7 +181,7 @@ class FastPathProtocol(asyncio.Protocol):
         self.server.stats.connections += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.server.connections.discard(self)
+        self.server.forget(self)
         self.transport = None
         self.held = None
 
@@ -442,7 +442,7 @@ class FastPathProtocol(asyncio.Protocol):
         if answered:
             transport.writelines(answered)
         server = self.server
-        server.connections.discard(self)
+        server.forget(self)
         server.stats.handed_over += 1
         server.handed[transport] = DrainWatch()
         self.transport = None
@@ -458,6 +458,15 @@ class FastPathProtocol(asyncio.Protocol):
             transport.resume_reading()
         if rest:
             handler.data_received(rest)
+
+    @property
+    def busy(self) -> bool:
+        """True while a request is under way: a head not complete, requests held, or none yet.
+
+        A connection that has sent nothing yet counts: its client has just connected to send
+        a request, and closing it now would fail that request.
+        """
+        return bool(self.buffer) or self.held is not None or self.idle_since == _NO_REQUEST_YET
 
     def check_timeouts(self, now: float) -> None:
         """Close this connection if it has been idle, slow or not reading for too long."""
@@ -479,6 +488,33 @@ class FastPathProtocol(asyncio.Protocol):
                     transport.close()
         elif now - self.idle_since > server.keepalive_timeout:
             transport.close()
+
+
+class DrainingProtocol(FastPathProtocol):
+    """A connection of a draining front: answered as usual, then closed after each answer.
+
+    Draining swaps the class of every connection (and of new ones) for this one, so the
+    common path of a running front never checks a drain flag.
+    """
+
+    __slots__ = ()
+
+    def _answer(self, data: bytes, pos: int, end: int) -> Reply | None:
+        reply = super()._answer(data, pos, end)
+        if reply is None or not reply[1]:
+            return reply
+        return _with_close(reply[0]), False
+
+
+def _with_close(response: bytes) -> bytes:
+    """A keep-alive answer's bytes with `Connection: close` instead of its own header."""
+    # The Connection header, if any, is the line before Date (see `_answer`); no earlier
+    # line can hold CR LF + "Date: " (Location values are normalised, without CR or LF).
+    date = response.index(b"\r\nDate: ") + 2
+    head = response[:date]
+    if head.endswith(_KEEP_ALIVE):
+        head = head[: -len(_KEEP_ALIVE)]
+    return head + _CLOSE + response[date:]
 
 
 def _over_limits(target_size: int, headers: bytes) -> Answer | None:
@@ -525,6 +561,9 @@ class FastPathServer:
         self._log = ServerLog(self.malformed)
         self._ticker: asyncio.Task[None] | None = None
         self._closing = False
+        self._protocol_class: type[FastPathProtocol] = FastPathProtocol
+        # Set, while `close` waits for busy connections, once the last one is gone.
+        self._all_gone: asyncio.Event | None = None
 
     @property
     def server_log(self) -> ServerLog:
@@ -545,7 +584,19 @@ class FastPathServer:
 
     def protocol(self) -> FastPathProtocol:
         """Protocol factory for `loop.create_server`."""
-        return FastPathProtocol(self)
+        return self._protocol_class(self)
+
+    def forget(self, connection: FastPathProtocol) -> None:
+        """A connection is no longer served here (closed, or handed to aiohttp)."""
+        self.connections.discard(connection)
+        if self._all_gone is not None and not self.connections:
+            self._all_gone.set()
+
+    def drain(self) -> None:
+        """From now on, every connection closes after its next answer (`Connection: close`)."""
+        self._protocol_class = DrainingProtocol
+        for connection in self.connections:
+            connection.__class__ = DrainingProtocol
 
     def _start_clock(self) -> None:
         self._ticker = asyncio.create_task(self._tick(), name="fastpath-clock")
@@ -593,8 +644,20 @@ class FastPathServer:
                 self.handed.pop(transport, None)
                 transport.abort()
 
-    async def close(self) -> None:
-        """Stop the clock and close every connection still served here."""
+    async def close(self, grace: float = 0.0) -> None:
+        """Close idle connections now, busy ones after their answer (within `grace` s); stop.
+
+        The clock keeps running meanwhile, so a client that stalls is still cut off by the
+        head and send timeouts; whatever is left after `grace` is closed.
+        """
+        self.drain()
+        for connection in list(self.connections):
+            if connection.transport is not None and not connection.busy:
+                connection.transport.close()
+        if self.connections and grace > 0:
+            self._all_gone = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_gone.wait(), grace)
         self._closing = True
         if self._ticker is not None:
             self._ticker.cancel()

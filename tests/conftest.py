@@ -26,6 +26,7 @@ import pytest
 import uvloop
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
+from rawhttp import Connect, raw_connections
 
 from trunk8.embedded_nats import EmbeddedNats
 from trunk8.server import HttpServer
@@ -292,3 +293,10 @@ async def bus_client(nats_server: EmbeddedNats) -> AsyncIterator[nats.NATS]:
     client = await nats.connect(nats_server.url)
     yield client
     await client.close()
+
+
+@pytest.fixture
+async def connect() -> AsyncIterator[Connect]:
+    """Raw connections to a system's port (`rawhttp.raw_connections`), closed at the end."""
+    async with raw_connections() as open_connection:
+        yield open_connection

@@ -11,27 +11,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 from conftest import RunningSystem, StartSystem, wait_until
-from test_http_protocol import (
+from rawhttp import (
     DOCS_URL,
     Connect,
     assert_closed,
     assert_redirect,
     assert_still_serving,
-    raw_connections,
     read_response,
     req,
 )
-
-
-@pytest.fixture
-async def connect() -> AsyncIterator[Connect]:
-    """Raw connections to a system's port, closed at the end."""
-    async with raw_connections() as open_connection:
-        yield open_connection
 
 
 async def answered_at_once(

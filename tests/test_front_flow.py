@@ -14,16 +14,14 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 from conftest import RunningSystem, StartSystem, wait_until
-from test_http_protocol import (
+from rawhttp import (
     DOCS_URL,
     Connect,
     assert_redirect,
     assert_still_serving,
-    raw_connections,
     read_response,
     req,
     statuses,
@@ -65,13 +63,6 @@ def send_what_fits(sock: socket.socket, payload: bytes, sent: int) -> int:
         except BlockingIOError:
             break
     return sent
-
-
-@pytest.fixture
-async def connect() -> AsyncIterator[Connect]:
-    """Raw connections to a system's port, closed at the end."""
-    async with raw_connections() as open_connection:
-        yield open_connection
 
 
 @pytest.fixture

@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 from aiohttp import web
 from conftest import RunningSystem, StartSystem, wait_until
-from test_http_protocol import (
+from rawhttp import (
     DOCS_URL,
     Connect,
     assert_closed,
     assert_redirect,
-    raw_connections,
     read_response,
     req,
 )
@@ -34,13 +32,6 @@ from trunk8_shared.dispatch import setup_code_routes
 from trunk8_shared.front import routed_segments
 from trunk8_shared.ops import setup_ops
 from trunk8_shared.settings import Settings
-
-
-@pytest.fixture
-async def connect() -> AsyncIterator[Connect]:
-    """Raw connections to a system's port, closed at the end."""
-    async with raw_connections() as open_connection:
-        yield open_connection
 
 
 async def answer(request: web.Request) -> web.Response:

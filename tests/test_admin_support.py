@@ -17,8 +17,9 @@ from typing import Any
 import aiohttp
 import pytest
 from conftest import RunningSystem, StartSystem
+from reference import TRUNK8_FIXTURE
 
-FIXTURE = Path("/work/shared/fixtures/trunk8-0.7.0")
+FIXTURE = TRUNK8_FIXTURE
 ADMIN_PASSWORD = "test-admin-pw"
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 _ALERT = re.compile(r'data-flash="(\w+)">\s*(.*?)\s*<(?:button|/div)', re.S)

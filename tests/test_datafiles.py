@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from reference import TRUNK8_FIXTURE
 
 from trunk8_shared.codes import (
     code_of_key,
@@ -250,7 +251,7 @@ INVALID_TOML = [
 
 
 def _fixture_tomls() -> list[Path]:
-    root = Path("/work/shared/fixtures/trunk8-0.7.0")
+    root = TRUNK8_FIXTURE
     return sorted(root.rglob("*.toml")) if root.is_dir() else []
 
 

@@ -1,6 +1,6 @@
 """Every file, markdown and html link of a data directory written by Trunk8 0.7.0 itself.
 
-The fixture (`/work/shared/fixtures/trunk8-0.7.0`, see its README) is copied to a temp
+The fixture (`shared/fixtures/trunk8-0.7.0` beside the checkout, see its README) is copied to a temp
 folder and served by the all-in-one system; downloads must be byte-exact with the names
 Trunk8 gave them, pages must render with the installation's markdown theme.
 """
@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 from conftest import StartSystem, wait_until
+from reference import TRUNK8_FIXTURE
 
-FIXTURE = Path("/work/shared/fixtures/trunk8-0.7.0")
+FIXTURE = TRUNK8_FIXTURE
 
 # code -> (owner, stored path, Content-Disposition Trunk8 answered or would answer)
 DOWNLOADS = {

@@ -5,6 +5,7 @@ Runs a small test file with the project's `conftest.py` in a pytest child proces
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -65,9 +66,11 @@ def test_logged_tracebacks_fail_unless_declared(tmp_path: Path) -> None:
     (tmp_path / "pytest.ini").write_text(
         "[pytest]\nasyncio_default_fixture_loop_scope = function\n"
     )
+    # conftest.py imports its helper modules from the tests folder.
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rA", str(tmp_path)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env,
     )  # fmt: skip
     outcomes: dict[str, str] = {}  # a test that passes, then fails at teardown: ERROR
     for line in result.stdout.splitlines():

@@ -27,14 +27,11 @@ Usage: ``.venv/bin/python bench/admin.py [--quick] [--links N] [--creates N] [--
 from __future__ import annotations
 
 import argparse
-import atexit
 import http.client
-import json
 import os
 import random
 import re
 import shlex
-import signal
 import statistics
 import sys
 import tempfile
@@ -45,15 +42,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from redirect import (
+from common import (
     CLEANUP,
     ROOT,
     BenchError,
-    Interrupted,
     cpu_count,
     free_port,
     http_get,
     load_average,
+    run_main,
     start,
     toml_str,
     wait_ready,
@@ -305,31 +302,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise Interrupted(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    atexit.register(CLEANUP.run)
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     started = time.monotonic()
-    try:
-        report = bench(args)
-        print(f"took {time.monotonic() - started:.0f} s")
-        if args.json:
-            args.json.write_text(json.dumps(report, indent=2) + "\n")
-            print(f"wrote {args.json}")
-        return 0
-    except BenchError as exc:
-        print(f"\nbench failed: {exc}", file=sys.stderr)
-        return 1
-    except (KeyboardInterrupt, Interrupted):
-        print("\ninterrupted, cleaning up", file=sys.stderr)
-        return 130
-    finally:
-        CLEANUP.run()
+    status = run_main(bench, args)
+    print(f"took {time.monotonic() - started:.0f} s")
+    return status
 
 
 if __name__ == "__main__":

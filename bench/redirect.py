@@ -45,7 +45,6 @@ from common import (
     CLEANUP,
     ROOT,
     BenchError,
-    Interrupted,  # noqa: F401  (bench/admin.py imports it from here)
     Proc,
     WrkResult,
     cpu_count,
@@ -61,7 +60,6 @@ from common import (
     tool_version,
     wait_port,
     wait_ready,
-    wait_until,  # noqa: F401  (bench/admin.py imports it from here)
 )
 
 VENV_BIN = ROOT / ".venv" / "bin"  # --venv changes it

@@ -70,7 +70,8 @@ OPS = web.AppKey("trunk8.ops", Ops)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _route_name(request: web.Request) -> str:
+def route_name(request: web.Request) -> str:
+    """The route template a request matched (`/edit_link/{code}`), or "unmatched"."""
     resource = request.match_info.route.resource
     return resource.canonical if resource is not None else "unmatched"
 
@@ -89,7 +90,7 @@ async def count_requests(request: web.Request, handler: Handler) -> web.StreamRe
         status = exc.status
         raise
     finally:
-        route = _route_name(request)
+        route = route_name(request)
         ops.http_requests.labels(route, str(status)).inc()
         ops.http_latency.labels(route).observe(time.perf_counter() - started)
 

@@ -25,6 +25,8 @@ from aiohttp_session import Session
 from multidict import MultiDictProxy
 from yarl import URL
 
+from trunk8_shared.ops import route_name
+
 from .accounts import Identity
 from .errors import AdminError, CsrfError, FormError, RequestTooLarge
 from .forms import CSRF_FIELD, check_length
@@ -255,8 +257,7 @@ def admin_page(*, login: bool = True, admin_only: bool = False) -> Callable[[Pag
                 status = exc.status
                 raise
             finally:
-                name = request.match_info.route.resource
-                label = name.canonical if name is not None else "unmatched"
+                label = route_name(request)
                 admin.metrics.requests.labels(label, str(status)).inc()
                 admin.metrics.latency.labels(label).observe(time.perf_counter() - started)
 

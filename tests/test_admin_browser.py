@@ -60,7 +60,9 @@ async def page(short_upload_idle: None, admin_system: RunningSystem) -> AsyncIte
         try:
             context = await browser.new_context(base_url=admin_system.base)
             tab = await context.new_page()
-            tab.set_default_timeout(15_000)
+            # Generous: one full-suite run once waited over 15 s for the upload's result
+            # page (not reproduced alone, 3 of 3); a real hang still fails.
+            tab.set_default_timeout(40_000)
             yield tab
         finally:
             await browser.close()

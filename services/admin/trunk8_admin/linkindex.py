@@ -3,59 +3,169 @@
 The admin never re-parses links files to list them or to check that a code is free
 (T8-W07): a `KvMirror` keeps this index equal to what the config-watcher published, and
 its revision tells a save when its change is live (read-your-writes).
+
+It stays small at a million links: per code only its owner and type (one shared pair per
+owner and type) and, for links that expire, the expiry; the records themselves are packed
+per owner (`OwnerLinks`) and decoded when a page shows that owner's links.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Mapping
 
 import msgspec
 
 from trunk8_shared.codes import from_kv_key
-from trunk8_shared.records import LinkRecord, link_decoder
+from trunk8_shared.records import LinkRecord
+
+from .ownerlinks import OwnerLinks
 
 log = logging.getLogger("trunk8.admin")
 
 
+class LinkHead(msgspec.Struct, kw_only=True):
+    """The fields of a link record the index keeps for every code."""
+
+    code: str
+    owner: str
+    type: str
+    expires_at: float | None = None
+
+
+_head_decoder = msgspec.json.Decoder(LinkHead)
+
+
+class CodeOwners(Mapping[str, str]):
+    """A read-only view: code -> owner of every served link."""
+
+    def __init__(self, kinds: dict[str, tuple[str, str]]) -> None:
+        self._kinds = kinds
+
+    def __getitem__(self, code: str) -> str:
+        return self._kinds[code][0]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._kinds)
+
+    def __len__(self) -> int:
+        return len(self._kinds)
+
+
 class LinkIndex:
-    """Code -> record, and each owner's codes; a `MirrorSink` for the links bucket."""
+    """Code -> owner and type, each owner's packed records; a `MirrorSink` for the bucket."""
 
     def __init__(self) -> None:
-        self.links: dict[str, LinkRecord] = {}
-        self.by_owner: dict[str, dict[str, LinkRecord]] = {}
+        self._kinds: dict[str, tuple[str, str]] = {}  # code -> (owner, type)
+        self._pairs: dict[tuple[str, str], tuple[str, str]] = {}  # one tuple per pair
+        self._expiring: dict[str, float] = {}  # code -> expires_at, links that expire only
+        self._owners: dict[str, OwnerLinks] = {}
         self.revision = 0
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
 
-    def _decode(self, key: str, value: bytes) -> LinkRecord | None:
+    def __contains__(self, code: object) -> bool:
+        return code in self._kinds
+
+    def __len__(self) -> int:
+        return len(self._kinds)
+
+    def owner_of(self, code: str) -> str | None:
+        """The owner of a served code, or None."""
+        kind = self._kinds.get(code)
+        return kind[0] if kind is not None else None
+
+    def get(self, code: str) -> LinkRecord | None:
+        """The record of a served code, or None."""
+        kind = self._kinds.get(code)
+        return self._owners[kind[0]].get(code) if kind is not None else None
+
+    def count(self, owner: str) -> int:
+        """How many served links `owner` has."""
+        links = self._owners.get(owner)
+        return len(links) if links is not None else 0
+
+    def owners(self) -> list[str]:
+        """Every owner with a served link."""
+        return [owner for owner, links in self._owners.items() if len(links)]
+
+    def records(self, owner: str) -> list[LinkRecord]:
+        """The served records of one owner, decoded (in no particular order)."""
+        links = self._owners.get(owner)
+        return links.records() if links is not None else []
+
+    def type_counts(self, owner: str | None = None) -> Counter[str]:
+        """Served links by type, of one owner or of everyone."""
+        if owner is not None:
+            links = self._owners.get(owner)
+            return Counter(links.types) if links is not None else Counter()
+        total: Counter[str] = Counter()
+        for links in self._owners.values():
+            total.update(links.types)
+        return total
+
+    def code_owners(self) -> Mapping[str, str]:
+        """A live read-only view: code -> owner (no copy of a million codes)."""
+        return CodeOwners(self._kinds)
+
+    def expired(self, now: float) -> dict[str, set[str]]:
+        """Owner -> codes of the served links past their expiry at `now`."""
+        found: dict[str, set[str]] = defaultdict(set)
+        for code, expires_at in self._expiring.items():
+            if expires_at < now:
+                found[self._kinds[code][0]].add(code)
+        return found
+
+    def _head(self, key: str, value: bytes) -> LinkHead | None:
         try:
-            return link_decoder.decode(value)
-        except msgspec.DecodeError as err:
+            return _head_decoder.decode(value)
+        except (msgspec.DecodeError, msgspec.ValidationError) as err:
             log.warning("ignoring undecodable link %r: %s", from_kv_key(key), err)
             return None
 
+    def _pair(self, owner: str, link_type: str) -> tuple[str, str]:
+        pair = (owner, link_type)
+        return self._pairs.setdefault(pair, pair)
+
     def replace_all(self, entries: dict[str, bytes]) -> None:
         """Swap in a complete snapshot."""
-        links: dict[str, LinkRecord] = {}
+        fresh = LinkIndex()
         for key, value in entries.items():
-            record = self._decode(key, value)
-            if record is not None:
-                links[record.code] = record
-        by_owner: dict[str, dict[str, LinkRecord]] = {}
-        for code, record in links.items():
-            by_owner.setdefault(record.owner, {})[code] = record
-        self.links, self.by_owner = links, by_owner
+            head = fresh._head(key, value)
+            if head is None or head.code in fresh._kinds:
+                continue
+            fresh._kinds[head.code] = fresh._pair(head.owner, head.type)
+            if head.expires_at is not None:
+                fresh._expiring[head.code] = head.expires_at
+            links = fresh._owners.get(head.owner)
+            if links is None:
+                links = fresh._owners[head.owner] = OwnerLinks()
+            links.load(value, head.type)
+        for links in fresh._owners.values():
+            links.seal()
+        self._kinds, self._pairs = fresh._kinds, fresh._pairs
+        self._expiring, self._owners = fresh._expiring, fresh._owners
 
     def apply(self, key: str, value: bytes | None) -> None:
         """Apply one change; None deletes the key."""
         code = from_kv_key(key)
-        old = self.links.pop(code, None)
-        if old is not None:
-            self.by_owner.get(old.owner, {}).pop(code, None)
-        record = self._decode(key, value) if value is not None else None
-        if record is not None:
-            self.links[record.code] = record
-            self.by_owner.setdefault(record.owner, {})[record.code] = record
+        head = self._head(key, value) if value is not None else None
+        old = self._kinds.get(code)
+        if old is not None and (head is None or head.owner != old[0]):
+            self._owners[old[0]].remove(code, old[1])
+            del self._kinds[code]
+            old = None
+        self._expiring.pop(code, None)
+        if head is None or value is None:
+            return
+        self._kinds[code] = self._pair(head.owner, head.type)
+        if head.expires_at is not None:
+            self._expiring[code] = head.expires_at
+        links = self._owners.get(head.owner)
+        if links is None:
+            links = self._owners[head.owner] = OwnerLinks()
+        links.put(code, value, head.type, old[1] if old is not None else None)
 
     def reached(self, revision: int) -> None:
         """The mirror applied everything up to `revision`: wake the saves waiting for it."""

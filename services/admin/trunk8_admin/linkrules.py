@@ -14,6 +14,7 @@ import datetime as dt
 import mimetypes
 import secrets
 import uuid
+from collections.abc import Container
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -56,7 +57,7 @@ class Draft:
     extra: dict[str, str] = field(default_factory=dict)
 
 
-def random_code(taken: set[str] | dict[str, Any]) -> str:
+def random_code(taken: Container[str]) -> str:
     """8 URL-safe random characters not used by any user (T8-044)."""
     for _ in range(CODE_ATTEMPTS):
         code = secrets.token_urlsafe(6)
@@ -65,7 +66,7 @@ def random_code(taken: set[str] | dict[str, Any]) -> str:
     raise Problem("Could not find a free short code; please choose one.", "short_code")
 
 
-def code_problem(code: str, taken: set[str] | dict[str, Any]) -> Problem | None:
+def code_problem(code: str, taken: Container[str]) -> Problem | None:
     """Trunk8's short-code rules and uniqueness across users (T8-045, T8-046)."""
     if message := short_code_problem(code):
         return Problem(message, "short_code")

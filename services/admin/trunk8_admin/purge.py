@@ -19,7 +19,7 @@ import fcntl
 import logging
 import os
 import time
-from collections import defaultdict, deque
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -134,10 +134,7 @@ async def purge_once(admin: Admin, announcer: ExpiryAnnouncer) -> int:
     """One round: remove every expired link the index knows of; how many were removed."""
     await announcer.flush()
     now = time.time()
-    expired: dict[str, set[str]] = defaultdict(set)
-    for record in admin.index.links.values():
-        if record.expires_at is not None and record.expires_at < now:
-            expired[record.owner].add(record.code)
+    expired = admin.index.expired(now)
     if not expired:
         return 0
     loop = asyncio.get_running_loop()

@@ -28,6 +28,7 @@ import shutil
 import stat
 import tomllib
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -123,7 +124,7 @@ def _toml(data: bytes, name: str) -> TOMLDocument:
 
 
 def read_backup(
-    archive: zipfile.ZipFile, limits: RestoreLimits, target: str, owners: dict[str, str]
+    archive: zipfile.ZipFile, limits: RestoreLimits, target: str, owners: Mapping[str, str]
 ) -> Backup:
     """Check the archive and its links (`owners`: code -> owner of every served link)."""
     members = archive.infolist()
@@ -421,7 +422,7 @@ def restore_file(
     target: str,
     zip_path: Path,
     limits: RestoreLimits,
-    owners: dict[str, str],
+    owners: Mapping[str, str],
     replace: bool,
 ) -> Restored:
     """Check and restore the zip at `zip_path` into `target`'s folder (blocking)."""

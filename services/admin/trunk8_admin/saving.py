@@ -12,7 +12,7 @@ import asyncio
 import logging
 import os
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -80,10 +80,10 @@ def _codes_on_disk(data: DataDir, owners: list[str]) -> set[str]:
     return codes
 
 
-async def taken_codes(admin: Admin) -> set[str] | dict[str, Any]:
+async def taken_codes(admin: Admin) -> Container[str]:
     """Codes in use by any user: the index, or the files while the bus is not there yet."""
     if admin.index_ready.is_set():
-        return admin.index.links
+        return admin.index
     owners = list(await admin.accounts.all())
     return await _blocking(_codes_on_disk, admin.data, owners)
 

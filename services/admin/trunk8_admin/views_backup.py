@@ -189,7 +189,7 @@ async def restore(request: web.Request, page: Page) -> web.StreamResponse:
             max_unpacked_bytes=settings.restore_max_unpacked_mb * 1024 * 1024,
             max_links_bytes=int(admin.settings.max_data_file_mb * 1024 * 1024),
         )
-        owners = {code: record.owner for code, record in admin.index.links.items()}
+        owners = admin.index.code_owners()
         loop = asyncio.get_running_loop()
         try:
             restored = await loop.run_in_executor(

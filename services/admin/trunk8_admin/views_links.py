@@ -33,7 +33,7 @@ log = logging.getLogger("trunk8.admin")
 
 def _owner_of(page: Page, code: str) -> LinkRecord:
     """The link behind an edit/delete URL, if this session may change it (T8-060)."""
-    record = page.admin.index.links.get(code)
+    record = page.admin.index.get(code)
     if record is None:
         page.flash("error", f"Link '{code}' not found.")
         page.redirect("/links")
@@ -61,10 +61,10 @@ async def dashboard(request: web.Request, page: Page) -> web.StreamResponse:
     """GET /: welcome, own link count; admin totals (T8-067)."""
     admin = page.admin
     assert page.effective is not None and page.user is not None
-    own = len(admin.index.by_owner.get(page.effective.username, {}))
+    own = admin.index.count(page.effective.username)
     totals = None
     if page.user.is_admin and not page.switched:
-        totals = {"users": len(await admin.accounts.all()), "links": len(admin.index.links)}
+        totals = {"users": len(await admin.accounts.all()), "links": len(admin.index)}
     return page.render("dashboard.html", own_links=own, totals=totals)
 
 
@@ -161,18 +161,16 @@ async def links(request: web.Request, page: Page) -> web.StreamResponse:
     everyone = page.user.is_admin and not page.switched
     accounts = await admin.accounts.all()
     query = LinkQuery.from_request(request, admin.admin_settings.page_size)
-    if everyone:
-        records = admin.index.links.values()
-    else:
-        records = admin.index.by_owner.get(page.effective.username, {}).values()
+    index = admin.index
+    owners = index.owners() if everyone else [page.effective.username]
     order = {name: position for position, name in enumerate(accounts)}
-    result = list_links(records, query, order)
+    result = list_links(index, owners, query, order)
     return page.render(
         "links.html",
         everyone=everyone,
         query=query,
         result=result,
-        counts=type_counts(records),
+        counts=type_counts(index.type_counts(None if everyone else page.effective.username)),
         owners=list(accounts) if everyone else [],
         base_url=page.base_url(),
         target_of=_target,

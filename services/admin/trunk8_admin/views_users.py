@@ -130,7 +130,7 @@ async def users(request: web.Request, page: Page) -> web.StreamResponse:
             "username": name,
             "display_name": entry.display_name or name,
             "is_admin": entry.is_admin or name == ADMIN,
-            "links": len(admin.index.by_owner.get(name, {})),
+            "links": admin.index.count(name),
             "created": (entry.created_at or "")[:10] or "Unknown",
         }
         for name, entry in accounts.items()
@@ -140,7 +140,7 @@ async def users(request: web.Request, page: Page) -> web.StreamResponse:
         "users": len(cards),
         "admins": admins,
         "regular": len(cards) - admins,
-        "links": sum(len(admin.index.by_owner.get(name, {})) for name in accounts),
+        "links": sum(admin.index.count(name) for name in accounts),
     }
     return page.render("users.html", cards=cards, totals=totals)
 
@@ -159,7 +159,7 @@ async def user_detail(request: web.Request, page: Page) -> web.StreamResponse:
     username = request.match_info["username"]
     entry = await _known_user(page, username)
     admin = page.admin
-    links = sorted(admin.index.by_owner.get(username, {}).values(), key=lambda r: r.code)
+    links = sorted(admin.index.records(username), key=lambda r: r.code)
     usage = await _blocking(folder_usage, admin.data, username, False)
     return page.render(
         "user_detail.html",
@@ -196,7 +196,7 @@ async def delete_preview(request: web.Request, page: Page) -> web.StreamResponse
     return page.render(
         "user_delete.html",
         username=username,
-        links=len(admin.index.by_owner.get(username, {})),
+        links=admin.index.count(username),
         files=usage.files,
         size=human_size(usage.size),
         folder=admin.data.relative(admin.data.users_dir / username),

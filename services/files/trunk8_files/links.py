@@ -1,7 +1,8 @@
 """The files service's link table: the live file, markdown and html records by short code.
 
 A `MirrorSink` filled from KV `trunk8_links` by a `KvMirror`; redirect records are left to
-the redirector. `link_type` is this service's finder for the `/{code}` dispatcher, and
+the redirector, and skipped while decoding: only a record's `type` is read for them, so a
+million redirects cost this service nothing to hold. `link_type` is this service's finder for the `/{code}` dispatcher, and
 `live` is what a handler serves: both check expiry at the moment they are asked.
 """
 
@@ -18,6 +19,15 @@ from trunk8_shared.records import LinkRecord, link_decoder
 log = logging.getLogger("trunk8.files")
 
 SERVED_TYPES = frozenset({"file", "markdown", "html"})
+
+
+class LinkType(msgspec.Struct):
+    """A link record's type alone (the decoder skips the other fields)."""
+
+    type: str = ""
+
+
+_type_decoder = msgspec.json.Decoder(LinkType)
 
 
 class FileLinks:
@@ -66,8 +76,9 @@ class FileLinks:
 
 def _decode(key: str, value: bytes) -> LinkRecord | None:
     try:
-        record = link_decoder.decode(value)
-    except msgspec.DecodeError as err:
+        if _type_decoder.decode(value).type not in SERVED_TYPES:
+            return None
+        return link_decoder.decode(value)
+    except msgspec.DecodeError as err:  # ValidationError included
         log.warning("ignoring undecodable record for key %r: %s", key, err)
         return None
-    return record if record.type in SERVED_TYPES else None

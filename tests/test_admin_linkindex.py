@@ -49,7 +49,7 @@ def _check(index: LinkIndex, model: dict[str, LinkRecord]) -> None:
         assert index.count(owner) == len(mine)
         assert +index.type_counts(owner) == +_counts(mine.values())
     assert +index.type_counts() == +_counts(model.values())
-    for code in list(model)[:20] + ["missing"]:
+    for code in [*list(model)[:20], "missing"]:
         assert (code in index) == (code in model)
         assert index.get(code) == model.get(code)
     expired = {r.code for r in model.values() if r.expires_at is not None and r.expires_at < 2.0}
@@ -104,9 +104,7 @@ def _reference(records: list[LinkRecord], query: LinkQuery, order: dict[str, int
         and (
             not needle
             or any(
-                needle in v.casefold()
-                for v in (r.code, r.url, r.original_filename, r.path)
-                if v
+                needle in v.casefold() for v in (r.code, r.url, r.original_filename, r.path) if v
             )
         )
     ]

@@ -2,8 +2,9 @@
 
 A `MirrorSink` filled from KV `trunk8_links` by a `KvMirror`; redirect records are left to
 the redirector, and skipped while decoding: only a record's `type` is read for them, so a
-million redirects cost this service nothing to hold. `link_type` is this service's finder for the `/{code}` dispatcher, and
-`live` is what a handler serves: both check expiry at the moment they are asked.
+million redirects cost this service nothing to hold. `link_type` is this service's finder
+for the `/{code}` dispatcher, and `live` is what a handler serves: both check expiry at
+the moment they are asked.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any
@@ -36,16 +37,21 @@ CANCEL_GRACE = 1.0
 
 
 class Backoff:
-    """Capped exponential delays: 0.1 s, 0.2 s, ... up to `cap`; `reset` after a success."""
+    """Capped exponential delays: 0.1 s, 0.2 s, ... up to `cap`; `reset` after a success.
 
-    def __init__(self, first: float = 0.1, cap: float = 5.0) -> None:
+    With `jitter` (0 to 1) each sleep is shortened by a random part of up to that share,
+    so many clients that failed together do not retry together (1.0: "full jitter").
+    """
+
+    def __init__(self, first: float = 0.1, cap: float = 5.0, jitter: float = 0.0) -> None:
         self.first = first
         self.cap = cap
+        self.jitter = jitter
         self.delay = first
 
     async def wait(self) -> None:
-        """Sleep the current delay, then double it (up to the cap)."""
-        await asyncio.sleep(self.delay)
+        """Sleep the current delay (less its jitter), then double it (up to the cap)."""
+        await asyncio.sleep(self.delay * (1.0 - self.jitter * random.random()))
         self.delay = min(self.delay * 2, self.cap)
 
     def reset(self) -> None:

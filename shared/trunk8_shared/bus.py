@@ -3,7 +3,10 @@
 The connection is opened in the background and retried forever, so a service starts (and
 answers `/-/healthz`) while NATS is still away; whoever needs it awaits `wait_connected`.
 Listeners registered with `on_reconnect` are told after every reconnect, because JetStream
-consumers do not survive a server restart and must be re-created. `/-/metrics` says
+consumers do not survive a server restart and must be re-created. Reconnects go to the
+least-tried server of the list after a random delay of up to `reconnect_wait` * 2^(failed
+attempts), capped (nats-py's `reconnect_to_server_handler`): many clients that lost the
+same server spread their returns instead of arriving at once. `/-/metrics` says
 whether the connection is up and how often it was lost (`trunk8_nats_*`), for alerts.
 """
 
@@ -12,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import AsyncIterator, Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
-from nats.aio.client import Client
+from nats.aio.client import Client, Server
 from nats.js import JetStreamContext
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
@@ -25,10 +29,18 @@ from .settings import Settings
 
 log = logging.getLogger("trunk8.bus")
 
+# The longest wait between two reconnect attempts to one server, seconds.
+RECONNECT_CAP = 10.0
+
 
 def server_list(urls: str) -> list[str]:
     """The servers of a NATS URL or of a comma-separated seed list (`a:4222,b:4222`)."""
     return [url.strip() for url in urls.split(",") if url.strip()]
+
+
+def reconnect_delay(failed: int, first: float, cap: float = RECONNECT_CAP) -> float:
+    """A random delay before the next attempt: up to `first` * 2^`failed`, at most `cap`."""
+    return random.uniform(0.0, min(cap, first * 2 ** min(failed, 30)))
 
 
 def redact(urls: str) -> str:
@@ -99,6 +111,7 @@ class Bus:
             allow_reconnect=True,
             max_reconnect_attempts=-1,
             reconnect_time_wait=self.reconnect_wait,  # type: ignore[arg-type]  # float works
+            reconnect_to_server_handler=self._next_server,
             connect_timeout=2,
             error_cb=self._on_error,
             disconnected_cb=self._on_disconnected,
@@ -107,6 +120,11 @@ class Bus:
         self._last_error = ""
         log.info("connected to NATS at %s", redact(self._current()))
         self._connected.set()
+
+    def _next_server(self, servers: list[Server], _info: dict[str, object]) -> tuple[Server, float]:
+        """The server to try next (the least tried; the list is shuffled) and when."""
+        server = min(servers, key=lambda candidate: candidate.reconnects)
+        return server, reconnect_delay(server.reconnects, self.reconnect_wait)
 
     def _current(self) -> str:
         """The server the client is connected to now (one of the seed list)."""

@@ -4,11 +4,16 @@
 usable, and follows the bucket from the revision after it; without one it reads the last
 value of every key. Either way the state is built aside and installed whole once caught
 up, then every change is applied as it comes. After a reconnect (a consumer does not
-survive a server restart, and no error says so) or any error it subscribes again and
-builds a fresh state, so keys deleted meanwhile disappear too; until then the last state
-stays in use, and nothing of a load stays referenced once installed.
+survive a server restart, and no error says so) or a lost consumer it *resumes*: it
+follows the bucket again from the revision after the one it holds, applying to the live
+state only what changed meanwhile (a KV stream keeps each key's last message, delete and
+purge markers included). It loads the bucket whole instead when the stream is not the one
+its state came from (`resume_problem`: deleted and created again, behind the mirror, or
+purged), and after a sink failure. Until then the last state stays in use, and nothing of
+a load stays referenced once installed. Re-subscriptions wait a random part of a capped
+exponential backoff, so mirrors that lost the same server do not all return at once.
 Foreign keys (ones `kv_key` never makes, e.g. written by another tool) are skipped, and a
-sink that fails never raises into a NATS callback: the mirror logs it and subscribes again.
+sink that fails never raises into a NATS callback: the mirror logs it and loads again.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import Protocol, cast
+from typing import NamedTuple, Protocol, cast
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
@@ -35,6 +40,42 @@ KV_OPERATION = "KV-Operation"
 # Seconds between checks that the consumer still exists (no error says when it is lost).
 CONSUMER_CHECK_INTERVAL = 5.0
 MARKER_REASON = "Nats-Marker-Reason"
+
+
+class StreamMark(NamedTuple):
+    """What tells a bucket's stream apart from a replaced or purged one."""
+
+    created: str  # creation time: a bucket deleted and created again has another
+    first_seq: int
+    last_seq: int
+    messages: int  # never falls in a KV stream (one message per key) unless purged
+
+
+async def stream_mark(js: JetStreamContext, bucket: str) -> StreamMark:
+    """The bucket's stream as it is now."""
+    info = await js.stream_info(f"KV_{bucket}")
+    state = info.state
+    return StreamMark(str(info.created), state.first_seq, state.last_seq, state.messages)
+
+
+def resume_problem(seen: StreamMark, now: StreamMark, revision: int) -> str | None:
+    """Why a mirror at `revision`, which saw the stream as `seen`, must load it whole.
+
+    None when following it again from `revision` + 1 gives every change since: the same
+    stream, not behind the mirror, still holding every message after `revision` (updates
+    and delete or purge markers: each key keeps its last message) and none purged before.
+    A purge that removed fewer keys than were created meanwhile and nothing after
+    `revision` goes unnoticed until the next whole load (purges are an operator's act).
+    """
+    if now.created != seen.created:
+        return "the bucket was deleted and created again"
+    if now.last_seq < revision:
+        return f"the bucket is behind the mirror (revision {now.last_seq} < {revision})"
+    if now.first_seq > revision + 1:
+        return f"changes after revision {revision} were purged"
+    if now.messages < seen.messages:
+        return f"{seen.messages - now.messages} messages were purged"
+    return None
 
 
 class MirrorSink(Protocol):
@@ -202,9 +243,12 @@ async def read_bucket(
 class _Loading:
     """One subscription's state until caught up; dropped then, so nothing raw stays held."""
 
-    def __init__(self, mirror: KvMirror, state: StagedState | RecordsStage) -> None:
+    def __init__(
+        self, mirror: KvMirror, state: StagedState | RecordsStage, seen: StreamMark
+    ) -> None:
         self.mirror = mirror
         self.state: StagedState | RecordsStage | None = state
+        self.seen = seen  # the stream before the load began
 
     def stage(self, key: str, value: bytes | None) -> None:
         """Stage one value of the initial load (foreign keys skipped and counted)."""
@@ -218,6 +262,7 @@ class _Loading:
     def caught_up(self, revision: int) -> None:
         """Install the staged state in the sink, then forget it."""
         state, self.state = self.state, None
+        self.mirror._seen = self.seen  # a failing install forgets it again
         if isinstance(state, RecordsStage):
             self.mirror._snapshot(state.entries, revision)
         elif state is not None:
@@ -238,12 +283,16 @@ class KvMirror:
         self.use_snapshot = use_snapshot
         self.ready = asyncio.Event()  # set after the first complete snapshot
         self.revision = 0
-        self.resyncs = 0
+        self.resyncs = 0  # whole loads installed (the first one included)
+        self.resumes = 0  # re-subscriptions that applied only the changes since
+        self.applied = 0  # changes applied one by one (live, or while resuming)
         self.snapshot_loads = 0  # (re)subscriptions that started from a snapshot object
         self.snapshot_fallbacks = 0  # ones that found none usable and read the bucket
         self._restart = asyncio.Event()  # set after a reconnect or a failed update
         self._failure: Exception | None = None
         self._foreign = 0
+        # The stream the state came from; None until loaded, and after a sink failure.
+        self._seen: StreamMark | None = None
 
     async def _start_state(self) -> tuple[StagedState | RecordsStage, int]:
         """The state to build on and the revision it reflects: a snapshot's, or empty."""
@@ -297,7 +346,7 @@ class KvMirror:
         except Exception as err:  # called from a NATS callback: never raise there
             self._sink_failed(err)
             return
-        self.revision = revision
+        self._reached(revision)
         self.resyncs += 1
         if not self.ready.is_set():
             log.info("%s: loaded %d keys at revision %d", self.bucket, count, revision)
@@ -314,12 +363,18 @@ class KvMirror:
             except Exception as err:  # called from a NATS callback: never raise there
                 self._sink_failed(err)
                 return
+            self.applied += 1
+        self._reached(revision)
+
+    def _reached(self, revision: int) -> None:
+        """The sink holds the bucket as of `revision` (subclasses tell their waiters)."""
         self.revision = revision
 
     def _sink_failed(self, err: Exception) -> None:
         """A sink bug loses no update silently: log it and load a fresh snapshot."""
         log.error("%s: applying an update failed; reloading the bucket", self.bucket, exc_info=err)
         self._failure = err
+        self._seen = None  # the sink's state is in doubt: the next subscription loads whole
         self._restart.set()
 
     async def _until_stale(self, sub: JetStreamContext.PushSubscription) -> None:
@@ -330,33 +385,88 @@ class KvMirror:
                 return
             try:
                 await sub.consumer_info()
+                await self._look_again()
             except NotFoundError:
                 log.warning("%s: consumer gone; following the bucket again", self.bucket)
                 return
             except Exception:  # NATS busy or away: the reconnect path handles it
                 pass
 
+    async def _look_again(self) -> None:
+        """Note the stream as it is now (a purge later shows as fewer messages than this)."""
+        seen = self._seen
+        if seen is not None:
+            now = await stream_mark(self.bus.js, self.bucket)
+            if now.created == seen.created and self._seen is seen:
+                self._seen = now
+
+    async def _follow(self) -> JetStreamContext.PushSubscription:
+        """Subscribe: resume from the revision held when the stream allows it, else load."""
+        seen = self._seen
+        if seen is not None and self.ready.is_set():
+            try:
+                now = await stream_mark(self.bus.js, self.bucket)
+            except NotFoundError:
+                problem: str | None = "the bucket is gone"
+            else:
+                problem = resume_problem(seen, now, self.revision)
+                if problem is None:
+                    return await self._resume(now)
+            log.info("%s: loading the bucket whole: %s", self.bucket, problem)
+        return await self._load()
+
+    async def _resume(self, now: StreamMark) -> JetStreamContext.PushSubscription:
+        """Follow the bucket from the revision held, applying the changes to the live state."""
+        after, applied = self.revision, self.applied
+        self._seen = now
+
+        def meanwhile(key: str, value: bytes | None) -> None:
+            self._change(key, value, after)  # the revision is known once caught up
+
+        def caught_up(revision: int) -> None:
+            self._reached(max(revision, after))
+            self.resumes += 1
+            log.info(
+                "%s: resumed at revision %d: %d changes since revision %d",
+                self.bucket,
+                self.revision,
+                self.applied - applied,
+                after,
+            )
+
+        return await follow_bucket(
+            self.bus.js, self.bucket, meanwhile, caught_up, self._change, after
+        )
+
+    async def _load(self) -> JetStreamContext.PushSubscription:
+        """Build the state aside from a snapshot or the whole bucket, then install it."""
+        self._seen = None  # until installed: a load cut short is not resumed
+        await ensure_bucket(self.bus.js, self.bucket)
+        # Seen before subscribing: a bucket replaced after this differs from it.
+        seen = await stream_mark(self.bus.js, self.bucket)
+        state, after = await self._start_state()
+        loading = _Loading(self, state, seen)
+        del state  # held by `loading` only, which lets go of it once installed
+        return await follow_bucket(
+            self.bus.js, self.bucket, loading.stage, loading.caught_up, self._change, after
+        )
+
     async def run(self) -> None:
         """Follow the bucket forever, subscribing again after reconnects and errors."""
-        backoff = Backoff()
+        backoff = Backoff(jitter=1.0)
         while True:
             await self.bus.wait_connected()
             self._restart.clear()
             unregister = self.bus.on_reconnect(self._restart.set)
             sub: JetStreamContext.PushSubscription | None = None
             try:
-                state, after = await self._start_state()
-                loading = _Loading(self, state)
-                del state  # held by `loading` only, which lets go of it once installed
-                sub = await follow_bucket(
-                    self.bus.js, self.bucket, loading.stage, loading.caught_up, self._change, after
-                )
+                sub = await self._follow()
                 await self._until_stale(sub)
                 if self._failure is None:
                     backoff.reset()
                 else:  # a sink that fails again must not spin: back off as after errors
                     self._failure = None
-                    await backoff.wait()
+                await backoff.wait()  # a random part of it: mirrors do not return at once
             except asyncio.CancelledError:
                 raise
             except Exception as err:

@@ -77,15 +77,8 @@ class IndexMirror(KvMirror):
         self.admin_index = admin_index
         self.metrics = metrics
 
-    def _snapshot(self, entries: dict[str, bytes], revision: int) -> None:
-        super()._snapshot(entries, revision)
-        self._reached(revision)
-
-    def _change(self, key: str, value: bytes | None, revision: int) -> None:
-        super()._change(key, value, revision)
-        self._reached(revision)
-
     def _reached(self, revision: int) -> None:
+        super()._reached(revision)
         self.admin_index.reached(revision)
         self.metrics.revision.set(revision)
 

@@ -25,6 +25,9 @@ from .ownerlinks import OwnerLinks
 
 log = logging.getLogger("trunk8.admin")
 
+# Owners with more links than this are decoded anew for each page rather than kept decoded.
+KEEP_DECODED_MAX = 20_000
+
 
 class LinkHead(msgspec.Struct, kw_only=True):
     """The fields of a link record the index keeps for every code."""
@@ -62,6 +65,9 @@ class LinkIndex:
         self._pairs: dict[tuple[str, str], tuple[str, str]] = {}  # one tuple per pair
         self._expiring: dict[str, float] = {}  # code -> expires_at, links that expire only
         self._owners: dict[str, OwnerLinks] = {}
+        # The last owner decoded, as (owner, version, records): paging through one owner's
+        # links decodes them once (about 4.5 MB for 10,000).
+        self._decoded: tuple[str, int, list[LinkRecord]] | None = None
         self.revision = 0
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
 
@@ -93,7 +99,16 @@ class LinkIndex:
     def records(self, owner: str) -> list[LinkRecord]:
         """The served records of one owner, decoded (in no particular order)."""
         links = self._owners.get(owner)
-        return links.records() if links is not None else []
+        if links is None:
+            return []
+        decoded = self._decoded
+        if decoded is not None and decoded[:2] == (owner, links.version):
+            return list(decoded[2])
+        records = links.records()
+        if len(records) <= KEEP_DECODED_MAX:
+            self._decoded = (owner, links.version, records)
+            return list(records)
+        return records
 
     def type_counts(self, owner: str | None = None) -> Counter[str]:
         """Served links by type, of one owner or of everyone."""
@@ -146,6 +161,7 @@ class LinkIndex:
             links.seal()
         self._kinds, self._pairs = fresh._kinds, fresh._pairs
         self._expiring, self._owners = fresh._expiring, fresh._owners
+        self._decoded = None
 
     def apply(self, key: str, value: bytes | None) -> None:
         """Apply one change; None deletes the key."""

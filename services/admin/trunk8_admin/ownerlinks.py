@@ -42,12 +42,14 @@ class OwnerLinks:
         self._gathered = 0
         self._changes: dict[str, bytes | None] = {}
         self.types: Counter[str] = Counter()  # live links by type
+        self.version = 0  # changes with every change: tells a decoded copy still current
 
     def __len__(self) -> int:
         return self.types.total()
 
     def load(self, value: bytes, link_type: str) -> None:
         """Add one record of a bulk load (its code is not yet held); `seal` ends the load."""
+        self.version += 1
         self._gathering.append(value)
         self._gathered += len(value)
         self.types[link_type] += 1
@@ -62,6 +64,7 @@ class OwnerLinks:
 
     def put(self, code: str, value: bytes, link_type: str, old_type: str | None) -> None:
         """Add or replace the record of `code` (`old_type`: its type if it was held)."""
+        self.version += 1
         if old_type is not None:
             self.types[old_type] -= 1
         self.types[link_type] += 1
@@ -70,6 +73,7 @@ class OwnerLinks:
 
     def remove(self, code: str, old_type: str) -> None:
         """Drop the record of `code`, which is held with type `old_type`."""
+        self.version += 1
         self.types[old_type] -= 1
         self._changes[code] = None
         self._maybe_fold()

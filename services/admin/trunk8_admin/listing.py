@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -27,6 +27,8 @@ SORTS = {
 }
 TYPE_LABELS = {"redirect": "Redirect", "file": "File", "markdown": "Markdown", "html": "HTML"}
 MAX_QUERY = 200
+# Matching records gathered before all but the ones up to the page are dropped.
+POOL_MAX = 50_000
 
 
 @dataclass(frozen=True)
@@ -126,19 +128,20 @@ def list_links(
     if query.sort == "owner":
         return _by_owner(source, owners, query, owner_order, chosen, start)
     key = _SORT_KEYS[query.sort]
-    total = 0
-
-    def candidates() -> Iterator[LinkRecord]:
-        nonlocal total
-        for owner in owners:
-            found = chosen(source.records(owner))
-            total += len(found)
-            yield from found
-
-    # Codes are unique, so every key is distinct and the n smallest equal a full sort's head.
+    want = start + query.page_size
     pick = heapq.nlargest if query.descending else heapq.nsmallest
-    best = pick(start + query.page_size, candidates(), key=key)
-    return LinkPage(best[start:], total)
+    pool: list[LinkRecord] = []
+    total = 0
+    for owner in owners:
+        found = chosen(source.records(owner))
+        total += len(found)
+        pool += found
+        if len(pool) > max(2 * want, POOL_MAX):
+            # Keep only the best `want`: memory stays bounded with a million links. Codes
+            # are unique, so every key is distinct and these equal a full sort's head.
+            pool = pick(want, pool, key=key)
+    pool.sort(key=key, reverse=query.descending)
+    return LinkPage(pool[start:want], total)
 
 
 _SORT_KEYS: dict[str, Callable[[LinkRecord], Any]] = {

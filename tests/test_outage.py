@@ -11,6 +11,7 @@ import pytest
 from conftest import RunningSystem, StartSystem, wait_until, write
 
 from trunk8.embedded_nats import EmbeddedNats
+from trunk8_redirector.app import REDIRECTOR
 
 
 async def _hammer(system: RunningSystem, stop: asyncio.Event, results: list[int]) -> None:
@@ -55,12 +56,16 @@ async def test_nats_restart_while_serving(
     restarted = EmbeddedNats(nats_server.store_dir, port=nats_server.port, token=nats_server.token)
     await restarted.start()
     try:
+        mirror = system.app[REDIRECTOR].mirror
 
         async def caught_up() -> bool:
             gone = (await system.get("/carol1"))[0] == 404
-            return gone and await system.location("/carol2") == "https://example.org/two"
+            moved = await system.location("/carol2") == "https://example.org/two"
+            return gone and moved and mirror.resumes == 1
 
         await wait_until(caught_up, timeout=15)
+        # The same stream came back: the redirector applied what changed, no full reload.
+        assert mirror.resyncs == 1
         # The watch was re-created: a change after the restart arrives too.
         path = data_dir / "users" / "bob" / "links.toml"
         write(

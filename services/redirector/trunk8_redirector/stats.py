@@ -121,8 +121,13 @@ class RedirectorCollector(Collector):
         )
         yield CounterMetricFamily(
             f"{prefix}_resyncs",
-            "Full snapshots loaded (start and reconnects).",
+            "Whole loads of the links (at start; after a reconnect only if it cannot resume).",
             value=self.mirror.resyncs,
+        )
+        yield CounterMetricFamily(
+            f"{prefix}_resumes",
+            "Reconnects after which only the changes since the revision held were applied.",
+            value=self.mirror.resumes,
         )
         yield GaugeMetricFamily(
             f"{prefix}_links_revision", "Links bucket revision applied.", value=self.mirror.revision

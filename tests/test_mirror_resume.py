@@ -22,6 +22,7 @@ from nats.aio.client import Server
 from nats.js import JetStreamContext
 
 from trunk8.embedded_nats import EmbeddedNats
+from trunk8_shared import kvmirror
 from trunk8_shared.buckets import ensure_bucket
 from trunk8_shared.bus import Bus, reconnect_delay
 from trunk8_shared.kvmirror import KvMirror, read_bucket
@@ -45,6 +46,12 @@ class DictSink:
             self.entries.pop(key, None)
         else:
             self.entries[key] = value
+
+
+@pytest.fixture
+def quick_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Check the stream every 0.2 s instead of 5 s."""
+    monkeypatch.setattr(kvmirror, "CONSUMER_CHECK_INTERVAL", 0.2)
 
 
 @pytest.fixture
@@ -167,6 +174,23 @@ async def test_a_replaced_or_purged_bucket_is_loaded_whole(
         await wait_until(reloaded, timeout=30)
         assert mirror.resumes == 0
         assert not any(key.startswith("k0") for key in sink.entries)
+
+
+async def test_a_purge_under_a_live_mirror_makes_it_load_whole(
+    nats_server: EmbeddedNats, quick_checks: None, following: tuple[KvMirror, DictSink]
+) -> None:
+    mirror, sink = following
+    nc = await nats.connect(nats_server.url)
+    try:
+        await nc.jetstream().purge_stream(f"KV_{LINKS_BUCKET}", keep=3)  # no markers
+
+        async def reloaded() -> bool:
+            return mirror.resyncs == 2 and await _in_step(mirror, sink, nats_server.url)
+
+        await wait_until(reloaded, timeout=15)
+        assert sorted(sink.entries) == ["k197", "k198", "k199"]
+    finally:
+        await nc.drain()
 
 
 def test_reconnect_delays_are_random_capped_and_grow() -> None:

@@ -385,20 +385,27 @@ class KvMirror:
                 return
             try:
                 await sub.consumer_info()
-                await self._look_again()
+                problem = await self._look_again()
             except NotFoundError:
                 log.warning("%s: consumer gone; following the bucket again", self.bucket)
                 return
             except Exception:  # NATS busy or away: the reconnect path handles it
-                pass
+                continue
+            if problem is not None:  # purged under a live consumer: no marker tells which keys
+                log.warning("%s: loading the bucket whole: %s", self.bucket, problem)
+                self._seen = None
+                return
 
-    async def _look_again(self) -> None:
-        """Note the stream as it is now (a purge later shows as fewer messages than this)."""
+    async def _look_again(self) -> str | None:
+        """Compare the stream with the one last seen; note it, or say why it is not the same."""
         seen = self._seen
-        if seen is not None:
-            now = await stream_mark(self.bus.js, self.bucket)
-            if now.created == seen.created and self._seen is seen:
-                self._seen = now
+        if seen is None:
+            return None
+        now = await stream_mark(self.bus.js, self.bucket)
+        problem = resume_problem(seen, now, self.revision)
+        if problem is None and self._seen is seen:
+            self._seen = now
+        return problem
 
     async def _follow(self) -> JetStreamContext.PushSubscription:
         """Subscribe: resume from the revision held when the stream allows it, else load."""

@@ -58,7 +58,7 @@ async def stream_mark(js: JetStreamContext, bucket: str) -> StreamMark:
     return StreamMark(str(info.created), state.first_seq, state.last_seq, state.messages)
 
 
-def resume_problem(seen: StreamMark, now: StreamMark, revision: int) -> str | None:
+def resume_problem(seen: StreamMark, now: StreamMark, revision: int | None) -> str | None:
     """Why a mirror at `revision`, which saw the stream as `seen`, must load it whole.
 
     None when following it again from `revision` + 1 gives every change since: the same
@@ -66,15 +66,19 @@ def resume_problem(seen: StreamMark, now: StreamMark, revision: int) -> str | No
     and delete or purge markers: each key keeps its last message) and none purged before.
     A purge that removed fewer keys than were created meanwhile and nothing after
     `revision` goes unnoticed until the next whole load (purges are an operator's act).
+    With `revision` None (a live consumer: messages may be on their way) only the stream's
+    identity and its message count are compared.
     """
     if now.created != seen.created:
         return "the bucket was deleted and created again"
+    if now.messages < seen.messages:
+        return f"{seen.messages - now.messages} messages were purged"
+    if revision is None:
+        return None
     if now.last_seq < revision:
         return f"the bucket is behind the mirror (revision {now.last_seq} < {revision})"
     if now.first_seq > revision + 1:
         return f"changes after revision {revision} were purged"
-    if now.messages < seen.messages:
-        return f"{seen.messages - now.messages} messages were purged"
     return None
 
 
@@ -402,7 +406,7 @@ class KvMirror:
         if seen is None:
             return None
         now = await stream_mark(self.bus.js, self.bucket)
-        problem = resume_problem(seen, now, self.revision)
+        problem = resume_problem(seen, now, None)
         if problem is None and self._seen is seen:
             self._seen = now
         return problem

@@ -220,6 +220,20 @@ def test_only_regular_files_are_read(tmp_path: Path) -> None:
         read_data_file(small, "small", 1000)
 
 
+def test_a_small_file_read_under_a_large_cap_allocates_about_its_size(tmp_path: Path) -> None:
+    import tracemalloc
+
+    small = tmp_path / "links.toml"
+    small.write_bytes(b"[links]\n" * 100)
+    tracemalloc.start()
+    try:
+        assert read_data_file(small, "links", 16 * 1024 * 1024) == b"[links]\n" * 100
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1024 * 1024, peak  # was the whole 16 MiB cap, once per read
+
+
 # Documents that exercise what parsers get wrong: dates of every kind, quoted and dotted
 # keys, escapes, literal and multi-line strings, inline tables, arrays of tables.
 TRICKY_TOML = [

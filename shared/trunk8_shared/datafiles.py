@@ -71,8 +71,11 @@ def read_data_file(path: Path, file: str, max_bytes: int) -> bytes | None:
             raise DataFileError(file, _too_large(info.st_size, max_bytes))
         chunks: list[bytes] = []
         size = 0
-        while size <= max_bytes:  # the file may grow after fstat: read at most cap + 1
-            chunk = os.read(fd, max_bytes + 1 - size)
+        # os.read allocates the whole request before it shrinks the result: ask for what
+        # fstat saw plus one byte (the file may grow after fstat), never the cap at once.
+        request = max(info.st_size + 1, 64 * 1024)
+        while size <= max_bytes:  # read at most cap + 1 bytes in all
+            chunk = os.read(fd, min(request, max_bytes + 1 - size))
             if not chunk:
                 break
             chunks.append(chunk)

@@ -1,8 +1,8 @@
 """A NATS seed list (`--nats a,b,c`): services reach whichever server is up, and move on.
 
-Two real nats-servers (not clustered: each has its own store), one of them down at first,
-then the one in use killed: the connection follows to the other, and logs never show a
-token of any of them.
+Two real nats-servers (not clustered: each has its own store, and its own buckets made
+as a config-watcher would), one of them down at first, then the one in use killed: the
+connection follows to the other, and logs never show a token of any of them.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from conftest import StartSystem, wait_until
 from trunk8 import deploy
 from trunk8.deploy import provision_buckets
 from trunk8.embedded_nats import EmbeddedNats
+from trunk8_shared.buckets import create_buckets
 from trunk8_shared.bus import BUS, redact, server_list
 
 
@@ -25,6 +26,14 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+async def _create_buckets(server: EmbeddedNats) -> None:
+    client = await nats.connect(server.url)
+    try:
+        await create_buckets(client.jetstream(), replicas=1)
+    finally:
+        await client.close()
 
 
 def test_seed_lists_are_split_and_every_url_redacted() -> None:
@@ -42,6 +51,7 @@ async def test_a_seed_list_with_a_server_down_connects_and_fails_over(
     first = EmbeddedNats(tmp_path / "first-nats", token="first-token")
     await first.start()
     try:
+        await _create_buckets(first)
         seeds = f"nats://second-token@127.0.0.1:{down_port},{first.url}"
         system = await start_system("redirector", nats_url=seeds, wait_ready=False)
         bus = system.app[BUS]
@@ -51,6 +61,7 @@ async def test_a_seed_list_with_a_server_down_connects_and_fails_over(
         assert (values["trunk8_nats_connected"], values["trunk8_nats_disconnects_total"]) == (1, 0)
 
         await second.start()
+        await _create_buckets(second)
         await first.stop()  # the server in use goes away: the client moves to the other
 
         async def on_second() -> bool:
@@ -74,9 +85,11 @@ async def test_provisioning_creates_the_buckets_and_refuses_impossible_replicas(
     client = await nats.connect(nats_server.url)
     try:
         js = client.jetstream()
-        assert await provision_buckets(js, 1) == []
-        for stream in ("KV_trunk8_links", "KV_trunk8_users", "OBJ_trunk8_snapshots"):
+        assert await provision_buckets(js, 1, lease_ttl=5.0) == []
+        streams = ("KV_trunk8_links", "KV_trunk8_users", "OBJ_trunk8_snapshots", "KV_trunk8_lease")
+        for stream in streams:
             assert (await js.stream_info(stream)).config.num_replicas == 1
+        assert (await js.stream_info("KV_trunk8_lease")).config.max_age == 5.0
     finally:
         await client.close()
     # One server cannot hold 3 copies: a one-line error, nothing changed.

@@ -2,7 +2,8 @@
 
 Records are put straight into the links bucket here, as a config-watcher elsewhere would,
 so that records the watcher itself refuses (paths that leave the assets folder) can
-reach the files service too: it must refuse them on its own.
+reach the files service too: it must refuse them on its own. The buckets are created
+first, as that watcher would (the services only wait for them).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 from conftest import RunningSystem, StartSystem, wait_until, write
 from nats.aio.msg import Msg
 
-from trunk8_shared.buckets import ensure_bucket
+from trunk8_shared.buckets import create_buckets, ensure_bucket
 from trunk8_shared.codes import kv_key
 from trunk8_shared.records import LINKS_BUCKET, LinkRecord, json_encoder
 
@@ -35,6 +36,12 @@ async def applied(system: RunningSystem, service: str, revision: int) -> bool:
         return False
     values = await system.metrics()
     return values.get(f"trunk8_{service}_links_revision", 0) >= revision
+
+
+@pytest.fixture(autouse=True)
+async def buckets(bus_client: nats.NATS) -> None:
+    """Trunk8's buckets, made as the config-watcher elsewhere would."""
+    await create_buckets(bus_client.jetstream(), replicas=1)
 
 
 @pytest.fixture

@@ -233,8 +233,9 @@ async def test_a_failed_write_names_its_keys(
     data_dir: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    # Another tool created the bucket first, with values too small for our records.
-    await bus_client.jetstream().create_key_value(bucket=LINKS_BUCKET, max_value_size=60)
+    # Another tool created the bucket first, with messages too small for our records (but
+    # not for the watcher's fence, a delete of 63 bytes of headers).
+    await bus_client.jetstream().create_key_value(bucket=LINKS_BUCKET, max_value_size=100)
     caplog.set_level(logging.WARNING, logger="trunk8.config_watcher")
     system = await start_system(wait_ready=False)
 

@@ -29,7 +29,7 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 
 from .background import Backoff
-from .buckets import ensure_bucket
+from .buckets import wait_for_bucket
 from .bus import Bus
 from .codes import code_of_key
 from .snapshot import RECORDS_OBJECT, SnapshotError, decode_records, read_snapshot
@@ -153,7 +153,7 @@ async def follow_bucket(
     so those are exactly the changes since a snapshot at `after`); then `on_caught_up`,
     then every later change to `on_change`.
     """
-    kv = await ensure_bucket(js, bucket)
+    kv = await js.key_value(bucket)  # never created here: the config-watcher does
     prefix = f"$KV.{bucket}."
     live = False
 
@@ -205,7 +205,7 @@ async def check_snapshot_fits(
     js: JetStreamContext, bucket: str, revision: int, bucket_created: str
 ) -> None:
     """Raise SnapshotError unless a snapshot at `revision` is of this bucket as it is now."""
-    status = await (await ensure_bucket(js, bucket)).status()
+    status = await (await js.key_value(bucket)).status()
     if bucket_created != str(status.stream_info.created):
         raise SnapshotError("it is of an earlier bucket (deleted and created again)")
     if revision > status.stream_info.state.last_seq:
@@ -360,7 +360,8 @@ class KvMirror:
 
     def _change(self, key: str, value: bytes | None, revision: int) -> None:
         if code_of_key(key) is None:
-            log.warning("%s: skipping foreign key %r", self.bucket, key)
+            if value is not None:  # a delete of one (a writer's fence) changes nothing
+                log.warning("%s: skipping foreign key %r", self.bucket, key)
         else:
             try:
                 self.sink.apply(key, value)
@@ -452,7 +453,7 @@ class KvMirror:
     async def _load(self) -> JetStreamContext.PushSubscription:
         """Build the state aside from a snapshot or the whole bucket, then install it."""
         self._seen = None  # until installed: a load cut short is not resumed
-        await ensure_bucket(self.bus.js, self.bucket)
+        await wait_for_bucket(self.bus.js, self.bucket)  # not ready until it exists
         # Seen before subscribing: a bucket replaced after this differs from it.
         seen = await stream_mark(self.bus.js, self.bucket)
         state, after = await self._start_state()

@@ -14,6 +14,8 @@ import msgspec
 
 LINKS_BUCKET = "trunk8_links"
 USERS_BUCKET = "trunk8_users"
+# The config-watchers' lease: one key, expiring unless the active watcher renews it.
+LEASE_BUCKET = "trunk8_lease"
 
 EVENTS_PREFIX = "trunk8.events"
 RELOAD_SUBJECT = "trunk8.control.reload"
@@ -132,6 +134,20 @@ class DuplicateCode(Event, tag="config.duplicate", frozen=True, kw_only=True):
     shadowed: list[str]
 
 
+class LeaseAcquired(Event, tag="config.lease_acquired", frozen=True, kw_only=True):
+    """A config-watcher became the active one (it reconciles, then publishes)."""
+
+    holder: str
+    lease_revision: int
+
+
+class LeaseLost(Event, tag="config.lease_lost", frozen=True, kw_only=True):
+    """The active config-watcher stopped being it and stands by; `reason` says why."""
+
+    holder: str
+    reason: str
+
+
 class AuditAction(Event, tag="audit.action", frozen=True, kw_only=True):
     """An admin's action worth a trail: switching users, and every change made while switched.
 
@@ -158,6 +174,8 @@ AnyEvent = (
     | LinkRejected
     | UserRejected
     | DuplicateCode
+    | LeaseAcquired
+    | LeaseLost
     | AuditAction
 )
 

@@ -54,6 +54,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Seconds a stopping process answers `/-/ready` 503 while still serving, so a load
     # balancer moves traffic away first; None: the command's default (`trunk8.server`).
     drain_seconds: Annotated[float, msgspec.Meta(ge=0, le=3600)] | None = None
+    # Copies of each bucket the config-watcher creates (3 on a 3-node NATS cluster).
+    bucket_replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
+    # Seconds the active config-watcher's lease lives without a renewal: a standby takes
+    # over about this long after the active one died (`trunk8_config_watcher.lease`).
+    lease_ttl: Annotated[float, msgspec.Meta(ge=0.5, le=300)] = 5.0
 
     def __post_init__(self) -> None:
         if self.files_mode == "redirect" and not self.files_public_url.startswith(
@@ -86,6 +91,8 @@ _ENV_FIELDS = {
     "TRUNK8_FILES_PUBLIC_URL": "files_public_url",
     "TRUNK8_FILES_ACCEL_PREFIX": "files_accel_prefix",
     "TRUNK8_DRAIN_SECONDS": "drain_seconds",
+    "TRUNK8_BUCKET_REPLICAS": "bucket_replicas",
+    "TRUNK8_LEASE_TTL": "lease_ttl",
 }
 
 

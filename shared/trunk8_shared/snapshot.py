@@ -115,8 +115,11 @@ def decode_records(payload: bytes | bytearray | memoryview) -> RecordsSnapshot:
     return records
 
 
-async def snapshot_store(js: JetStreamContext, create: bool = False) -> Any:
-    """The snapshot object store; None when it does not exist and `create` is False."""
+async def snapshot_store(js: JetStreamContext, create: bool = False, replicas: int = 1) -> Any:
+    """The snapshot object store; None when it does not exist and `create` is False.
+
+    Only the config-watcher creates it (`replicas` copies); readers find None until then.
+    """
     try:
         return await js.object_store(SNAPSHOT_STORE)
     except (BucketNotFoundError, NotFoundError):
@@ -124,7 +127,8 @@ async def snapshot_store(js: JetStreamContext, create: bool = False) -> Any:
             return None
     with contextlib.suppress(BadRequestError):
         return await js.create_object_store(
-            SNAPSHOT_STORE, config=api.ObjectStoreConfig(storage=api.StorageType.FILE)
+            SNAPSHOT_STORE,
+            config=api.ObjectStoreConfig(storage=api.StorageType.FILE, replicas=replicas),
         )
     return await js.object_store(SNAPSHOT_STORE)  # created by someone else meanwhile
 

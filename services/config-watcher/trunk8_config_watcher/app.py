@@ -1,10 +1,13 @@
-"""The config-watcher's factory: first load, then sync, file watch, reconcile and control.
+"""The config-watcher's factory: first load, then lease, sync, file watch, reconcile, control.
 
 The data directory is laid out and loaded before the application starts (a users.toml
 that cannot be loaded stops start-up with a clear message). Then each long task runs in
-its own cleanup context: the sync loop keeps NATS in step with the catalog, the file watch
-and the periodic reconcile follow the files, and the control responder answers
-`trunk8.control.reload`. `/-/rejected` lists what is currently refused.
+its own cleanup context: the lease loop decides whether this watcher is the active one
+(`lease.py`; standbys keep their catalog current and publish nothing), the sync loop keeps
+NATS in step with the catalog, the file watch and the periodic reconcile follow the files,
+and the control responder answers `trunk8.control.reload`. `/-/ready` answers 200 for the
+active watcher once it published its state, and for a standby once it looked at the lease.
+`/-/rejected` lists what is currently refused.
 """
 
 from __future__ import annotations
@@ -53,7 +56,12 @@ def setup_config_watcher(app: web.Application, settings: Settings) -> ConfigWatc
     watcher = ConfigWatcher(settings, bus)
     app[CONFIG_WATCHER] = watcher
     app[REJECTIONS] = watcher.rejections
-    setup_ops(app).add_service("config-watcher", watcher.ready.is_set, watcher.metrics.registry)
+    watcher.metrics.registry.register(watcher.lease)
+    setup_ops(app).add_service(
+        "config-watcher",
+        lambda: watcher.ready.is_set() or watcher.lease.standing_by,
+        watcher.metrics.registry,
+    )
     app.router.add_get("/-/snapshot", snapshot_view)
     app.router.add_get("/-/rejected", rejected_view)
 
@@ -61,9 +69,15 @@ def setup_config_watcher(app: web.Application, settings: Settings) -> ConfigWatc
         await watcher.load()
         yield
 
+    async def lease_release_ctx(app: web.Application) -> AsyncIterator[None]:
+        yield
+        await watcher.lease.release()  # after every task that writes has stopped
+
     app.cleanup_ctx.extend(
         [
             data_dir_ctx,
+            lease_release_ctx,
+            task_ctx("config-lease", watcher.lease.run),
             task_ctx("config-sync", lambda: keep_in_sync(watcher)),
             task_ctx("config-watch", lambda: watch_files(watcher)),
             task_ctx("config-control", lambda: serve_reload_requests(watcher)),

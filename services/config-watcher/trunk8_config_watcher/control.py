@@ -5,6 +5,10 @@ revision in the reply (read-your-writes). A request that carries the entries the
 changed is answered from them, without parsing the file; the file is read soon after, off
 the admin's path, and any difference is published as a correction. The handler runs as a
 NATS callback, so it never raises: every failure becomes the reply's `error`.
+
+Only the active watcher subscribes (no queue group: a standby must never take a request).
+A watcher that finds out while answering that it no longer holds the lease stays silent,
+so the asker gets the new active one's reply.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from trunk8_shared.records import (
     reload_request_decoder,
 )
 
+from .lease import NotActiveError
 from .publisher import PUBLISH_ERRORS
 from .watcher import ConfigWatcher
 
@@ -30,7 +35,6 @@ log = logging.getLogger("trunk8.config_watcher")
 
 # How long a reload request may wait for the first publication before it is refused.
 READY_WAIT = 30.0
-QUEUE_GROUP = "trunk8-config-watcher"
 # Seconds after a save answered from its entries before its file is read: saves in a
 # burst share one read (the file watch usually reads it first, and this costs a hash).
 FOLLOW_UP_DELAY = 0.25
@@ -49,6 +53,8 @@ async def answer_reload(watcher: ConfigWatcher, msg: Msg) -> None:
             reply = await watcher.reload(paths, join_saved=False)
     except TimeoutError:
         reply = ReloadReply(revision=0, error="not ready: nothing is published yet")
+    except NotActiveError:
+        return  # standing by now: the active watcher answers
     except PUBLISH_ERRORS as err:
         error = f"not published yet ({type(err).__name__}: {err})"
         reply = ReloadReply(revision=watcher.publisher.links.revision, error=error)
@@ -75,19 +81,24 @@ async def read_saved_files(watcher: ConfigWatcher) -> None:
 
 
 async def serve_reload_requests(watcher: ConfigWatcher) -> None:
-    """Answer reload requests until cancelled (one responder per queue group)."""
+    """Answer reload requests while active, until cancelled."""
     await watcher.bus.wait_connected()
 
     async def callback(msg: Msg) -> None:
-        await answer_reload(watcher, msg)
+        if watcher.lease.active:  # a request delivered just before standing by: not ours
+            await answer_reload(watcher, msg)
 
-    sub = await watcher.bus.nc.subscribe(RELOAD_SUBJECT, queue=QUEUE_GROUP, cb=callback)
     follow_ups = asyncio.create_task(read_saved_files(watcher), name="config-follow-up")
     try:
-        await asyncio.Future()  # until cancelled
+        while True:
+            await watcher.lease.wait_active()
+            sub = await watcher.bus.nc.subscribe(RELOAD_SUBJECT, cb=callback)
+            try:
+                await watcher.lease.wait_inactive()
+            finally:
+                with contextlib.suppress(*PUBLISH_ERRORS):
+                    await sub.unsubscribe()
     finally:
         follow_ups.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await follow_ups
-        with contextlib.suppress(*PUBLISH_ERRORS):
-            await sub.unsubscribe()

@@ -4,6 +4,11 @@
 its differences; a full sync (at start, after any failure or reconnect) first reads the
 buckets back, then writes whatever differs from the wanted state, deletes included, and
 removes foreign keys (ones this service never writes). A failed write names its keys.
+
+Only the lease holder writes (`lease.py`), and NATS enforces it: a full sync starts with
+`Publisher.take_over`, which fences both buckets, and every later write expects the
+bucket's last sequence as this writer left it. A write refused for that reason means
+another watcher wrote since: this one steps down (`NotActiveError`).
 """
 
 from __future__ import annotations
@@ -11,11 +16,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
+from typing import Any
 
 import msgspec
 from nats.js.errors import BucketNotFoundError
 
-from trunk8_shared.buckets import BUS_ERRORS, ensure_bucket, write_batched
+from trunk8_shared.buckets import (
+    BUS_ERRORS,
+    WrongLastSequenceError,
+    create_buckets,
+    ensure_bucket,
+    fence_bucket,
+    write_batched,
+)
 from trunk8_shared.bus import Bus
 from trunk8_shared.codes import code_of_key, kv_key
 from trunk8_shared.kvmirror import read_bucket
@@ -36,6 +49,8 @@ from trunk8_shared.records import (
     json_encoder,
     link_decoder,
 )
+
+from .lease import Lease, NotActiveError
 
 log = logging.getLogger("trunk8.config_watcher")
 
@@ -64,10 +79,17 @@ class BucketReplacedError(Exception):
     """The bucket was deleted and created again since it was read: sync it whole."""
 
 
-# What a write to NATS may fail with: retried by a full sync, never a crash.
+class UnfencedError(Exception):
+    """The writer does not know the bucket's last sequence (a write failed): sync it whole."""
+
+
+# What a write to NATS may fail with: retried by a full sync (by the active watcher), never
+# a crash. NotActiveError: this watcher stands by now, and the lease loop takes it from there.
 PUBLISH_ERRORS: tuple[type[BaseException], ...] = (
     PublishError,
     BucketReplacedError,
+    UnfencedError,
+    NotActiveError,
     *BUS_ERRORS,
 )
 
@@ -83,28 +105,53 @@ def decode_link(value: bytes) -> LinkRecord | None:
 class BucketWriter:
     """Writes key/value differences to one bucket and remembers what is there."""
 
-    def __init__(self, bus: Bus, bucket: str) -> None:
+    def __init__(self, bus: Bus, bucket: str, lease: Lease, replicas: int = 1) -> None:
         self.bus = bus
         self.bucket = bucket
+        self.lease = lease
+        self.replicas = replicas
         self.known: dict[str, bytes] = {}
         self.created: datetime | None = None  # the bucket's creation time, as last seen
-        self.revision = 0
+        self.revision = 0  # the stream's last sequence, as this writer fenced and wrote it
+        self.fenced = False  # `revision` is known: writes may expect it
+        self.read_revision = 0  # the stream's last sequence when `known` was read
         self.fresh = False  # `known` was just read back and nothing was written since
+
+    async def fence(self) -> None:
+        """Make the writes of any earlier writer fail from now on; learn the last sequence.
+
+        The sequence is read while this watcher holds the lease (checked before and
+        after), so the fence expecting it lands only if nobody wrote in between.
+        """
+        self.lease.check()
+        self.fenced = False
+        kv = await ensure_bucket(self.bus.js, self.bucket, self.replicas)
+        info = (await kv.status()).stream_info
+        self.lease.check()
+        last = info.state.last_seq
+        if last != self.read_revision or info.created != self.created:
+            self.fresh = False  # written since it was read (by an earlier active)
+        if info.created != self.created:
+            self.known, self.created = {}, info.created
+        self.revision = await fence_bucket(self.bus.js, self.bucket, last)
+        self.fenced = True
 
     async def write(self, puts: dict[str, bytes], deletes: Iterable[str]) -> int:
         """Apply puts and deletes; returns the bucket revision after them."""
+        if not self.fenced:
+            raise UnfencedError(f"{self.bucket}: last sequence unknown until the next full sync")
+        self.lease.check()
         try:
             kv = await self.bus.js.key_value(self.bucket)
         except BucketNotFoundError:
-            if self.known:
-                # Deleted under us: what we remember is gone. A full sync rewrites it all.
-                self.known = {}
-                raise
-            kv = await ensure_bucket(self.bus.js, self.bucket)
+            # Deleted under us: what we remember is gone. A full sync rewrites it all.
+            self.known, self.fenced = {}, False
+            raise
         self.fresh = False
         removals = [key for key in deletes if key in self.known]
         writes: list[tuple[str, bytes | None]] = [*puts.items(), *((k, None) for k in removals)]
-        done, failures = await write_batched(self.bus.nc, self.bucket, writes)
+        done, failures = await write_batched(self.bus.nc, self.bucket, writes, self.revision)
+        self.revision += len(done)
         values = dict(writes)
         for key in done:
             value = values[key]
@@ -113,25 +160,36 @@ class BucketWriter:
             else:
                 self.known[key] = value
         if failures:
+            self.fenced = False  # a write not acknowledged may still have been stored
+            if isinstance(failures[0][1], WrongLastSequenceError):
+                await self._refused(kv)
             raise PublishError(self.bucket, failures, len(writes))
         status = await kv.status()
         created = status.stream_info.created
         if self.created is not None and created != self.created:
-            # Deleted and created again (by a reader binding to it): what we remember of
-            # it is gone, and our writes went into an otherwise empty bucket.
-            self.known, self.created = {}, None
+            # Deleted and created again: what we remember of it is gone.
+            self.known, self.created, self.fenced = {}, None, False
             raise BucketReplacedError(f"{self.bucket} was replaced; rewriting it whole")
         self.created = created
-        self.revision = status.stream_info.state.last_seq
         return self.revision
+
+    async def _refused(self, kv: Any) -> None:
+        """A fenced write was refused: a replaced bucket, or another writer (step down)."""
+        status = await kv.status()
+        if status.stream_info.created != self.created:
+            self.known, self.created = {}, None
+            raise BucketReplacedError(f"{self.bucket} was replaced; rewriting it whole")
+        reason = f"writes to {self.bucket} refused: another config-watcher wrote there"
+        await self.lease.lose(reason)
+        raise NotActiveError(reason)
 
     async def read_back(self, from_snapshot: bool = False) -> dict[str, bytes]:
         """What the bucket holds now (from the records snapshot on, if asked); becomes known."""
         self.fresh = False
         self.known = await read_bucket(self.bus.js, self.bucket, from_snapshot=from_snapshot)
-        status = await (await ensure_bucket(self.bus.js, self.bucket)).status()
+        status = await (await self.bus.js.key_value(self.bucket)).status()
         self.created = status.stream_info.created
-        self.revision = status.stream_info.state.last_seq
+        self.read_revision = status.stream_info.state.last_seq
         self.fresh = True
         return self.known
 
@@ -150,10 +208,24 @@ def bulk_event(events: Sequence[Event], revision: int) -> LinksBulkChanged:
 class Publisher:
     """Publishes link and account state with events; `revision` is the links bucket's."""
 
-    def __init__(self, bus: Bus) -> None:
+    def __init__(self, bus: Bus, lease: Lease, replicas: int = 1) -> None:
         self.bus = bus
-        self.links = BucketWriter(bus, LINKS_BUCKET)
-        self.users = BucketWriter(bus, USERS_BUCKET)
+        self.replicas = replicas
+        self.links = BucketWriter(bus, LINKS_BUCKET, lease, replicas)
+        self.users = BucketWriter(bus, USERS_BUCKET, lease, replicas)
+        self.buckets_created = False
+
+    async def take_over(self) -> None:
+        """Start a full sync as the lease holder: create missing buckets, fence both.
+
+        Fencing first makes the read back that follows the buckets' final word: no earlier
+        active can change them after it.
+        """
+        if not self.buckets_created:
+            await create_buckets(self.bus.js, self.replicas)
+            self.buckets_created = True
+        await self.users.fence()
+        await self.links.fence()
 
     async def sync_links(
         self, wanted: dict[str, LinkRecord], codes: Iterable[str] | None = None

@@ -128,6 +128,7 @@ async def keep_snapshots(watcher: ConfigWatcher) -> None:
     watcher.snapshot_due.set()
     while True:
         await watcher.snapshot_due.wait()
+        await watcher.ready.wait()  # only the active watcher publishes snapshots
         watcher.snapshot_due.clear()
         try:
             await watcher.save_memo()

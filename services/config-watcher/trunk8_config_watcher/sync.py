@@ -1,7 +1,9 @@
-"""The sync loop: a full sync of NATS with the catalog at start, after reconnects and failures.
+"""The sync loop: a full sync of NATS with the catalog on taking the lease, after reconnects
+and failures.
 
-Until the first full sync succeeds the service is not ready. NATS being away or busy is
-retried with backoff; anything else is a bug and ends the task for its supervisor to see.
+Only the active watcher (the lease holder) syncs; until its first full sync succeeds it
+publishes nothing. NATS being away or busy is retried with backoff; anything else is a bug
+and ends the task for its supervisor to see.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import logging
 
 from trunk8_shared.background import Backoff
 
+from .lease import NotActiveError
 from .publisher import PUBLISH_ERRORS
 from .watcher import ConfigWatcher
 
@@ -22,16 +25,20 @@ async def keep_in_sync(watcher: ConfigWatcher) -> None:
     backoff = Backoff()
     try:
         while True:
+            await watcher.lease.wait_active()
             await watcher.bus.wait_connected()
             try:
                 await watcher.sync_all()
+            except NotActiveError:
+                continue  # stands by now: the lease loop said why
             except PUBLISH_ERRORS as err:
                 watcher.metrics.publish_errors.inc()
                 log.warning("publishing to NATS failed (%s: %s); retrying", type(err).__name__, err)
                 await backoff.wait()
                 continue
             backoff.reset()
-            watcher.ready.set()
+            if watcher.lease.active:
+                watcher.ready.set()
             await watcher.out_of_sync.wait()
     finally:
         unregister()

@@ -22,6 +22,7 @@ from trunk8_shared.settings import Settings
 from .adoption import adopt_published
 from .catalog import LinkCatalog
 from .duplicates import DuplicateReporter
+from .lease import Lease
 from .metrics import WatcherMetrics
 from .outbox import EventOutbox
 from .parsememo import MEMO_FILE, load_memo, save_memo
@@ -53,11 +54,13 @@ class ConfigWatcher:
         self.rejections = Rejections()
         max_bytes = int(settings.max_data_file_mb * MEGABYTE)
         self.reloader = Reloader(self.data, self.catalog, self.rejections, max_bytes)
-        self.publisher = Publisher(bus)
+        self.lease = Lease(bus, settings.lease_ttl, settings.bucket_replicas)
+        self.lease.on_change(self._lease_changed)
+        self.publisher = Publisher(bus, self.lease, settings.bucket_replicas)
         self.metrics = WatcherMetrics()
         self.outbox = EventOutbox()
         self.duplicates = DuplicateReporter()
-        self.ready = asyncio.Event()  # set once the first full state is published
+        self.ready = asyncio.Event()  # set while active and the full state is published
         self.out_of_sync = asyncio.Event()  # NATS may differ from the catalog: sync again
         self.lock = asyncio.Lock()  # one reload, sync or snapshot encoding at a time
         self.snapshot_due = asyncio.Event()  # the snapshot task checks whether one is due
@@ -66,6 +69,12 @@ class ConfigWatcher:
         # Files whose saver's entries were applied without reading them: read them soon.
         self.saved_files: set[Path] = set()
         self.follow_up_due = asyncio.Event()
+
+    def _lease_changed(self, active: bool) -> None:
+        """Reconcile fully on becoming active; stop publishing on standing by."""
+        if not active:
+            self.ready.clear()  # reloads still keep the catalog current, unpublished
+        self.out_of_sync.set()
 
     async def load(self) -> None:
         """Lay out a missing data directory and load it (blocking work off the loop).
@@ -199,6 +208,7 @@ class ConfigWatcher:
         """Read both buckets back and write every difference from the catalog."""
         async with self.lock:
             self.out_of_sync.clear()  # a failure from here on sets it again
+            await self.publisher.take_over()
             await self.publisher.read_back()
             adopt_published(
                 self.catalog, self.reloader.owner_rejected, self.publisher.published_links()

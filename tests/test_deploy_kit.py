@@ -34,7 +34,10 @@ NATS_CONF = DEPLOY / "nats" / "nats-server.conf"
 VENV_BIN = "/opt/trunk8/venv/bin"
 HARDENING = {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes"}
 # The port of each process in the shipped layout (systemd, compose, Prometheus, nginx).
-PORTS = {"redirector": {5101, 5102}, "files": {5201}, "admin": {5301}, "config-watcher": {5401}}
+PORTS = {
+    "redirector": {5101, 5102}, "files": {5201}, "admin": {5301},
+    "config-watcher": {5401, 5402},  # the active one and a standby
+}  # fmt: skip
 
 
 def known_variables() -> set[str]:
@@ -73,13 +76,14 @@ def test_systemd_units_run_real_commands_hardened() -> None:
     units = {path.name: parse_unit(path) for path in SYSTEMD.glob("*.service")}
     assert set(units) == {
         "trunk8-redirector@.service", "trunk8-files.service", "trunk8-admin.service",
-        "trunk8-config-watcher.service", "trunk8-nats.service",
+        "trunk8-config-watcher@.service", "trunk8-nats.service",
     }  # fmt: skip
     for name, keys in units.items():
         for key, value in HARDENING.items():
             assert keys.get(key) == [value], (name, key)
         assert keys.get("DynamicUser") == ["yes"] or keys.get("User") == ["trunk8"], name
-        argv = shlex.split(keys["ExecStart"][0].replace("%i", "5101"))
+        port = "5401" if "config-watcher" in name else "5101"
+        argv = shlex.split(keys["ExecStart"][0].replace("%i", port))
         if name == "trunk8-nats.service":
             assert argv == [f"{VENV_BIN}/nats-server", "-c", "/etc/trunk8/nats-server.conf"]
             continue
@@ -90,7 +94,7 @@ def test_systemd_units_run_real_commands_hardened() -> None:
     writes = {n: k.get("ReadWritePaths", []) for n, k in units.items()}
     assert writes == {
         "trunk8-redirector@.service": [], "trunk8-files.service": [],
-        "trunk8-admin.service": ["/srv/trunk8"], "trunk8-config-watcher.service": ["/srv/trunk8"],
+        "trunk8-admin.service": ["/srv/trunk8"], "trunk8-config-watcher@.service": ["/srv/trunk8"],
         "trunk8-nats.service": [],
     }  # fmt: skip
     assert units["trunk8-files.service"]["ReadOnlyPaths"] == ["/srv/trunk8"]
@@ -107,7 +111,7 @@ def test_systemd_analyze_accepts_the_units(tmp_path: Path) -> None:
     for path in [*SYSTEMD.glob("*.service"), *SYSTEMD.glob("*.target")]:
         # Point at binaries that exist here; the rest of each unit is checked as shipped.
         text = path.read_text().replace(VENV_BIN, str(Path(cli.sys.executable).parent))
-        name = path.name.replace("@.service", "@5101.service")
+        name = path.name.replace("@.service", "@5101.service")  # a port, for either template
         (tmp_path / name).write_text(text)
         names.append(name)
     done = subprocess.run(
@@ -162,7 +166,7 @@ def test_prometheus_scrapes_every_process_of_the_layout() -> None:
     for file, hosts in (
         ("prometheus.yml", None),
         ("prometheus.compose.yml", {"redirector-1", "redirector-2", "files", "admin",
-                                    "config-watcher"}),
+                                    "config-watcher", "config-watcher-standby"}),
     ):  # fmt: skip
         config = yaml.safe_load((DEPLOY / "prometheus" / file).read_text())
         assert config["rule_files"] == ["trunk8-alerts.yml"]

@@ -138,9 +138,9 @@ class BucketWriter:
 
     async def write(self, puts: dict[str, bytes], deletes: Iterable[str]) -> int:
         """Apply puts and deletes; returns the bucket revision after them."""
+        self.lease.check()
         if not self.fenced:
             raise UnfencedError(f"{self.bucket}: last sequence unknown until the next full sync")
-        self.lease.check()
         try:
             kv = await self.bus.js.key_value(self.bucket)
         except BucketNotFoundError:

@@ -22,7 +22,7 @@ from trunk8_shared.settings import Settings
 from .adoption import adopt_published
 from .catalog import LinkCatalog
 from .duplicates import DuplicateReporter
-from .lease import Lease
+from .lease import Lease, NotActiveError
 from .metrics import WatcherMetrics
 from .outbox import EventOutbox
 from .parsememo import MEMO_FILE, load_memo, save_memo
@@ -192,9 +192,10 @@ class ConfigWatcher:
                 codes = result.links.put.keys() | result.links.removed.keys()
                 revision = await self.publisher.sync_links(self.catalog.served, codes)
             await self._flush_events()
-        except PUBLISH_ERRORS:
+        except PUBLISH_ERRORS as err:
             # The catalog moved on but NATS may not have: the sync task catches up.
-            self.metrics.publish_errors.inc()
+            if not isinstance(err, NotActiveError):  # standing by is no publishing failure
+                self.metrics.publish_errors.inc()
             self.out_of_sync.set()
             raise
         self.metrics.revision.set(revision)

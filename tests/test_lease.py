@@ -233,8 +233,8 @@ async def test_a_paused_active_watcher_stands_by_and_changes_nothing(
     assert "Traceback" not in old.proc.stderr + new.proc.stderr
 
 
-async def _active_lease(bus: Bus, ttl: float) -> tuple[Lease, asyncio.Task[None]]:
-    lease = Lease(bus, ttl)
+async def _active_lease(bus: Bus, ttl: float, holder: str = "") -> tuple[Lease, asyncio.Task[None]]:
+    lease = Lease(bus, ttl, holder=holder)
     task = asyncio.create_task(lease.run())
     await asyncio.wait_for(lease.wait_active(), 15)
     return lease, task
@@ -287,6 +287,31 @@ async def test_nats_refuses_the_writes_of_a_watcher_that_lost_the_lease(
                 await task
         await old_bus.close()
         await new_bus.close()
+
+
+async def test_a_watcher_replacing_a_dead_one_of_its_name_takes_its_lease_at_once(
+    nats_server: EmbeddedNats,
+) -> None:
+    """`trunk8 up` restarts its watcher child under one name: no wait for the TTL."""
+    bus = Bus(nats_server.url, "up")
+    bus.start()
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        dead, task = await _active_lease(bus, ttl=30.0, holder="up:host:1")
+        task.cancel()  # killed: no release
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        other = Lease(bus, 30.0, holder="host:2:abcd")
+        tasks.append(asyncio.create_task(other.run()))
+        successor, task = await _active_lease(bus, ttl=30.0, holder="up:host:1")
+        tasks.append(task)
+        assert successor.revision > dead.revision and not other.active
+    finally:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await bus.close()
 
 
 async def test_a_failed_write_is_not_taken_for_another_writer(

@@ -81,7 +81,13 @@ class WatcherProcess:
         if self._http is None:
             self._http = ClientSession(timeout=ClientTimeout(total=2))
         self.is_ready = False
-        env = {**os.environ, "TRUNK8_NATS_URL": self.settings.nats_url}
+        env = {
+            **os.environ,
+            "TRUNK8_NATS_URL": self.settings.nats_url,
+            # One name for every child of this process: a restarted child takes over the
+            # lease of the one that died at once, instead of waiting for it to expire.
+            "TRUNK8_LEASE_HOLDER": f"up:{socket.gethostname()}:{os.getpid()}",
+        }
         command = [
             sys.executable, "-m", "trunk8.cli", "run", "--target", "config-watcher",
             "--data", self.data_dir,

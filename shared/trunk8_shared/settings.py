@@ -59,6 +59,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Seconds the active config-watcher's lease lives without a renewal: a standby takes
     # over about this long after the active one died (`trunk8_config_watcher.lease`).
     lease_ttl: Annotated[float, msgspec.Meta(ge=0.5, le=300)] = 5.0
+    # The config-watcher's name in the lease (empty: host:pid:random). A watcher takes a
+    # lease held under its own name at once: for a process that replaces a dead one under
+    # that name (`trunk8 up` names its child so); two live watchers never share one.
+    lease_holder: str = ""
 
     def __post_init__(self) -> None:
         if self.files_mode == "redirect" and not self.files_public_url.startswith(
@@ -93,6 +97,7 @@ _ENV_FIELDS = {
     "TRUNK8_DRAIN_SECONDS": "drain_seconds",
     "TRUNK8_BUCKET_REPLICAS": "bucket_replicas",
     "TRUNK8_LEASE_TTL": "lease_ttl",
+    "TRUNK8_LEASE_HOLDER": "lease_holder",
 }
 
 

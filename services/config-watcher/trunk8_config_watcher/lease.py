@@ -55,7 +55,6 @@ MAX_POLL = 1.0
 RELEASE_TIMEOUT = 2.0
 # NATS away or slow: retried, never a crash of the lease loop.
 LEASE_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *BUS_ERRORS)
-HOLDER_ERRORS: tuple[type[BaseException], ...] = (msgspec.DecodeError, *LEASE_ERRORS)
 
 
 class NotActiveError(Exception):
@@ -185,30 +184,39 @@ class Lease:
 
     async def _try_to_acquire(self, kv: KeyValue) -> None:
         sent = time.monotonic()
+        revision: int | None
         try:
-            revision = await asyncio.wait_for(kv.create(LEASE_KEY, self._value()), self.ttl)
-        except KeyWrongLastSequenceError:  # held by another watcher
-            self.standing_by = True
-            await self._note_holder(kv)
+            try:
+                revision = await asyncio.wait_for(kv.create(LEASE_KEY, self._value()), self.ttl)
+            except KeyWrongLastSequenceError:  # held: by another watcher, or in our name
+                revision = await self._take_own(kv)
+        except LEASE_ERRORS as err:  # NATS away or slow: try again
+            log.debug("lease not taken (%s: %s)", type(err).__name__, err)
             await asyncio.sleep(self.poll)
             return
-        except LEASE_ERRORS as err:
-            log.debug("lease not taken (%s: %s)", type(err).__name__, err)
+        if revision is None:  # another watcher holds it
+            self.standing_by = True
             await asyncio.sleep(self.poll)
             return
         self._known_holder = self.holder
         await self._gain(revision, sent)
 
-    async def _note_holder(self, kv: KeyValue) -> None:
-        """Log who is active whenever that changes (not once per attempt)."""
+    async def _take_own(self, kv: KeyValue) -> int | None:
+        """Take over a lease held in this watcher's own name (its dead predecessor's).
+
+        Otherwise None, and the holder is logged whenever it changes (not per attempt).
+        """
+        entry = await kv.get(LEASE_KEY)
         try:
-            entry = await kv.get(LEASE_KEY)
             holder = _value_decoder.decode(entry.value or b"").holder
-        except HOLDER_ERRORS:
-            return
+        except msgspec.DecodeError:
+            holder = "?"
+        if holder == self.holder:
+            return await kv.update(LEASE_KEY, self._value(), last=entry.revision)
         if holder != self._known_holder:
             self._known_holder = holder
             log.info("standing by: %s is the active config-watcher", holder)
+        return None
 
     async def _renew(self, kv: KeyValue) -> None:
         interval = self.ttl / RENEWALS_PER_TTL

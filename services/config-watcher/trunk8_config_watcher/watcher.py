@@ -54,7 +54,7 @@ class ConfigWatcher:
         self.rejections = Rejections()
         max_bytes = int(settings.max_data_file_mb * MEGABYTE)
         self.reloader = Reloader(self.data, self.catalog, self.rejections, max_bytes)
-        self.lease = Lease(bus, settings.lease_ttl, settings.bucket_replicas)
+        self.lease = Lease(bus, settings.lease_ttl, settings.bucket_replicas, settings.lease_holder)
         self.lease.on_change(self._lease_changed)
         self.publisher = Publisher(bus, self.lease, settings.bucket_replicas)
         self.metrics = WatcherMetrics()

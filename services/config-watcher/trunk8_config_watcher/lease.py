@@ -31,6 +31,7 @@ from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from trunk8_shared.background import Backoff
 from trunk8_shared.buckets import BUS_ERRORS, ensure_lease_bucket
 from trunk8_shared.bus import Bus
 from trunk8_shared.records import (
@@ -168,8 +169,7 @@ class Lease:
     async def run(self) -> None:
         """Take the lease when free and keep it while alive, until cancelled."""
         await self.bus.wait_connected()
-        kv = await ensure_lease_bucket(self.bus.js, self.ttl, self.replicas)
-        ttl = (await kv.status()).ttl
+        kv, ttl = await self._bind()
         if ttl and abs(ttl - self.ttl) > 0.01:
             log.warning(
                 "the lease bucket %s has a TTL of %g s (the setting says %g s); using it",
@@ -181,6 +181,27 @@ class Lease:
                 await self._renew(kv)
             else:
                 await self._try_to_acquire(kv)
+
+    async def _bind(self) -> tuple[KeyValue, float | None]:
+        """The lease bucket (created when missing) and its TTL; retried until it works.
+
+        Says once per distinct problem why not (NATS busy, more replicas than nodes...):
+        the watcher stays not ready meanwhile, it does not stop.
+        """
+        backoff = Backoff()
+        reported = ""
+        while True:
+            try:
+                kv = await ensure_lease_bucket(self.bus.js, self.ttl, self.replicas)
+                return kv, (await kv.status()).ttl
+            except LEASE_ERRORS as err:
+                problem = f"{type(err).__name__}: {err}"
+                if problem != reported:
+                    reported = problem
+                    log.warning(
+                        "cannot use the lease bucket %s (%s); retrying", LEASE_BUCKET, problem
+                    )
+            await backoff.wait()
 
     async def _try_to_acquire(self, kv: KeyValue) -> None:
         sent = time.monotonic()

@@ -16,10 +16,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
-from typing import Any
 
 import msgspec
 from nats.js.errors import BucketNotFoundError
+from nats.js.kv import KeyValue
 
 from trunk8_shared.buckets import (
     BUS_ERRORS,
@@ -173,7 +173,7 @@ class BucketWriter:
         self.created = created
         return self.revision
 
-    async def _refused(self, kv: Any) -> None:
+    async def _refused(self, kv: KeyValue) -> None:
         """A fenced write was refused: a replaced bucket, or another writer (step down)."""
         status = await kv.status()
         if status.stream_info.created != self.created:

@@ -27,6 +27,7 @@ from test_admin_support import (
 from trunk8.embedded_nats import EmbeddedNats
 from trunk8_admin.datawrites import edit_toml
 from trunk8_admin.linkstore import LinkStore
+from trunk8_shared.buckets import create_buckets
 from trunk8_shared.datadir import DataDir
 
 # Fixtures used by name in test arguments.
@@ -494,8 +495,9 @@ async def test_editing_a_trunk8_file_changes_only_that_link(
 
 
 async def test_save_without_a_config_watcher_goes_live_when_it_is_back(
-    admin_env: None, start_system: StartSystem, data_dir: Path
+    admin_env: None, start_system: StartSystem, data_dir: Path, bus_client: nats.NATS
 ) -> None:
+    await create_buckets(bus_client.jetstream(), replicas=1)  # by a watcher, now stopped
     alone = await start_system(target="admin")
     client = Browser(alone)
     try:
@@ -600,7 +602,10 @@ async def test_trunk8_asset_paths_are_served_anonymously(
         assert (await system.get(path))[0] == 404, path
 
 
-async def test_an_admin_alone_serves_its_icons(admin_env: None, start_system: StartSystem) -> None:
+async def test_an_admin_alone_serves_its_icons(
+    admin_env: None, start_system: StartSystem, bus_client: nats.NATS
+) -> None:
+    await create_buckets(bus_client.jetstream(), replicas=1)  # by a config-watcher elsewhere
     system = await start_system("admin")
     status, headers, _ = await system.get(
         "/static/admin/bootstrap-icons-1.13.2/bootstrap-icons.min.css"

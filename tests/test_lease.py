@@ -25,7 +25,7 @@ import msgspec
 import nats
 import pytest
 import test_cli
-from conftest import write
+from conftest import wait_until, write
 from nats.js.errors import BucketNotFoundError
 from prometheus_client.parser import text_string_to_metric_families
 from test_cli import Launch, Proc, append_link, clean_env, free_port
@@ -312,6 +312,35 @@ async def test_a_watcher_replacing_a_dead_one_of_its_name_takes_its_lease_at_onc
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await bus.close()
+
+
+async def test_a_watcher_that_stops_hands_the_lease_over_at_once(
+    nats_server: EmbeddedNats,
+) -> None:
+    """A clean stop deletes the key: the standby need not wait for a long TTL."""
+    buses = [Bus(nats_server.url, "first"), Bus(nats_server.url, "second")]
+    for bus in buses:
+        bus.start()
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        first, task = await _active_lease(buses[0], ttl=30.0)
+        tasks.append(task)
+        second = Lease(buses[1], 30.0)
+        tasks.append(asyncio.create_task(second.run()))
+        await wait_until(lambda: asyncio.sleep(0, second.standing_by), timeout=10)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await first.release()
+        await asyncio.wait_for(second.wait_active(), 5)  # a poll, not the 30 s TTL
+        assert not first.active and first.losses == 1
+    finally:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for bus in buses:
+            await bus.close()
 
 
 async def test_a_failed_write_is_not_taken_for_another_writer(

@@ -53,7 +53,7 @@ RENEWALS_PER_TTL = 3
 VALID_SHARE = 0.9
 # Longest pause between a standby's attempts to take the lease.
 MAX_POLL = 1.0
-RELEASE_TIMEOUT = 2.0
+RELEASE_TIMEOUT = 0.5
 # NATS away or slow: retried, never a crash of the lease loop.
 LEASE_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *BUS_ERRORS)
 
@@ -275,9 +275,14 @@ class Lease:
             return
         revision = self.revision
         await self.lose("stopping")
+        if not self.bus.is_connected:  # it expires on its own
+            return
+        # A delete only if the key is still ours, sent without waiting for an answer:
+        # stopping must not wait on a NATS that is going away too (`trunk8 up`'s).
+        headers = {"KV-Operation": "DEL", "Nats-Expected-Last-Subject-Sequence": str(revision)}
         with contextlib.suppress(*LEASE_ERRORS):
-            kv = await self.bus.js.key_value(LEASE_BUCKET)
-            await asyncio.wait_for(kv.delete(LEASE_KEY, last=revision), RELEASE_TIMEOUT)
+            await self.bus.nc.publish(f"$KV.{LEASE_BUCKET}.{LEASE_KEY}", b"", headers=headers)
+            await self.bus.nc.flush(timeout=RELEASE_TIMEOUT)  # type: ignore[arg-type]
 
     def collect(self) -> Iterator[Metric]:
         """Prometheus collector protocol: active or not, and lease changes."""

@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import nats
@@ -32,6 +32,9 @@ from trunk8.embedded_nats import EmbeddedNats
 from trunk8.server import HttpServer
 from trunk8.targets import build_app
 from trunk8_shared.settings import Settings
+
+if TYPE_CHECKING:
+    from topologykit import Topology
 
 USERS_TOML = """\
 [users.admin]
@@ -300,3 +303,16 @@ async def connect() -> AsyncIterator[Connect]:
     """Raw connections to a system's port (`rawhttp.raw_connections`), closed at the end."""
     async with raw_connections() as open_connection:
         yield open_connection
+
+
+@pytest.fixture
+async def topology(data_dir: Path, tmp_path: Path) -> AsyncIterator[Topology]:
+    """The split deployment (`topologykit.Topology`), not started; every process it started
+    is stopped at the end, also on failure."""
+    from topologykit import Topology  # imported here: topologykit imports this module
+
+    running = Topology(data_dir, tmp_path)
+    try:
+        yield running
+    finally:
+        await running.stop()

@@ -224,18 +224,25 @@ class Topology:
                 return False
         return True
 
-    async def jetstream_peers(self) -> dict[str, bool]:
-        """The links stream's peers by name, leader included, and whether each is current."""
-        client = await nats.connect(servers=self.seeds.split(","), connect_timeout=3)
+    async def links_stream_peers(self) -> tuple[str, dict[str, bool]]:
+        """The links stream's leader (a node's process name), and its peers, leader
+        included, by name with whether each is current."""
+
+        async def unlogged(err: Exception) -> None:
+            """nats-py would log each node that is down with a traceback."""
+
+        client = await nats.connect(
+            servers=self.seeds.split(","), connect_timeout=3, error_cb=unlogged
+        )
         try:
             info = await client.jetstream().stream_info("KV_trunk8_links")
         finally:
             await client.close()
-        assert info.cluster is not None
-        peers = {info.cluster.leader or "": True}
+        assert info.cluster is not None and info.cluster.leader, info.cluster
+        peers = {info.cluster.leader: True}
         for replica in info.cluster.replicas or []:
             peers[replica.name] = bool(replica.current) and not replica.offline
-        return peers
+        return info.cluster.leader, peers
 
     def _start_nats_cluster(self) -> None:
         """Three clustered nodes from the shipped config."""

@@ -60,17 +60,27 @@ COMPOSE_UPSTREAMS = Upstreams(
 
 
 def render_upstreams(upstreams: Upstreams) -> str:
-    """`upstream {}` blocks, one per service, with keep-alive connections to the backends."""
+    """`upstream {}` blocks, one per service, with keep-alive connections to the backends.
+
+    A process that fails is left alone for `fail_timeout`. When every process of a service
+    is left alone at once (one restarted less than 2 s ago while another stops: a rolling
+    restart), nginx would answer 502 ("no live upstreams"); the same processes listed again
+    as `backup` make it try them instead.
+    """
     blocks = []
     for service in ("redirector", "files", "admin"):
+        addresses = upstreams.of(service)
         servers = "".join(
-            f"    server {address} max_fails=1 fail_timeout=2s;\n"
-            for address in upstreams.of(service)
+            f"    server {address} max_fails=1 fail_timeout=2s;\n" for address in addresses
         )
+        if len(addresses) > 1:  # one server alone is never left alone by nginx
+            servers += "    # Tried only when every server above is marked failed; never marked.\n"
+            servers += "".join(f"    server {a} backup max_fails=0;\n" for a in addresses)
         blocks.append(f"upstream trunk8_{service} {{\n{servers}    keepalive 32;\n}}\n")
     return (
         HEADER.replace("do not edit", "edit the addresses")
-        + "# Include in http {}. One `server` line per process of each service.\n"
+        + "# Include in http {}. One `server` line per process of each service, and the\n"
+        + "# redirectors once more as `backup`.\n"
         + "\n".join(blocks)
     )
 

@@ -129,16 +129,25 @@ class HttpServer:
             response.headers[hdrs.CONNECTION] = "close"
 
     async def stop(self) -> None:
-        """Stop accepting, let requests under way finish, then run the app's cleanup (once)."""
+        """Stop accepting, let requests under way finish, then run the app's cleanup (once).
+
+        Requests under way get `SHUTDOWN_TIMEOUT` seconds in all, the front's and aiohttp's
+        together: a head still arriving, pipelined requests held back, a download being sent.
+        """
         if self._stopped:
             return
         self._stopped = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SHUTDOWN_TIMEOUT
+        self.begin_drain()
         if self._server is not None:
             self._server.close()
-        self.begin_drain()
         if self.front is not None:
-            # No grace yet: waiting for the front's half-sent heads hung a test (see report).
-            await self.front.close()
-        # aiohttp closes its idle connections and waits for the busy ones, SHUTDOWN_TIMEOUT
-        # at most, before the cleanup contexts close NATS and the rest.
+            await self.front.close(SHUTDOWN_TIMEOUT)
+        handlers = self.runner.server
+        if handlers is not None:
+            # aiohttp's idle connections close now, busy ones after their answer; the runner's
+            # own wait below then finds none left, so the two waits share one deadline.
+            handlers.pre_shutdown()
+            await handlers.shutdown(max(0.0, deadline - loop.time()))
         await self.runner.cleanup()

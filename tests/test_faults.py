@@ -1,0 +1,172 @@
+"""Faults under load: the split deployment keeps serving while its parts fail.
+
+The topology of `topologykit` (3 NATS nodes, a config-watcher, two redirectors, files and
+admin as processes, nginx with the shipped config) carries a paced load through nginx
+(`loadgen.Load`: redirects, a fixed budget, a timeout per request) while the test, one
+after the other: kills a redirector with SIGKILL, stops the other with SIGTERM (it drains),
+kills the NATS node that leads the links stream and brings it back, and kills the
+config-watcher with SIGKILL. No request may fail in any phase. Before and after each
+fault a link is created through the admin and timed until both redirectors serve it (the
+propagation lag). The figures are printed (`pytest -s`) and written to `faults.json` in
+the test's temp folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from pathlib import Path
+
+import nats
+from conftest import wait_until
+from loadgen import Load, PhaseCounts, redirect_to
+from rawhttp import DOCS_URL
+from test_admin_support import Browser
+from topologykit import Topology
+
+# Below the shipped general rate limit (200 r/s per client address): every request of the
+# load comes from 127.0.0.1, and a 429 is a failure.
+LOAD_RATE = 120.0
+PHASE_REQUESTS = 150  # at least this many requests through each fault
+CAROL_URL = "https://example.org/carol"
+
+
+class FaultRun:
+    """The load, the admin session and the figures of one run."""
+
+    def __init__(self, topology: Topology, browser: Browser, load: Load) -> None:
+        self.topology = topology
+        self.browser = browser
+        self.load = load
+        self.lags: dict[str, float] = {}
+        self.answered: dict[str, float] = {}  # seconds until the admin's answer
+        self._links = 0
+
+    async def phase(self, name: str) -> PhaseCounts:
+        """Count the load's requests under `name` from now on."""
+        return self.load.phase(name)
+
+    async def lag(self, when: str, timeout: float = 30.0) -> float:
+        """Create a link through the admin; seconds until both redirectors serve it."""
+        self._links += 1
+        code, url = f"fault{self._links}", f"https://example.net/fault/{self._links}"
+        started = time.perf_counter()
+
+        async def create() -> float:
+            await self.topology.create_link(self.browser, code, url)
+            return time.perf_counter() - started
+
+        created = asyncio.create_task(create())
+
+        async def served() -> bool:
+            return await self.topology.served_by_all(code, url)
+
+        await wait_until(served, timeout=timeout, interval=0.005)
+        seconds = time.perf_counter() - started
+        self.lags[when] = seconds
+        self.answered[when] = await asyncio.wait_for(created, timeout)
+        return seconds
+
+
+async def test_faults_under_load_fail_no_request(
+    data_dir: Path, tmp_path: Path, topology: Topology
+) -> None:
+    await topology.start(drain_seconds=1.0)
+    assert topology.edge is not None
+    load = Load(
+        topology.edge.port,
+        [("/docs", redirect_to(DOCS_URL)), ("/carol1", redirect_to(CAROL_URL))],
+        rate=LOAD_RATE, connections=4, budget=10_000, timeout=5.0, first_phase="steady",
+    )  # fmt: skip
+    browser = await topology.browser()
+    run = FaultRun(topology, browser, load)
+    load.start()
+    try:
+        await _faults(run)
+    finally:
+        await load.stop()
+        await browser.close()
+    report = {
+        name: {
+            "sent": counts.sent,
+            "failed": counts.failed,
+            "p50_ms": round(counts.percentile(0.5), 2),
+            "p99_ms": round(counts.percentile(0.99), 2),
+        }
+        for name, counts in load.phases.items()
+    }
+    figures = {"load": report, "lag_s": run.lags, "admin_answered_by_s": run.answered}
+    (tmp_path / "faults.json").write_text(json.dumps(figures, indent=1))
+    for name, counts in load.phases.items():
+        print(f"faults, {name}: {counts.summary()}")
+    for when, seconds in run.lags.items():
+        answered = 1000 * run.answered[when]
+        print(f"faults, propagation lag {when}: {1000 * seconds:.0f} ms (admin {answered:.0f} ms)")
+    failed = {name: counts.failures[:5] for name, counts in load.phases.items() if counts.failed}
+    assert not failed, failed
+    refused = {name: counts.refused for name, counts in load.phases.items() if counts.refused}
+    assert not refused, f"nginx refused connections: {refused}"
+    assert all(counts.sent > 0 for counts in load.phases.values()), report
+
+
+async def _faults(run: FaultRun) -> None:
+    topology, load = run.topology, run.load
+    await load.until_sent(PHASE_REQUESTS)
+    await run.lag("before any fault")
+
+    await run.phase("redirector-1 killed (SIGKILL)")
+    topology.signal("redirector-1", signal.SIGKILL)
+    await load.until_sent(PHASE_REQUESTS)
+    await run.lag("with redirector-1 down")
+    topology.restart("redirector-1")
+    await topology.until_ready("redirector-1")
+    await run.lag("after redirector-1 restarted")
+
+    await run.phase("redirector-2 stopped (SIGTERM, drains)")
+    topology.signal("redirector-2", signal.SIGTERM)
+    await load.until_sent(PHASE_REQUESTS)
+    assert await topology.exited("redirector-2") == 0, topology.processes.log("redirector-2")
+    topology.restart("redirector-2")
+    await topology.until_ready("redirector-2")
+    await run.lag("after redirector-2 restarted")
+
+    leader = await _links_leader(topology)
+    await run.phase(f"{leader} (links stream leader) killed")
+    topology.signal(leader, signal.SIGKILL)
+    await load.until_sent(PHASE_REQUESTS)
+    await run.lag(f"with {leader} down")
+    await run.phase(f"{leader} back")
+    topology.restart(leader)
+    await _rejoined(topology, leader)
+    await load.until_sent(PHASE_REQUESTS)
+    await run.lag(f"after {leader} rejoined")
+
+    await run.phase("config-watcher killed (SIGKILL)")
+    topology.signal("config-watcher", signal.SIGKILL)
+    await load.until_sent(PHASE_REQUESTS)
+    # One watcher: edits wait until it is back (systemd restarts it), links stay served.
+    topology.restart("config-watcher")
+    await topology.until_ready("config-watcher")
+    await run.lag("after config-watcher restarted")
+    await load.until_sent(PHASE_REQUESTS)
+
+
+async def _links_leader(topology: Topology) -> str:
+    """The NATS node (process name) leading the links stream."""
+    leader, _ = await topology.links_stream_peers()
+    return leader
+
+
+async def _rejoined(topology: Topology, node: str) -> None:
+    """Wait until `node` is a current peer of the links stream again, with 3 peers in all."""
+
+    async def current() -> bool:
+        try:
+            _, peers = await topology.links_stream_peers()
+        except (AssertionError, OSError, nats.errors.Error):  # no leader yet, or starting
+            return False
+        return len(peers) == 3 and all(peers.values()) and node in peers
+
+    await wait_until(current, timeout=30, interval=0.2)

@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install browser run test lint bench clean
+.PHONY: install browser run test test-scale lint bench clean
 
 install: $(STAMP)
 
@@ -29,6 +29,13 @@ browser:
 
 test: install browser
 	$(BIN)/python -m pytest $(ARGS)
+
+# The split deployment on loopback (NATS cluster, service processes, nginx): the topology,
+# faults under load, propagation and graceful stop. Also part of `make test`.
+SCALE_TESTS := tests/test_topology.py tests/test_faults.py tests/test_propagation.py tests/test_drain.py
+
+test-scale: install
+	$(BIN)/python -m pytest -s $(SCALE_TESTS) $(ARGS)
 
 lint: install
 	$(BIN)/ruff check .

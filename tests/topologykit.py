@@ -213,16 +213,16 @@ class Topology:
         assert status in (200, 302), body[-500:]
 
     async def served_by_all(self, code: str, url: str) -> bool:
-        """Whether every running redirector answers `code` with a 302 to `url`."""
-        for name in REDIRECTORS:
-            if self.processes.started[name].poll() is not None:
-                continue
+        """Whether every running redirector answers `code` with a 302 to `url` (asked at once)."""
+
+        async def serves(name: str) -> bool:
             try:
-                if await location(self.http, self.direct(name), "/" + code) != url:
-                    return False
+                return await location(self.http, self.direct(name), "/" + code) == url
             except aiohttp.ClientError:
                 return False
-        return True
+
+        running = [n for n in REDIRECTORS if self.processes.started[n].poll() is None]
+        return all(await asyncio.gather(*map(serves, running)))
 
     async def links_stream_peers(self) -> tuple[str, dict[str, bool]]:
         """The links stream's leader (a node's process name), and its peers, leader

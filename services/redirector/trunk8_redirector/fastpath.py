@@ -628,7 +628,7 @@ class FastPathServer:
                 connection.check_timeouts(now)
             except Exception:
                 log.exception("timeout check failed; aborting the connection")
-                self.connections.discard(connection)
+                self.forget(connection)  # a `close` waiting for it must hear it is gone
                 if connection.transport is not None:
                     connection.transport.abort()
         for transport, watch in list(self.handed.items()):

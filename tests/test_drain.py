@@ -169,6 +169,22 @@ async def test_stop_waits_for_a_head_under_way_and_answers_it(system: RunningSys
         writer.close()
 
 
+async def test_connections_waiting_to_be_accepted_are_answered(system: RunningSystem) -> None:
+    """A connection the kernel has completed but the loop has not accepted yet when the port
+    closes is accepted and answered, not reset with its request."""
+    waiting = socket.create_connection(("127.0.0.1", system.server.port), timeout=5)
+    try:
+        # Connected by the kernel alone: the loop has not run since, so it is still queued.
+        waiting.sendall(req("/docs"))
+        await system.server.stop()
+        reader, writer = await asyncio.open_connection(sock=waiting)
+        answer = await read_response(reader)
+        assert answer.status == 302 and answer.header("Connection") == "close"
+        writer.close()
+    finally:
+        waiting.close()
+
+
 async def _connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     return await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
 

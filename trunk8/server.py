@@ -78,6 +78,7 @@ class HttpServer:
             logger=server_log,
         )
         self._server: asyncio.Server | None = None
+        self._protocol_factory: ProtocolFactory | None = None
         self.draining = False
         self._stopped = False
         app.on_response_prepare.append(self._close_when_draining)
@@ -101,6 +102,7 @@ class HttpServer:
             protocol_factory = self.front.serve(self.app, handler_factory)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(protocol_factory, sock=self.sock)
+        self._protocol_factory = protocol_factory
 
     def begin_drain(self) -> None:
         """From now on `/-/ready` answers 503 and every answer closes its connection."""
@@ -141,7 +143,13 @@ class HttpServer:
         deadline = loop.time() + SHUTDOWN_TIMEOUT
         self.begin_drain()
         if self._server is not None:
+            # Connections the kernel completed but the loop has not taken yet would be reset
+            # by the close, their requests lost: take them first (nothing awaits in between).
+            waiting = self._take_waiting_connections()
             self._server.close()
+            assert self._protocol_factory is not None
+            for connection in waiting:
+                await loop.connect_accepted_socket(self._protocol_factory, connection)
         if self.front is not None:
             await self.front.close(SHUTDOWN_TIMEOUT)
         handlers = self.runner.server
@@ -151,3 +159,18 @@ class HttpServer:
             handlers.pre_shutdown()
             await handlers.shutdown(max(0.0, deadline - loop.time()))
         await self.runner.cleanup()
+
+    def _take_waiting_connections(self) -> list[socket.socket]:
+        """Accept every connection waiting in the listening socket's queue, without waiting."""
+        waiting: list[socket.socket] = []
+        if self.sock is None:
+            return waiting
+        while True:
+            try:
+                connection, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return waiting
+            except OSError:  # the socket is gone or broken: nothing more to take
+                return waiting
+            connection.setblocking(False)
+            waiting.append(connection)

@@ -31,6 +31,8 @@ from topologykit import Topology
 LOAD_RATE = 120.0
 PHASE_REQUESTS = 150  # at least this many requests through each fault
 CAROL_URL = "https://example.org/carol"
+STAYING = ("files", "admin")  # not restarted by any fault
+RSS_GROWTH_MB = 50
 
 
 class FaultRun:
@@ -82,6 +84,8 @@ async def test_faults_under_load_fail_no_request(
     )  # fmt: skip
     browser = await topology.browser()
     run = FaultRun(topology, browser, load)
+    # The processes no fault restarts: their memory must not grow with reconnects and retries.
+    rss_before = {name: topology.rss_mb(name) for name in STAYING}
     load.start()
     try:
         await _faults(run)
@@ -97,13 +101,22 @@ async def test_faults_under_load_fail_no_request(
         }
         for name, counts in load.phases.items()
     }
-    figures = {"load": report, "lag_s": run.lags, "admin_answered_by_s": run.answered}
+    rss = {name: (rss_before[name], topology.rss_mb(name)) for name in STAYING}
+    figures = {
+        "load": report,
+        "lag_s": run.lags,
+        "admin_answered_by_s": run.answered,
+        "rss_mb": rss,
+    }
     (tmp_path / "faults.json").write_text(json.dumps(figures, indent=1))
     for name, counts in load.phases.items():
         print(f"faults, {name}: {counts.summary()}")
     for when, seconds in run.lags.items():
         answered = 1000 * run.answered[when]
         print(f"faults, propagation lag {when}: {1000 * seconds:.0f} ms (admin {answered:.0f} ms)")
+    for name, (before, after) in rss.items():
+        print(f"faults, {name} RSS: {before:.0f} MB before, {after:.0f} MB after")
+    assert all(after - before < RSS_GROWTH_MB for before, after in rss.values()), rss
     failed = {name: counts.failures[:5] for name, counts in load.phases.items() if counts.failed}
     assert not failed, failed
     refused = {name: counts.refused for name, counts in load.phases.items() if counts.refused}

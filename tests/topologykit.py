@@ -189,6 +189,14 @@ class Topology:
             await asyncio.sleep(0.05)
         return proc.returncode
 
+    def rss_mb(self, name: str) -> float:
+        """The resident memory of process `name`, in MB (its own, not its children's)."""
+        status = Path(f"/proc/{self.processes.started[name].pid}/status").read_text()
+        kilobytes = next(
+            line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")
+        )
+        return int(kilobytes) / 1024
+
     def restart(self, name: str) -> None:
         """Start a process that ended again, as it was (same port, settings, store)."""
         self.processes.restart(name)

@@ -7,8 +7,10 @@ port is then served by that front, which hands what it does not answer to aiohtt
 way aiohttp's per-request tracebacks for malformed requests become brief, rate-limited lines.
 A stop is graceful: first a drain period, during which `/-/ready` answers 503 and every
 answer carries `Connection: close` (front and aiohttp alike) so a load balancer moves the
-traffic away; then the port stops accepting, requests under way finish (bounded by
-`SHUTDOWN_TIMEOUT`) and the application's cleanup runs.
+traffic away; then the port stops accepting, requests under way finish (`SHUTDOWN_TIMEOUT`
+in all) and the application's cleanup runs. A front waits for heads still arriving too;
+aiohttp alone (a service without a front) finishes the requests it is handling and closes
+connections whose next head has not fully arrived.
 """
 
 from __future__ import annotations
@@ -149,9 +151,12 @@ class HttpServer:
             self._server.close()
             assert self._protocol_factory is not None
             for connection in waiting:
-                await loop.connect_accepted_socket(self._protocol_factory, connection)
+                try:
+                    await loop.connect_accepted_socket(self._protocol_factory, connection)
+                except OSError:  # the client has gone already
+                    connection.close()
         if self.front is not None:
-            await self.front.close(SHUTDOWN_TIMEOUT)
+            await self.front.close(max(0.0, deadline - loop.time()))
         handlers = self.runner.server
         if handlers is not None:
             # aiohttp's idle connections close now, busy ones after their answer; the runner's
@@ -167,10 +172,8 @@ class HttpServer:
             return waiting
         while True:
             try:
-                connection, _ = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return waiting
-            except OSError:  # the socket is gone or broken: nothing more to take
+                connection, _ = self.sock.accept()  # non-blocking, as the loop made it
+            except OSError:  # none waiting (EAGAIN), or the socket is gone
                 return waiting
             connection.setblocking(False)
             waiting.append(connection)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import nats
 from conftest import wait_until
-from loadgen import Load, PhaseCounts, redirect_to
+from loadgen import Load, redirect_to
 from rawhttp import DOCS_URL
 from test_admin_support import Browser
 from topologykit import Topology
@@ -45,10 +45,6 @@ class FaultRun:
         self.lags: dict[str, float] = {}
         self.answered: dict[str, float] = {}  # seconds until the admin's answer
         self._links = 0
-
-    async def phase(self, name: str) -> PhaseCounts:
-        """Count the load's requests under `name` from now on."""
-        return self.load.phase(name)
 
     async def lag(self, when: str, timeout: float = 30.0) -> float:
         """Create a link through the admin; seconds until both redirectors serve it."""
@@ -105,7 +101,7 @@ async def test_faults_under_load_fail_no_request(
     figures = {
         "load": report,
         "lag_s": run.lags,
-        "admin_answered_by_s": run.answered,
+        "admin_answer_s": run.answered,
         "rss_mb": rss,
     }
     (tmp_path / "faults.json").write_text(json.dumps(figures, indent=1))
@@ -129,7 +125,7 @@ async def _faults(run: FaultRun) -> None:
     await load.until_sent(PHASE_REQUESTS)
     await run.lag("before any fault")
 
-    await run.phase("redirector-1 killed (SIGKILL)")
+    load.phase("redirector-1 killed (SIGKILL)")
     topology.signal("redirector-1", signal.SIGKILL)
     await load.until_sent(PHASE_REQUESTS)
     await run.lag("with redirector-1 down")
@@ -137,7 +133,7 @@ async def _faults(run: FaultRun) -> None:
     await topology.until_ready("redirector-1")
     await run.lag("after redirector-1 restarted")
 
-    await run.phase("redirector-2 stopped (SIGTERM, drains)")
+    load.phase("redirector-2 stopped (SIGTERM, drains)")
     topology.signal("redirector-2", signal.SIGTERM)
     await load.until_sent(PHASE_REQUESTS)
     assert await topology.exited("redirector-2") == 0, topology.processes.log("redirector-2")
@@ -146,17 +142,17 @@ async def _faults(run: FaultRun) -> None:
     await run.lag("after redirector-2 restarted")
 
     leader = await _links_leader(topology)
-    await run.phase(f"{leader} (links stream leader) killed")
+    load.phase(f"{leader} (links stream leader) killed")
     topology.signal(leader, signal.SIGKILL)
     await load.until_sent(PHASE_REQUESTS)
     await run.lag(f"with {leader} down")
-    await run.phase(f"{leader} back")
+    load.phase(f"{leader} back")
     topology.restart(leader)
     await _rejoined(topology, leader)
     await load.until_sent(PHASE_REQUESTS)
     await run.lag(f"after {leader} rejoined")
 
-    await run.phase("config-watcher killed (SIGKILL)")
+    load.phase("config-watcher killed (SIGKILL)")
     topology.signal("config-watcher", signal.SIGKILL)
     await load.until_sent(PHASE_REQUESTS)
     # One watcher: edits wait until it is back (systemd restarts it), links stay served.

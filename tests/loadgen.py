@@ -134,7 +134,8 @@ class Load:
 
     async def _connection(self, number: int) -> None:
         loop = asyncio.get_running_loop()
-        targets = itertools.cycle(self.targets[number % len(self.targets) :] + self.targets)
+        first = number % len(self.targets)  # each connection starts at another target
+        targets = itertools.cycle(self.targets[first:] + self.targets[:first])
         due = loop.time() + self.interval * number / self.connections  # spread the starts
         stream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         fresh = False

@@ -185,6 +185,39 @@ async def test_connections_waiting_to_be_accepted_are_answered(system: RunningSy
         waiting.close()
 
 
+async def test_stop_gives_up_on_what_never_finishes_after_the_grace(
+    system: RunningSystem, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A head that never completes and a download nobody reads hold the stop for the grace
+    at most (one deadline for both), then their connections are closed."""
+    monkeypatch.setattr("trunk8.server.SHUTDOWN_TIMEOUT", 0.5)
+    assets = data_dir / "users" / "bob" / "assets"
+    assets.mkdir(parents=True)
+    (assets / "3f0c2a9e-7b1d-4c52-9e61-0d8a4b7c2e10.pdf").write_bytes(b"%" * 16 * 1024 * 1024)
+    port = system.server.port
+    stuck = await _connect(port)
+    stuck[1].write(b"GET /docs HTTP/1.1\r\nHost: drain.test\r\n")
+    unread = socket.socket()
+    unread.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    unread.settimeout(5)
+    unread.connect(("127.0.0.1", port))
+    unread.sendall(req("/report"))
+    await asyncio.sleep(0.2)  # the download fills the buffers and waits for the client
+
+    started = time.monotonic()
+    await asyncio.wait_for(system.server.stop(), 5)
+    took = time.monotonic() - started
+    assert 0.5 <= took < 2.5, took
+    await assert_closed(stuck[0])
+    unread.setblocking(False)
+    reader, writer = await asyncio.open_connection(sock=unread)
+    with contextlib.suppress(ConnectionResetError):
+        while await asyncio.wait_for(reader.read(1 << 20), 5):
+            pass  # what was sent before the close, then EOF (or a reset)
+    writer.close()
+    stuck[1].close()
+
+
 async def _connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     return await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
 

@@ -162,7 +162,9 @@ class HttpServer:
             # aiohttp's idle connections close now, busy ones after their answer; the runner's
             # own wait below then finds none left, so the two waits share one deadline.
             handlers.pre_shutdown()
-            await handlers.shutdown(max(0.0, deadline - loop.time()))
+            # Never 0: aiohttp takes a timeout of 0 or less as none, and would wait for ever
+            # for a handler that never ends once the front has spent the whole deadline.
+            await handlers.shutdown(max(0.01, deadline - loop.time()))
         await self.runner.cleanup()
 
     def _take_waiting_connections(self) -> list[socket.socket]:

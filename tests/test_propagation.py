@@ -22,7 +22,9 @@ from conftest import wait_until
 from topologykit import Topology
 
 LINKS = 200
-LAG_BOUND = 0.5  # seconds, p99: ten times the budget, against a stalled pipeline only
+# Seconds, p99: against a stalled pipeline only. p99 was 82-260 ms here while other test
+# suites shared the 2 cores; the 50 ms budget is the benchmarks' to judge, on a quiet machine.
+LAG_BOUND = 1.0
 
 
 def percentile(values: list[float], fraction: float) -> float:

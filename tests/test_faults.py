@@ -1,14 +1,14 @@
 """Faults under load: the split deployment keeps serving while its parts fail.
 
-The topology of `topologykit` (3 NATS nodes, a config-watcher, two redirectors, files and
-admin as processes, nginx with the shipped config) carries a paced load through nginx
-(`loadgen.Load`: redirects, a fixed budget, a timeout per request) while the test, one
-after the other: kills a redirector with SIGKILL, stops the other with SIGTERM (it drains),
-kills the NATS node that leads the links stream and brings it back, and kills the
-config-watcher with SIGKILL. No request may fail in any phase. Before and after each
-fault a link is created through the admin and timed until both redirectors serve it (the
-propagation lag). The figures are printed (`pytest -s`) and written to `faults.json` in
-the test's temp folder.
+The topology of `topologykit` (3 NATS nodes, two config-watchers of which one stands by,
+two redirectors, files and admin as processes, nginx with the shipped config) carries a
+paced load through nginx (`loadgen.Load`: redirects, a fixed budget, a timeout per
+request) while the test, one after the other: kills a redirector with SIGKILL, stops the
+other with SIGTERM (it drains), kills the NATS node that leads the links stream and
+brings it back, and kills the active config-watcher with SIGKILL (the standby takes
+over). No request may fail in any phase. Before and after each fault a link is created
+through the admin and timed until both redirectors serve it (the propagation lag). The
+figures are printed (`pytest -s`) and written to `faults.json` in the test's temp folder.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from conftest import wait_until
 from loadgen import Load, redirect_to
 from rawhttp import DOCS_URL
 from test_admin_support import Browser
-from topologykit import Topology
+from topologykit import LEASE_TTL, WATCHERS, Topology
 
 # Below the shipped general rate limit (200 r/s per client address): every request of the
 # load comes from 127.0.0.1, and a 429 is a failure.
@@ -44,6 +44,7 @@ class FaultRun:
         self.load = load
         self.lags: dict[str, float] = {}
         self.answered: dict[str, float] = {}  # seconds until the admin's answer
+        self.takeover = 0.0  # seconds from killing the active config-watcher to a new one
         self._links = 0
 
     async def lag(self, when: str, timeout: float = 30.0) -> float:
@@ -103,6 +104,7 @@ async def test_faults_under_load_fail_no_request(
         "lag_s": run.lags,
         "admin_answer_s": run.answered,
         "rss_mb": rss,
+        "watcher_takeover_s": run.takeover,
     }
     (tmp_path / "faults.json").write_text(json.dumps(figures, indent=1))
     for name, counts in load.phases.items():
@@ -110,6 +112,7 @@ async def test_faults_under_load_fail_no_request(
     for when, seconds in run.lags.items():
         answered = 1000 * run.answered[when]
         print(f"faults, propagation lag {when}: {1000 * seconds:.0f} ms (admin {answered:.0f} ms)")
+    print(f"faults, standby config-watcher active {run.takeover:.2f} s after the kill")
     for name, (before, after) in rss.items():
         print(f"faults, {name} RSS: {before:.0f} MB before, {after:.0f} MB after")
     assert all(after - before < RSS_GROWTH_MB for before, after in rss.values()), rss
@@ -152,13 +155,22 @@ async def _faults(run: FaultRun) -> None:
     await load.until_sent(PHASE_REQUESTS)
     await run.lag(f"after {leader} rejoined")
 
-    load.phase("config-watcher killed (SIGKILL)")
-    topology.signal("config-watcher", signal.SIGKILL)
-    await load.until_sent(PHASE_REQUESTS)
-    # One watcher: edits wait until it is back (systemd restarts it), links stay served.
-    topology.restart("config-watcher")
-    await topology.until_ready("config-watcher")
-    await run.lag("after config-watcher restarted")
+    async def one_active() -> bool:
+        return len(await topology.active_watchers()) == 1
+
+    await wait_until(one_active, timeout=10, interval=0.1)
+    [active] = await topology.active_watchers()
+    [standby] = [name for name in WATCHERS if name != active]
+    load.phase(f"{active} (active config-watcher) killed (SIGKILL)")
+    topology.signal(active, signal.SIGKILL)
+    killed = time.monotonic()
+
+    async def taken_over() -> bool:
+        return await topology.active_watchers() == [standby]
+
+    await wait_until(taken_over, timeout=LEASE_TTL + 10, interval=0.1)
+    run.takeover = time.monotonic() - killed
+    await run.lag(f"after {standby} took over")
     await load.until_sent(PHASE_REQUESTS)
 
 

@@ -1,12 +1,12 @@
 """Topology: the split deployment as shipped, on loopback, every part its own process.
 
 Three nats-servers clustered with `deploy/nats/nats-server.conf`, Trunk8's buckets made
-with 3 replicas, then a config-watcher, two redirectors (accel mode), the files service and
-the admin as separate `trunk8 run --target …` processes, and nginx in front with
-`deploy/nginx/` (`topologykit.Topology`). Everything a user does goes through nginx: a
-redirect, a download handed off by X-Accel, a markdown page, signing in and creating a
-link, which both redirectors then serve. Every process is stopped at the end, also on
-failure.
+with 3 replicas, then two config-watchers (one active, one standing by), two redirectors
+(accel mode), the files service and the admin as separate `trunk8 run --target …`
+processes, and nginx in front with `deploy/nginx/` (`topologykit.Topology`). Everything a
+user does goes through nginx: a redirect, a download handed off by X-Accel, a markdown
+page, signing in and creating a link, which both redirectors then serve. Every process is
+stopped at the end, also on failure.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ async def test_split_topology_through_nginx(data_dir: Path, topology: Topology) 
     finally:
         await client.close()
     await _through_the_edge(topology, report)
-    print(f"topology: 3 NATS nodes, 5 services and nginx up in {elapsed:.1f} s, checked")
+    print(f"topology: 3 NATS nodes, 6 service processes and nginx up in {elapsed:.1f} s")
 
 
 async def _through_the_edge(topology: Topology, report: bytes) -> None:

@@ -2,12 +2,13 @@
 
 `Topology` starts three nats-servers clustered with `deploy/nats/nats-server.conf` (as
 shipped, each node's own values in its environment), makes Trunk8's buckets with 3
-replicas (`python -m trunk8.deploy buckets`), runs a config-watcher, two redirectors
-(accel mode), the files service and the admin as separate `trunk8 run --target …`
-processes, and nginx in front with `deploy/nginx/`. Tests kill, signal and restart any of
-them by name. `Processes` starts each child in its own session with its log in a file and
-stops every one at the end, also on failure: SIGTERM, then SIGKILL of its process group.
-The `topology` fixture of conftest.py gives a test one, stopped at the end.
+replicas (`python -m trunk8.deploy buckets`), runs two config-watchers (one active, one
+standing by: the lease), two redirectors (accel mode), the files service and the admin as
+separate `trunk8 run --target …` processes, and nginx in front with `deploy/nginx/`.
+Tests kill, signal and restart any of them by name. `Processes` starts each child in its
+own session with its log in a file and stops every one at the end, also on failure:
+SIGTERM, then SIGKILL of its process group. The `topology` fixture of conftest.py gives a
+test one, stopped at the end.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import nats
 import pytest
 from conftest import wait_until
 from nginxkit import NginxEdge, free_port
+from prometheus_client.parser import text_string_to_metric_families
 from test_admin_support import Browser
 
 from trunk8.deploy import Upstreams
@@ -37,8 +39,12 @@ NATS_CONF = ROOT / "deploy" / "nats" / "nats-server.conf"
 TRUNK8 = Path(sys.executable).parent / "trunk8"
 TOKEN = "topology-token"
 ADMIN_PASSWORD = "topology-admin-pw"
-SERVICES = ("config-watcher", "redirector-1", "redirector-2", "files", "admin")
+WATCHERS = ("config-watcher-1", "config-watcher-2")  # one active, one standing by
+SERVICES = (*WATCHERS, "redirector-1", "redirector-2", "files", "admin")
 REDIRECTORS = ("redirector-1", "redirector-2")
+# Seconds: a standby takes over about this long after the active one died (3 s, as
+# test_lease.py: a renewal delayed that long on a loaded machine costs the lease).
+LEASE_TTL = 3.0
 STOP_TIMEOUT = 10.0
 
 
@@ -189,6 +195,26 @@ class Topology:
             await asyncio.sleep(0.05)
         return proc.returncode
 
+    async def active_watchers(self) -> list[str]:
+        """The config-watchers that hold the lease (`trunk8_config_watcher_active` 1)."""
+        active = []
+        for name in WATCHERS:
+            if self.processes.started[name].poll() is not None:
+                continue
+            try:
+                async with self.http.get(self.direct(name) + "/-/metrics") as response:
+                    text = await response.text()
+            except aiohttp.ClientError:
+                continue
+            samples = {
+                sample.name: sample.value
+                for family in text_string_to_metric_families(text)
+                for sample in family.samples
+            }
+            if samples.get("trunk8_config_watcher_active") == 1:
+                active.append(name)
+        return active
+
     def rss_mb(self, name: str) -> float:
         """The resident memory of process `name`, in MB (its own, not its children's)."""
         status = Path(f"/proc/{self.processes.started[name].pid}/status").read_text()
@@ -285,7 +311,7 @@ class Topology:
         return proc.returncode == 0
 
     def _start_service(self, name: str, drain_seconds: float) -> None:
-        target = name.rsplit("-", 1)[0] if name.startswith("redirector") else name
+        target = name.rsplit("-", 1)[0] if name in (*WATCHERS, *REDIRECTORS) else name
         env = clean_env(
             TRUNK8_NATS_URL=self.seeds,
             TRUNK8_DATA_DIR=str(self.data_dir),
@@ -293,6 +319,8 @@ class Topology:
             TRUNK8_SECRET_KEY="topology-secret-key",
             TRUNK8_DRAIN_SECONDS=str(drain_seconds),
             TRUNK8_PORT=str(self.ports[name]),
+            TRUNK8_BUCKET_REPLICAS="3",
+            TRUNK8_LEASE_TTL=str(LEASE_TTL),
         )
         if target == "redirector":
             env["TRUNK8_FILES_MODE"] = "accel"

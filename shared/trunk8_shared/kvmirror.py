@@ -39,6 +39,7 @@ log = logging.getLogger("trunk8.kvmirror")
 KV_OPERATION = "KV-Operation"
 # Seconds between checks that the consumer still exists (no error says when it is lost).
 CONSUMER_CHECK_INTERVAL = 5.0
+FOLLOW_HEARTBEAT_SECONDS = 1.0
 MARKER_REASON = "Nats-Marker-Reason"
 
 
@@ -184,6 +185,9 @@ async def follow_bucket(
         stream=f"KV_{bucket}",
         cb=on_message,
         ordered_consumer=True,
+        # nats-py rebuilds an ordered consumer after two missed heartbeats: at its 5 s
+        # default a mirror whose stream leader died went 10-19 s without changes.
+        idle_heartbeat=FOLLOW_HEARTBEAT_SECONDS,
         deliver_policy=policy,
         config=config,
         inactive_threshold=300,

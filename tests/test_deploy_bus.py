@@ -19,7 +19,7 @@ from trunk8 import deploy
 from trunk8.deploy import provision_buckets
 from trunk8.embedded_nats import EmbeddedNats
 from trunk8_shared.buckets import create_buckets
-from trunk8_shared.bus import BUS, redact, server_list
+from trunk8_shared.bus import BUS, SeedCredentials, redact, seed_credentials, server_list
 
 
 def _free_port() -> int:
@@ -41,6 +41,15 @@ def test_seed_lists_are_split_and_every_url_redacted() -> None:
     assert server_list(urls) == ["nats://t0k@a:4222", "nats://u:pw@b:4222", "c:4222"]
     assert redact(urls) == "nats://***@a:4222,nats://***@b:4222,c:4222"
     assert redact("nats://only@host:1") == "nats://***@host:1"
+
+
+def test_one_credential_of_the_seed_list_goes_to_discovered_servers_too() -> None:
+    cluster = "nats://t0k@a:4222,nats://t0k@b:4222,c:4222"
+    assert seed_credentials(cluster) == SeedCredentials(token="t0k")
+    assert seed_credentials("nats://u:pw@a:1,nats://u:pw@b:1") == SeedCredentials("u", "pw")
+    # Servers with credentials of their own keep them in their URLs alone.
+    assert seed_credentials("nats://one@a:1,nats://two@b:1") == SeedCredentials()
+    assert seed_credentials("nats://a:1,b:2") == SeedCredentials()
 
 
 async def test_a_seed_list_with_a_server_down_connects_and_fails_over(

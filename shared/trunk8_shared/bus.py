@@ -19,6 +19,7 @@ import random
 from collections.abc import AsyncIterator, Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
+import msgspec
 from aiohttp import web
 from nats.aio.client import Client, Server
 from nats.js import JetStreamContext
@@ -46,6 +47,33 @@ def reconnect_delay(failed: int, first: float, cap: float = RECONNECT_CAP) -> fl
 def redact(urls: str) -> str:
     """A NATS URL, or each URL of a seed list, without its credentials, for logs."""
     return ",".join(_redact_one(url) for url in server_list(urls))
+
+
+class SeedCredentials(msgspec.Struct, frozen=True):
+    """Credentials of a seed list, as nats-py connect options (all None: none given)."""
+
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+
+
+def seed_credentials(urls: str) -> SeedCredentials:
+    """The credentials the seed list carries, when every seed URL with some agrees.
+
+    Servers the client discovers from the cluster come without credentials; given as
+    options, they are sent to those too (else each reconnect to one is refused).
+    """
+    found = set()
+    for url in server_list(urls):
+        parts = urlsplit(url if "://" in url else "nats://" + url)
+        if parts.username is not None:
+            found.add((parts.username, parts.password))
+    if len(found) != 1:
+        return SeedCredentials()
+    user, password = found.pop()
+    if password is None:
+        return SeedCredentials(token=user)
+    return SeedCredentials(user=user, password=password)
 
 
 def _redact_one(url: str) -> str:
@@ -105,6 +133,7 @@ class Bus:
                 await asyncio.wait_for(self.nc.close(), timeout=5)
 
     async def _connect(self) -> None:
+        credentials = seed_credentials(self.url)
         await self.nc.connect(
             servers=server_list(self.url),
             name=self.name,
@@ -113,6 +142,9 @@ class Bus:
             reconnect_time_wait=self.reconnect_wait,  # type: ignore[arg-type]  # float works
             reconnect_to_server_handler=self._next_server,
             connect_timeout=2,
+            user=credentials.user,
+            password=credentials.password,
+            token=credentials.token,
             error_cb=self._on_error,
             disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected,

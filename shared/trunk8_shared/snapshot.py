@@ -171,6 +171,21 @@ async def read_snapshot_tag(js: JetStreamContext, name: str) -> tuple[int, str] 
     return (tag.revision, tag.bucket_created) if tag.v == SNAPSHOT_VERSION else None
 
 
+async def snapshot_is_current(js: JetStreamContext, bucket: str, name: str = TABLE_OBJECT) -> bool:
+    """Whether the stored object reflects `bucket` as it is now (its revision and incarnation).
+
+    Then a reader loading it has no change of the bucket left to follow.
+    """
+    stored = await read_snapshot_tag(js, name)
+    if stored is None:
+        return False
+    try:
+        info = await js.stream_info(f"KV_{bucket}")
+    except NotFoundError:
+        return False
+    return stored == (info.state.last_seq, str(info.created))
+
+
 # One object read at a time per process: the mirrors of an all-in-one process (redirector,
 # files, admin) reading 300 MB at once made NATS drop the connection as a slow consumer.
 _reading: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (

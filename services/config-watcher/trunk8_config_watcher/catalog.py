@@ -99,6 +99,10 @@ class LinkCatalog:
         """Replace one user's links; returns the codes whose owner may have changed."""
         previous = self.links_by_user.get(owner, {})
         self.links_by_user[owner] = links
+        if not previous:  # a first load: every code is new (the common case at a start)
+            for code in links:
+                self.owners.setdefault(code, set()).add(owner)
+            return set(links)
         for code in previous.keys() - links.keys():
             holders = self.owners[code]
             holders.discard(owner)
@@ -137,20 +141,26 @@ class LinkCatalog:
             codes = self.served.keys() | self.owners.keys()
         changes = Changes()
         for code in codes:
-            holders = sorted(self.owners.get(code, ()), key=self._position)
+            holders = self.owners.get(code)
             current = self.served.get(code)
-            if holders:
-                winner = self.links_by_user[holders[0]][code]
-                if winner != current:
-                    self.served[code] = winner
-                    changes.put[code] = winner
-            elif current is not None:
-                del self.served[code]
-                changes.removed[code] = current
-            if len(holders) > 1:
-                self.duplicates[code] = Duplicate(code, holders[0], tuple(holders[1:]))
+            if not holders:
+                if current is not None:
+                    del self.served[code]
+                    changes.removed[code] = current
+                if self.duplicates:
+                    self.duplicates.pop(code, None)
+                continue
+            if len(holders) == 1:  # most codes: no ordering to do
+                (first,) = holders
+                if self.duplicates:
+                    self.duplicates.pop(code, None)
             else:
-                self.duplicates.pop(code, None)
+                first, *shadowed = sorted(holders, key=self._position)
+                self.duplicates[code] = Duplicate(code, first, tuple(shadowed))
+            winner = self.links_by_user[first][code]
+            if winner != current:
+                self.served[code] = winner
+                changes.put[code] = winner
         return changes
 
     def _position(self, owner: str) -> int:

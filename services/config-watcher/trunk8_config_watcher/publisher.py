@@ -51,11 +51,14 @@ from trunk8_shared.records import (
 )
 
 from .lease import Lease, NotActiveError
+from .progress import Progress
 
 log = logging.getLogger("trunk8.config_watcher")
 
 # More link events than this in one sync become one `link.bulk` event (an import, a restore).
 BULK_EVENTS = 1000
+# Writes in one step of a large publication (an import): a progress line may follow each.
+PROGRESS_STEP = 50_000
 # Failed keys named in a PublishError message.
 REPORTED_FAILURES = 3
 
@@ -150,7 +153,7 @@ class BucketWriter:
         self.fresh = False
         removals = [key for key in deletes if key in self.known]
         writes: list[tuple[str, bytes | None]] = [*puts.items(), *((k, None) for k in removals)]
-        done, failures = await write_batched(self.bus.nc, self.bucket, writes, self.revision)
+        done, failures = await self._write_in_steps(writes)
         self.revision += len(done)
         values = dict(writes)
         for key in done:
@@ -182,6 +185,26 @@ class BucketWriter:
         reason = f"writes to {self.bucket} refused: another config-watcher wrote there"
         await self.lease.lose(reason)
         raise NotActiveError(reason)
+
+    async def _write_in_steps(
+        self, writes: list[tuple[str, bytes | None]]
+    ) -> tuple[list[str], list[tuple[str, BaseException]]]:
+        """`write_batched`, in steps of `PROGRESS_STEP` writes with a progress line between."""
+        if len(writes) <= PROGRESS_STEP:
+            return await write_batched(self.bus.nc, self.bucket, writes, self.revision)
+        progress = Progress(f"publishing to {self.bucket}", len(writes), "writes")
+        done: list[str] = []
+        failures: list[tuple[str, BaseException]] = []
+        for start in range(0, len(writes), PROGRESS_STEP):
+            step = writes[start : start + PROGRESS_STEP]
+            expected = self.revision + len(done)  # fenced: each step follows the last
+            step_done, failures = await write_batched(self.bus.nc, self.bucket, step, expected)
+            done += step_done
+            progress.advance(len(step), links=len(step_done))
+            if failures:  # NATS is likely away: the rest would only wait for timeouts too
+                break
+        progress.finish()
+        return done, failures
 
     async def read_back(self, from_snapshot: bool = False) -> dict[str, bytes]:
         """What the bucket holds now (from the records snapshot on, if asked); becomes known."""
@@ -228,12 +251,18 @@ class Publisher:
         await self.links.fence()
 
     async def sync_links(
-        self, wanted: dict[str, LinkRecord], codes: Iterable[str] | None = None
+        self,
+        wanted: dict[str, LinkRecord],
+        codes: Iterable[str] | None = None,
+        published_as: dict[str, LinkRecord] | None = None,
     ) -> int:
         """Make the bucket hold `wanted` for `codes` (all codes when None); emit events.
 
-        A full sync (codes None) also removes keys that name none of our codes.
+        A full sync (codes None) also removes keys that name none of our codes. A wanted
+        record that is the very object `published_as` holds for its code was decoded from
+        the value the bucket holds (a warm start): it is not encoded again to compare.
         """
+        same = published_as or {}
         known = self.links.known
         keys: dict[str, str | None] = {kv_key(c): c for c in (wanted if codes is None else codes)}
         if codes is None:
@@ -250,6 +279,8 @@ class Publisher:
                     old = decode_link(before)
                     if code is not None:
                         events.append(LinkDeleted(code=code, owner=old.owner if old else ""))
+                continue
+            if before is not None and code is not None and same.get(code) is record:
                 continue
             encoded = json_encoder.encode(record)
             if encoded != before:

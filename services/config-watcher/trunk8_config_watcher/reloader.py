@@ -32,6 +32,7 @@ from trunk8_shared.records import Event, LinkRecord, UserRecord, json_encoder
 
 from .catalog import Changes, LinkCatalog, link_record, user_records
 from .parsememo import FileMemo, ParseMemo, records_digest, remembered_links
+from .progress import Progress
 from .rejections import Rejections
 
 log = logging.getLogger("trunk8.config_watcher")
@@ -106,7 +107,11 @@ class Reloader:
         self.memo_changed = False  # since it was last saved
         # The published bucket (key -> value) while a warm start may reuse it, else None.
         self.published: dict[str, bytes] | None = None
+        self.loading = False  # in the first load (which logs its progress)
         self.remembered_files = 0  # files taken from the memo instead of parsed
+        # Records decoded from the published values at a warm start: the first full sync
+        # need not encode them to learn they are published as they are (`take_remembered`).
+        self.remembered: dict[str, LinkRecord] = {}
         self.files_parsed = 0  # links files parsed, ahead of a reload or in it
         # Links files parsed by `prepare` outside the watcher's lock, used by the next
         # `reload` when the file still has those bytes.
@@ -119,7 +124,12 @@ class Reloader:
     def load_all(self) -> Reload:
         """The first full load; raises ConfigLoadError when users.toml is unusable."""
         result = Reload()
-        if not self._reload_users(result):
+        self.loading = True
+        try:
+            loaded = self._reload_users(result)
+        finally:
+            self.loading = False
+        if not loaded:
             file = self.data.relative(self.data.users_file)
             reason = self.rejections.files.get(file, "missing")
             raise ConfigLoadError(f"cannot load {self.data.users_file}: {reason}")
@@ -207,6 +217,11 @@ class Reloader:
         self._merge(result.links, self.catalog.resolve(touched))
         return result
 
+    def take_remembered(self) -> dict[str, LinkRecord]:
+        """The records a warm start decoded from the published values; forgotten now."""
+        remembered, self.remembered = self.remembered, {}
+        return remembered
+
     def owner_rejected(self, owner: str) -> bool:
         """Whether the owner's links file is currently rejected whole."""
         return self.rejections.is_rejected(self.data.relative(self.data.links_file(owner)))
@@ -280,11 +295,16 @@ class Reloader:
             links = self.data.links_file(owner)
             self._hashes.pop(links, None)
             self.rejections.forget(self.data.relative(links))
+        progress = Progress("first load", len(users), "files") if self.loading else None
         for owner in users:
             if owner not in before:
                 self._hashes.pop(self.data.links_file(owner), None)  # read it whatever its hash
             touched |= self._reload_links(owner, result)
+            if progress is not None:
+                progress.advance(links=len(self.catalog.links_by_user.get(owner, ())))
         self._merge(result.links, self.catalog.resolve(touched))
+        if progress is not None:
+            progress.finish()
         return True
 
     def _reload_links(self, owner: str, result: Reload) -> set[str]:
@@ -309,6 +329,7 @@ class Reloader:
             if memo is not None and links_or_none is not None:
                 links, refused = links_or_none, dict(memo.refused)
                 self.remembered_files += 1
+                self.remembered.update(links)
             elif ahead is not None and ahead.digest == digest:
                 links, refused = dict(ahead.links), dict(ahead.refused)
                 self.memo.files[file] = FileMemo(digest, list(links), refused, ahead.records)
@@ -390,6 +411,9 @@ class Reloader:
 
     @staticmethod
     def _merge(into: Changes, more: Changes) -> None:
+        if not into:  # a first load's million codes are not copied one by one
+            into.put, into.removed = more.put, more.removed
+            return
         for code, record in more.put.items():
             into.removed.pop(code, None)
             into.put[code] = record

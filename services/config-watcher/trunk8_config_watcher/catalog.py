@@ -100,8 +100,13 @@ class LinkCatalog:
         previous = self.links_by_user.get(owner, {})
         self.links_by_user[owner] = links
         if not previous:  # a first load: every code is new (the common case at a start)
+            owners = self.owners
             for code in links:
-                self.owners.setdefault(code, set()).add(owner)
+                holders = owners.get(code)
+                if holders is None:
+                    owners[code] = {owner}
+                else:
+                    holders.add(owner)
             return set(links)
         for code in previous.keys() - links.keys():
             holders = self.owners[code]
@@ -140,12 +145,13 @@ class LinkCatalog:
         if codes is None:
             codes = self.served.keys() | self.owners.keys()
         changes = Changes()
+        owners, served = self.owners, self.served  # a first load resolves a million codes
         for code in codes:
-            holders = self.owners.get(code)
-            current = self.served.get(code)
+            holders = owners.get(code)
+            current = served.get(code)
             if not holders:
                 if current is not None:
-                    del self.served[code]
+                    del served[code]
                     changes.removed[code] = current
                 if self.duplicates:
                     self.duplicates.pop(code, None)
@@ -159,7 +165,7 @@ class LinkCatalog:
                 self.duplicates[code] = Duplicate(code, first, tuple(shadowed))
             winner = self.links_by_user[first][code]
             if winner != current:
-                self.served[code] = winner
+                served[code] = winner
                 changes.put[code] = winner
         return changes
 

@@ -41,9 +41,16 @@ from common import ROOT, free_port, to_ms
 START_TIMEOUT = 600.0
 
 
-def write_data(root: Path, links: int, users: int) -> tuple[str, str]:
+def link_counts(links: int, users: int, edited_links: int = 0) -> list[int]:
+    """Links per user: the first (edited) user holds `edited_links` if given, the rest share."""
+    if not edited_links:
+        return [links // users] * users
+    return [edited_links] + [(links - edited_links) // (users - 1)] * (users - 1)
+
+
+def write_data(root: Path, links: int, users: int, edited_links: int = 0) -> tuple[str, str]:
     """The data directory; returns the last code and the user whose file is edited."""
-    per_user = links // users
+    counts = link_counts(links, users, edited_links)
     names = [f"user{u:03d}" for u in range(users)]
     (root / "users").mkdir(parents=True)
     (root / "users" / "users.toml").write_text(
@@ -56,7 +63,7 @@ def write_data(root: Path, links: int, users: int) -> tuple[str, str]:
         folder = root / "users" / name
         folder.mkdir()
         parts = []
-        for i in range(per_user):
+        for i in range(counts[u]):
             code = f"u{u:03d}c{i:07d}"
             parts.append(
                 f'[links.{code}]\ntype = "redirect"\nurl = "https://example.com/{name}/{i}?src=bench"\n'
@@ -174,6 +181,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--links", type=int, default=100_000)
     parser.add_argument("--users", type=int, default=100)
+    parser.add_argument(
+        "--edited-links",
+        type=int,
+        default=0,
+        help="links in the hand-edited file (the first user's; default links/users)",
+    )
     parser.add_argument("--wrk-seconds", type=int, default=6)
     parser.add_argument("--json", help="write the figures as JSON here")
     parser.add_argument("--keep-tmp", action="store_true")
@@ -188,11 +201,13 @@ def main() -> int:
     figures: dict[str, object] = {"links": args.links, "users": args.users}
     try:
         started = time.monotonic()
-        last, edited_user = write_data(data, args.links, args.users)
+        last, edited_user = write_data(data, args.links, args.users, args.edited_links)
         took = time.monotonic() - started
         print(f"wrote {args.links} links over {args.users} users in {took:.1f} s")
+        counts = link_counts(args.links, args.users, args.edited_links)
         last_user = f"user{args.users - 1:03d}"
-        last_url = f"https://example.com/{last_user}/{args.links // args.users - 1}?src=bench"
+        last_url = f"https://example.com/{last_user}/{counts[-1] - 1}?src=bench"
+        figures["edited_file_links"] = counts[0]
         port = free_port()
         up_args: tuple[str, ...] = ("up", "--data", str(data), "--port", str(port))
         if args.watcher_in_process:
@@ -224,7 +239,7 @@ def main() -> int:
         )
         edit = wait_until(lambda: served(port, first_code, new_url), 60, "hand edit")
         figures["hand_edit_s"] = round(edit, 3)
-        print(f"hand edit in a {args.links // args.users}-link file served after {edit:.3f} s")
+        print(f"hand edit in a {counts[0]}-link file served after {edit:.3f} s")
 
         # 3. redirect p99 idle, then while the file is re-parsed (rewritten three times)
         figures["p99_idle_ms"] = wrk_p99(port, last, args.wrk_seconds, lambda: None)

@@ -24,13 +24,15 @@ from trunk8_shared.datafiles import (
     DataFileError,
     LinkEntry,
     check_link_entries,
-    check_links,
     check_users,
+    entries_as_text,
+    load_links_table,
     read_data_file,
 )
 from trunk8_shared.records import Event, LinkRecord, UserRecord, json_encoder
 
 from .catalog import Changes, LinkCatalog, link_record, user_records
+from .entrymemo import EntryMemo, check_changed
 from .parsememo import FileMemo, ParseMemo, records_digest, remembered_links
 from .progress import Progress
 from .rejections import Rejections
@@ -109,6 +111,7 @@ class Reloader:
         self.published: dict[str, bytes] | None = None
         self.loading = False  # in the first load (which logs its progress)
         self.remembered_files = 0  # files taken from the memo instead of parsed
+        self.entry_memos: dict[Path, EntryMemo] = {}  # what each file's entries became
         # Records decoded from the published values at a warm start: the first full sync
         # need not encode them to learn they are published as they are (`take_remembered`).
         self.remembered: dict[str, LinkRecord] = {}
@@ -178,7 +181,7 @@ class Reloader:
                 digest = hashlib.sha256(content).hexdigest()
                 if self._hashes.get(path) == digest:
                     continue  # unchanged: `reload` skips it for a hash
-                links, refused, records = self._parse_links(content, file, owner)
+                links, refused, records = self._parse_links(content, path, file, owner)
             except Exception:  # `reload` reads it again and says why
                 continue
             parsed[path] = ParsedLinks(digest, links, refused, records, saves_seen)
@@ -294,6 +297,7 @@ class Reloader:
         for owner in before.keys() - users.keys():  # forget what we knew of removed accounts
             links = self.data.links_file(owner)
             self._hashes.pop(links, None)
+            self.entry_memos.pop(links, None)
             self.rejections.forget(self.data.relative(links))
         progress = Progress("first load", len(users), "files") if self.loading else None
         for owner in users:
@@ -316,6 +320,7 @@ class Reloader:
             if not changed:
                 return set()
             if content is None:
+                self.entry_memos.pop(path, None)
                 self.rejections.forget(file)
                 self.memo_changed |= self.memo.files.pop(file, None) is not None
                 return self.catalog.set_links(owner, {})  # no file: no links, as in Trunk8
@@ -342,7 +347,7 @@ class Reloader:
                 self._hashes.pop(path, None)
                 self.unsettled.add(path)
             else:
-                links, refused, published = self._parse_links(content, file, owner)
+                links, refused, published = self._parse_links(content, path, file, owner)
                 self.memo.files[file] = FileMemo(digest, list(links), refused, published)
                 self.memo_changed = True
         except Exception as err:
@@ -372,13 +377,24 @@ class Reloader:
         return links, refused
 
     def _parse_links(
-        self, content: bytes, file: str, owner: str
+        self, content: bytes, path: Path, file: str, owner: str
     ) -> tuple[dict[str, LinkRecord], dict[str, str], str]:
         """Parse and validate one links file: its links, the ones refused alone, and the
-        digest of its records as they will be published (each encoded once)."""
+        digest of its records as they will be published.
+
+        Only entries changed since the file was last parsed are checked (`entrymemo`).
+        """
         self.files_parsed += 1
-        links, refused, encoded = self._encoded_records(check_links(content, file), file, owner)
-        return links, refused, records_digest(encoded)
+        table = load_links_table(content, file, dates_as_text=False)
+
+        def check(entries: dict[str, Any]) -> dict[str, LinkRecord | str]:
+            checked = check_link_entries(entries_as_text(entries, file), file)
+            links, refused, _ = self._encoded_records(checked, file, owner)
+            return {**links, **refused}
+
+        links, refused, memo = check_changed(table, self.entry_memos.get(path), check)
+        self.entry_memos[path] = memo
+        return links, refused, records_digest(map(json_encoder.encode, links.values()))
 
     def _records(
         self, checked: Checked[LinkEntry], file: str, owner: str

@@ -16,9 +16,8 @@ from typing import Any
 
 from trunk8_shared.bus import Bus
 from trunk8_shared.datadir import DataDir, ensure_layout
-from trunk8_shared.records import LINKS_BUCKET, ReloadReply
+from trunk8_shared.records import ReloadReply
 from trunk8_shared.settings import Settings
-from trunk8_shared.snapshot import snapshot_is_current
 
 from .adoption import adopt_published
 from .catalog import LinkCatalog
@@ -106,16 +105,9 @@ class ConfigWatcher:
         return self.data.state_dir / MEMO_FILE
 
     async def _published_for_warm_start(self) -> dict[str, bytes] | None:
-        """The links bucket as published (records snapshot + later changes), or None.
-
-        When the stored snapshot reflects the bucket as it is, readers may load it at once
-        (`snapshot_stored`: `trunk8 up` starts its services then), while this start goes
-        on: whatever the files changed while we were stopped follows through the bucket.
-        """
+        """The links bucket as published (records snapshot + later changes), or None."""
         try:
             await asyncio.wait_for(self.bus.wait_connected(), WARM_START_WAIT)
-            if await snapshot_is_current(self.bus.js, LINKS_BUCKET):
-                self.snapshot_stored.set()
             return await self.publisher.links.read_back(from_snapshot=True)
         except WARM_START_ERRORS as err:
             log.info("starting without the published state (%s); parsing every file", err)

@@ -1,12 +1,13 @@
 """Scale benchmark: start-up, joining, memory and hand-edit propagation with many links.
 
-`.venv/bin/python bench/scale.py --links 1000000 [--users 100] [--json PATH] [--keep-tmp]`
-writes a data directory of `--links` redirect links over `--users` users in a temp folder,
-then, as an operator would:
+`.venv/bin/python bench/scale.py --links 1000000 [--users 100] [--edited-links 100000]
+[--json PATH] [--keep-tmp]` writes a data directory of `--links` redirect links over
+`--users` users in a temp folder (the first user, whose file is edited, holding
+`--edited-links` of them if given), then, as an operator would:
 
 1. cold `trunk8 up` (first import): seconds until `/-/ready` and the last link served,
    and the resident memory (RSS) of the serving process and of its config-watcher child;
-2. a hand edit of one link in a file of links/users links: seconds until it is served;
+2. a hand edit of one link in the first user's file: seconds until it is served;
 3. redirect latency while that file is re-parsed: `wrk -t1 -c32 --latency` on a hit
    while the file is rewritten (skipped when wrk is missing);
 4. a redirector joining the running system (`trunk8 run --target redirector`): seconds

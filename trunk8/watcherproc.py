@@ -34,6 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from trunk8_config_watcher.parsememo import MEMO_FILE
+from trunk8_config_watcher.snapshots import MIN_CHANGES
 from trunk8_shared.background import Backoff, task_ctx
 from trunk8_shared.bus import server_list
 from trunk8_shared.datadir import DataDir
@@ -41,7 +42,7 @@ from trunk8_shared.datafiles import DataFileError, check_users
 from trunk8_shared.ops import setup_ops
 from trunk8_shared.records import LINKS_BUCKET
 from trunk8_shared.settings import Settings
-from trunk8_shared.snapshot import snapshot_is_current
+from trunk8_shared.snapshot import snapshot_lag
 
 from .childproc import die_with_parent_fn, terminate
 from .errors import StartupError
@@ -148,8 +149,9 @@ class WatcherProcess:
 
         So on a restart: this data directory was imported before (the child's parse memo
         is there), users.toml is usable (otherwise the child's own error must end `up`),
-        and the stored snapshot reflects the links bucket as it is. What the child finds
-        changed in the files meanwhile reaches our services through the bucket.
+        and the stored snapshot is of the links bucket as it is, or only a few changes
+        behind. Those changes, and what the child finds changed in the files meanwhile,
+        reach our services through the bucket.
         """
         data = DataDir(self.settings.data_path)
         if not (data.state_dir / MEMO_FILE).is_file():
@@ -165,9 +167,11 @@ class WatcherProcess:
         except (OSError, TimeoutError, nats.errors.Error):
             return False
         try:
-            return await asyncio.wait_for(
-                snapshot_is_current(client.jetstream(), LINKS_BUCKET), SNAPSHOT_CHECK_TIMEOUT
+            lag = await asyncio.wait_for(
+                snapshot_lag(client.jetstream(), LINKS_BUCKET), SNAPSHOT_CHECK_TIMEOUT
             )
+            # As the watcher judges it: a few changes behind is as good as current.
+            return lag is not None and lag < MIN_CHANGES
         except (TimeoutError, nats.errors.Error):
             return False
         finally:

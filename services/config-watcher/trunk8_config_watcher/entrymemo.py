@@ -18,13 +18,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import compress
 from operator import ne
-from typing import Any
+from typing import Any, TypeAlias
 
 import msgspec
 
 from trunk8_shared.records import LinkRecord
 
-Checked = LinkRecord | str  # the record, or why the entry was refused
+Checked: TypeAlias = LinkRecord | str  # the record, or why the entry was refused
 
 _encode = msgspec.json.Encoder().encode
 

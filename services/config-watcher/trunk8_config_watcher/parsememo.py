@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Iterable
+from operator import attrgetter
 from pathlib import Path
 from typing import cast
 
@@ -92,7 +93,7 @@ def remembered_links(
     """The file's links from the published state when its bytes and records match, else None."""
     if memo is None or published is None or memo.digest != digest:
         return None
-    values = [published.get(kv_key(code)) for code in memo.codes]
+    values = list(map(published.get, _keys(memo.codes)))
     if None in values:
         return None
     joined = b",".join(cast(list[bytes], values))
@@ -102,7 +103,15 @@ def remembered_links(
         records = _records_decoder.decode(b"[" + joined + b"]")
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
-    links = dict(zip(memo.codes, records, strict=True))
-    if any(record.owner != owner for record in records):
+    if not all(map(owner.__eq__, map(_owner_of, records))):
         return None
-    return links
+    return dict(zip(memo.codes, records, strict=True))
+
+
+_owner_of = attrgetter("owner")
+
+
+def _keys(codes: list[str]) -> list[str]:
+    """The KV keys of `codes`: the codes themselves when all are plain (checked at once)."""
+    joined = "".join(codes)
+    return codes if kv_key(joined) == joined else [kv_key(code) for code in codes]

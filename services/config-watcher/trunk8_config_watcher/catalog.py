@@ -6,9 +6,9 @@ users.toml order, as in Trunk8 (T8-034); the catalog reports such duplicates.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Set
 from dataclasses import dataclass, field
-from itertools import compress
+from itertools import compress, repeat
 from operator import ne
 
 from trunk8_shared.datafiles import LinkEntry, UserEntry
@@ -101,14 +101,14 @@ class LinkCatalog:
         """Replace one user's links; returns the codes whose owner may have changed."""
         previous = self.links_by_user.get(owner, {})
         self.links_by_user[owner] = links
-        if not previous:  # a first load: every code is new (the common case at a start)
+        if not previous:  # a first load: every code is new (a million at a start)
             owners = self.owners
-            for code in links:
-                holders = owners.get(code)
-                if holders is None:
-                    owners[code] = {owner}
-                else:
-                    holders.add(owner)
+            shared = {code: owners[code] for code in links.keys() & owners.keys()}
+            singles = map(set, zip(repeat(owner, len(links))))  # {owner} for each code, in C
+            owners.update(zip(links, singles, strict=True))
+            for code, holders in shared.items():
+                holders.add(owner)
+                owners[code] = holders
             return set(links)
         removed = previous.keys() - links.keys()
         for code in removed:
@@ -147,6 +147,8 @@ class LinkCatalog:
         """Recompute the served owner of `codes` (all codes when None) and return the diff."""
         if codes is None:
             codes = self.served.keys() | self.owners.keys()
+        if not self.served and isinstance(codes, Set) and self.owners.keys() <= codes:
+            return self._resolve_first()
         changes = Changes()
         owners, served = self.owners, self.served  # a first load resolves a million codes
         for code in codes:
@@ -171,6 +173,22 @@ class LinkCatalog:
                 served[code] = winner
                 changes.put[code] = winner
         return changes
+
+    def _resolve_first(self) -> Changes:
+        """Resolve every code while none is served yet (a first load), a file at a time.
+
+        Files are laid over each other from the last user to the first, so a code defined
+        twice ends up with its first user's record, as `resolve` would choose.
+        """
+        served = self.served
+        for owner in sorted(self.links_by_user, key=self._position, reverse=True):
+            served.update(self.links_by_user[owner])
+        self.duplicates = {}
+        for code, holders in self.owners.items():
+            if len(holders) > 1:
+                first, *shadowed = sorted(holders, key=self._position)
+                self.duplicates[code] = Duplicate(code, first, tuple(shadowed))
+        return Changes(put=dict(served))
 
     def _position(self, owner: str) -> int:
         user = self.users.get(owner)

@@ -4,6 +4,7 @@ that changed, and `trunk8 up` starting its services from a current snapshot.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -139,3 +140,11 @@ async def test_up_starts_its_services_from_a_current_snapshot(
 
 async def _saved(watcher: Any, data_dir: Path) -> bool:
     return watcher.snapshot_stored.is_set() and (data_dir / ".trunk8" / MEMO_FILE).is_file()
+
+
+async def test_up_does_not_wait_long_on_an_unreachable_nats(data_dir: Path) -> None:
+    """The early start's check gives up quickly (nats-py alone retries for minutes)."""
+    write(data_dir / ".trunk8" / MEMO_FILE, "")
+    settings = Settings(data_dir=str(data_dir), nats_url="nats://token@127.0.0.1:1")
+    child = WatcherProcess(settings)
+    assert not await asyncio.wait_for(child._warm_start(), 10)

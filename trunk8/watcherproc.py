@@ -67,6 +67,10 @@ def _child_setup(die_with_parent: Callable[[], None] | None) -> None:
     os.nice(WATCHER_NICENESS)
 
 
+async def _quiet(err: Exception) -> None:
+    """A failed snapshot check only means waiting for the watcher: no traceback for it."""
+
+
 def _users_usable(data: DataDir) -> bool:
     """Whether users.toml names at least one valid account (as the child's first load needs)."""
     try:
@@ -159,10 +163,16 @@ class WatcherProcess:
         if not await asyncio.to_thread(_users_usable, data):
             return False
         try:
-            client = await nats.connect(
-                servers=server_list(self.settings.nats_url),
-                connect_timeout=SNAPSHOT_CHECK_TIMEOUT,
-                allow_reconnect=False,
+            # Bounded as a whole: nats-py retries an initial connection for minutes.
+            client = await asyncio.wait_for(
+                nats.connect(
+                    servers=server_list(self.settings.nats_url),
+                    connect_timeout=SNAPSHOT_CHECK_TIMEOUT,
+                    allow_reconnect=False,
+                    max_reconnect_attempts=0,
+                    error_cb=_quiet,
+                ),
+                SNAPSHOT_CHECK_TIMEOUT,
             )
         except (OSError, TimeoutError, nats.errors.Error):
             return False

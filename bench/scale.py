@@ -1,12 +1,13 @@
 """Scale benchmark: start-up, joining, memory and hand-edit propagation with many links.
 
-`.venv/bin/python bench/scale.py --links 1000000 [--users 100] [--json PATH] [--keep-tmp]`
-writes a data directory of `--links` redirect links over `--users` users in a temp folder,
-then, as an operator would:
+`.venv/bin/python bench/scale.py --links 1000000 [--users 100] [--edited-links 100000]
+[--json PATH] [--keep-tmp]` writes a data directory of `--links` redirect links over
+`--users` users in a temp folder (the first user, whose file is edited, holding
+`--edited-links` of them if given), then, as an operator would:
 
 1. cold `trunk8 up` (first import): seconds until `/-/ready` and the last link served,
    and the resident memory (RSS) of the serving process and of its config-watcher child;
-2. a hand edit of one link in a file of links/users links: seconds until it is served;
+2. a hand edit of one link in the first user's file: seconds until it is served;
 3. redirect latency while that file is re-parsed: `wrk -t1 -c32 --latency` on a hit
    while the file is rewritten (skipped when wrk is missing);
 4. a redirector joining the running system (`trunk8 run --target redirector`): seconds
@@ -41,9 +42,16 @@ from common import ROOT, free_port, to_ms
 START_TIMEOUT = 600.0
 
 
-def write_data(root: Path, links: int, users: int) -> tuple[str, str]:
+def link_counts(links: int, users: int, edited_links: int = 0) -> list[int]:
+    """Links per user: the first (edited) user holds `edited_links` if given, the rest share."""
+    if not edited_links:
+        return [links // users] * users
+    return [edited_links] + [(links - edited_links) // (users - 1)] * (users - 1)
+
+
+def write_data(root: Path, links: int, users: int, edited_links: int = 0) -> tuple[str, str]:
     """The data directory; returns the last code and the user whose file is edited."""
-    per_user = links // users
+    counts = link_counts(links, users, edited_links)
     names = [f"user{u:03d}" for u in range(users)]
     (root / "users").mkdir(parents=True)
     (root / "users" / "users.toml").write_text(
@@ -56,7 +64,7 @@ def write_data(root: Path, links: int, users: int) -> tuple[str, str]:
         folder = root / "users" / name
         folder.mkdir()
         parts = []
-        for i in range(per_user):
+        for i in range(counts[u]):
             code = f"u{u:03d}c{i:07d}"
             parts.append(
                 f'[links.{code}]\ntype = "redirect"\nurl = "https://example.com/{name}/{i}?src=bench"\n'
@@ -174,6 +182,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--links", type=int, default=100_000)
     parser.add_argument("--users", type=int, default=100)
+    parser.add_argument(
+        "--edited-links",
+        type=int,
+        default=0,
+        help="links in the hand-edited file (the first user's; default links/users)",
+    )
     parser.add_argument("--wrk-seconds", type=int, default=6)
     parser.add_argument("--json", help="write the figures as JSON here")
     parser.add_argument("--keep-tmp", action="store_true")
@@ -188,11 +202,13 @@ def main() -> int:
     figures: dict[str, object] = {"links": args.links, "users": args.users}
     try:
         started = time.monotonic()
-        last, edited_user = write_data(data, args.links, args.users)
+        last, edited_user = write_data(data, args.links, args.users, args.edited_links)
         took = time.monotonic() - started
         print(f"wrote {args.links} links over {args.users} users in {took:.1f} s")
+        counts = link_counts(args.links, args.users, args.edited_links)
         last_user = f"user{args.users - 1:03d}"
-        last_url = f"https://example.com/{last_user}/{args.links // args.users - 1}?src=bench"
+        last_url = f"https://example.com/{last_user}/{counts[-1] - 1}?src=bench"
+        figures["edited_file_links"] = counts[0]
         port = free_port()
         up_args: tuple[str, ...] = ("up", "--data", str(data), "--port", str(port))
         if args.watcher_in_process:
@@ -224,7 +240,7 @@ def main() -> int:
         )
         edit = wait_until(lambda: served(port, first_code, new_url), 60, "hand edit")
         figures["hand_edit_s"] = round(edit, 3)
-        print(f"hand edit in a {args.links // args.users}-link file served after {edit:.3f} s")
+        print(f"hand edit in a {counts[0]}-link file served after {edit:.3f} s")
 
         # 3. redirect p99 idle, then while the file is re-parsed (rewritten three times)
         figures["p99_idle_ms"] = wrk_p99(port, last, args.wrk_seconds, lambda: None)

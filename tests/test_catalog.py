@@ -77,3 +77,24 @@ def test_renaming_display_names_touches_no_code() -> None:
     catalog.resolve()
     renamed = user_records({"bob": UserEntry(display_name="Robert"), "amy": UserEntry()})
     assert catalog.set_users(renamed) == set()
+
+
+def test_a_first_load_resolves_as_code_by_code_resolution_does() -> None:
+    """Resolving everything at once (a first load) agrees with resolving file by file."""
+    names = ("cid", "bob", "amy")
+    files = {
+        "amy": {"a": record("a", "amy"), "x": record("x", "amy"), "y": record("y", "amy")},
+        "bob": {"b": record("b", "bob"), "x": record("x", "bob")},
+        "cid": {"x": record("x", "cid"), "y": record("y", "cid"), "c": record("c", "cid")},
+    }
+    at_once, one_by_one = catalog_with(*names), catalog_with(*names)
+    touched: set[str] = set()
+    for owner, links in files.items():
+        touched |= at_once.set_links(owner, dict(links))
+        one_by_one.resolve(one_by_one.set_links(owner, dict(links)))
+    changes = at_once.resolve(touched)
+    assert at_once.served == one_by_one.served and changes.put == at_once.served
+    assert at_once.served["x"].owner == "cid" and at_once.served["y"].owner == "cid"
+    assert at_once.duplicates == one_by_one.duplicates
+    assert at_once.duplicates["x"].shadowed == ("bob", "amy")
+    assert at_once.owners == one_by_one.owners

@@ -16,6 +16,7 @@ from trunk8_config_watcher.app import CONFIG_WATCHER
 from trunk8_config_watcher.parsememo import MEMO_FILE, load_memo
 from trunk8_shared.buckets import ensure_bucket
 from trunk8_shared.records import LINKS_BUCKET, LinkRecord, json_encoder
+from trunk8_shared.snapshot import TABLE_OBJECT, read_snapshot_tag
 
 LINK_FILES = ("users/admin/links.toml", "users/bob/links.toml", "users/carol/links.toml")
 
@@ -53,6 +54,7 @@ async def test_a_restart_parses_only_the_file_changed_while_stopped(
     second = await start_system()
     watcher = second.app[CONFIG_WATCHER]
     assert watcher.reloader.remembered_files == 2  # admin's and carol's files, not bob's
+    assert watcher.reloader.files_parsed == 1  # bob's alone
     assert await second.location("/docs") == "https://example.com/v2"
     assert await second.location("/ex_redirect") == "https://example.com/admin"
     assert set(watcher.catalog.links_by_user) == {"admin", "bob", "carol"}
@@ -97,3 +99,45 @@ async def test_an_unreadable_memo_only_means_parsing_everything(
     assert second.app[CONFIG_WATCHER].reloader.remembered_files == 0
     assert await second.location("/docs") == "https://example.com/docs"
     await memo_saved(second, data_dir)  # and a good one is written again
+
+
+async def test_a_warm_restart_with_nothing_changed_publishes_nothing(
+    start_system: StartSystem, data_dir: Path, bus_client: nats.NATS
+) -> None:
+    first = await start_system()
+    await memo_saved(first, data_dir)
+    await wait_until(lambda: _true(first.app[CONFIG_WATCHER].snapshot_stored.is_set()))
+    await stop(first)
+    js = bus_client.jetstream()
+    links = await ensure_bucket(js, LINKS_BUCKET)
+    revision = (await links.status()).stream_info.state.last_seq
+    tag = await read_snapshot_tag(js, TABLE_OBJECT)
+    events: list[bytes] = []
+
+    async def collect(msg: nats.aio.msg.Msg) -> None:
+        events.append(msg.data)
+
+    # Link and account events only: the lease announces its holder on every start.
+    subs = [
+        await bus_client.subscribe(f"trunk8.events.{kind}.>", cb=collect)
+        for kind in ("link", "user")
+    ]
+    await bus_client.flush()
+    second = await start_system()
+    watcher = second.app[CONFIG_WATCHER]
+    await wait_until(lambda: _true(watcher.snapshot_stored.is_set()))
+    assert watcher.reloader.files_parsed == 0 and watcher.reloader.remembered_files == 3
+    assert await second.location("/docs") == "https://example.com/docs"
+    await watcher.bus.nc.flush()
+    await bus_client.flush()
+    for sub in subs:
+        await sub.unsubscribe()
+    assert events == []
+    for key in await links.keys():  # no link written again (the lease's fence aside)
+        entry = await links.get(key)
+        assert entry.revision is not None and entry.revision <= revision
+    assert await read_snapshot_tag(js, TABLE_OBJECT) == tag  # not published again
+
+
+async def _true(value: bool) -> bool:
+    return value

@@ -17,22 +17,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
+import nats
+import nats.errors
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from trunk8_config_watcher.parsememo import MEMO_FILE
+from trunk8_config_watcher.snapshots import MIN_CHANGES
 from trunk8_shared.background import Backoff, task_ctx
+from trunk8_shared.bus import server_list
+from trunk8_shared.datadir import DataDir
+from trunk8_shared.datafiles import DataFileError, check_users
 from trunk8_shared.ops import setup_ops
+from trunk8_shared.records import LINKS_BUCKET
 from trunk8_shared.settings import Settings
+from trunk8_shared.snapshot import snapshot_lag
 
 from .childproc import die_with_parent_fn, terminate
 from .errors import StartupError
@@ -45,6 +55,28 @@ STOP_TIMEOUT = 10.0
 SCRAPE_TIMEOUT = 2.0
 MAX_QUICK_EXITS = 5
 STABLE_AFTER = 60.0
+SNAPSHOT_CHECK_TIMEOUT = 2.0
+# Parsing a large file in the child must not take CPU time from the redirects we answer.
+WATCHER_NICENESS = 10
+
+
+def _child_setup(die_with_parent: Callable[[], None] | None) -> None:
+    """In the child before exec: die with us, and yield the CPU to the serving process."""
+    if die_with_parent is not None:
+        die_with_parent()
+    os.nice(WATCHER_NICENESS)
+
+
+async def _quiet(err: Exception) -> None:
+    """A failed snapshot check only means waiting for the watcher: no traceback for it."""
+
+
+def _users_usable(data: DataDir) -> bool:
+    """Whether users.toml names at least one valid account (as the child's first load needs)."""
+    try:
+        return bool(check_users(data.users_file.read_bytes()).entries)
+    except (OSError, DataFileError):
+        return False
 
 
 def _free_port() -> int:
@@ -100,9 +132,11 @@ class WatcherProcess:
             stderr=asyncio.subprocess.PIPE,
             env=env,
             start_new_session=True,  # Ctrl-C reaches us; we stop it with the services
-            preexec_fn=die_with_parent_fn(),
+            preexec_fn=functools.partial(_child_setup, die_with_parent_fn()),  # resolved here
         )
         self._stderr_task = asyncio.create_task(self._forward_stderr(self.process))
+        if await self._warm_start():
+            return
         # Answers once its state and a snapshot of it are published: our services then
         # load the snapshot instead of following a first import message by message.
         while not await self._answers("/-/snapshot"):
@@ -113,6 +147,45 @@ class WatcherProcess:
                     or f"the config-watcher exited with status {self.process.returncode}"
                 )
             await asyncio.sleep(POLL_INTERVAL)
+
+    async def _warm_start(self) -> bool:
+        """Whether our services may load the stored snapshot now, while the child starts.
+
+        So on a restart: this data directory was imported before (the child's parse memo
+        is there), users.toml is usable (otherwise the child's own error must end `up`),
+        and the stored snapshot is of the links bucket as it is, or only a few changes
+        behind. Those changes, and what the child finds changed in the files meanwhile,
+        reach our services through the bucket.
+        """
+        data = DataDir(self.settings.data_path)
+        if not (data.state_dir / MEMO_FILE).is_file():
+            return False
+        if not await asyncio.to_thread(_users_usable, data):
+            return False
+        try:
+            # Bounded as a whole: nats-py retries an initial connection for minutes.
+            client = await asyncio.wait_for(
+                nats.connect(
+                    servers=server_list(self.settings.nats_url),
+                    connect_timeout=SNAPSHOT_CHECK_TIMEOUT,
+                    allow_reconnect=False,
+                    max_reconnect_attempts=0,
+                    error_cb=_quiet,
+                ),
+                SNAPSHOT_CHECK_TIMEOUT,
+            )
+        except (OSError, TimeoutError, nats.errors.Error):
+            return False
+        try:
+            lag = await asyncio.wait_for(
+                snapshot_lag(client.jetstream(), LINKS_BUCKET), SNAPSHOT_CHECK_TIMEOUT
+            )
+            # As the watcher judges it: a few changes behind is as good as current.
+            return lag is not None and lag < MIN_CHANGES
+        except (TimeoutError, nats.errors.Error):
+            return False
+        finally:
+            await client.close()
 
     async def _forward_stderr(self, process: asyncio.subprocess.Process) -> None:
         """Copy the child's log lines to our stderr, keeping its one-line error back."""

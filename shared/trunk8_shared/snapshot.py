@@ -171,6 +171,25 @@ async def read_snapshot_tag(js: JetStreamContext, name: str) -> tuple[int, str] 
     return (tag.revision, tag.bucket_created) if tag.v == SNAPSHOT_VERSION else None
 
 
+async def snapshot_lag(js: JetStreamContext, bucket: str, name: str = TABLE_OBJECT) -> int | None:
+    """How many revisions the stored object is behind `bucket` as it is now.
+
+    None when a reader could not use it: missing, of another format, of an earlier
+    incarnation of the bucket, or ahead of it. A reader loading it follows that many
+    changes (at most) one message at a time.
+    """
+    stored = await read_snapshot_tag(js, name)
+    if stored is None:
+        return None
+    try:
+        info = await js.stream_info(f"KV_{bucket}")
+    except NotFoundError:
+        return None
+    revision, created = stored
+    lag = info.state.last_seq - revision
+    return lag if created == str(info.created) and lag >= 0 else None
+
+
 # One object read at a time per process: the mirrors of an all-in-one process (redirector,
 # files, admin) reading 300 MB at once made NATS drop the connection as a slow consumer.
 _reading: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (

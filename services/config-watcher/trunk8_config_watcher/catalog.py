@@ -6,8 +6,10 @@ users.toml order, as in Trunk8 (T8-034); the catalog reports such duplicates.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Set
 from dataclasses import dataclass, field
+from itertools import compress, repeat
+from operator import ne
 
 from trunk8_shared.datafiles import LinkEntry, UserEntry
 from trunk8_shared.expiry import expiry_timestamp
@@ -99,16 +101,26 @@ class LinkCatalog:
         """Replace one user's links; returns the codes whose owner may have changed."""
         previous = self.links_by_user.get(owner, {})
         self.links_by_user[owner] = links
-        for code in previous.keys() - links.keys():
+        if not previous:  # a first load: every code is new (a million at a start)
+            owners = self.owners
+            shared = {code: owners[code] for code in links.keys() & owners.keys()}
+            singles = map(set, zip(repeat(owner, len(links))))  # {owner} for each code, in C
+            owners.update(zip(links, singles, strict=True))
+            for code, holders in shared.items():
+                holders.add(owner)
+                owners[code] = holders
+            return set(links)
+        removed = previous.keys() - links.keys()
+        for code in removed:
             holders = self.owners[code]
             holders.discard(owner)
             if not holders:
                 del self.owners[code]
         for code in links.keys() - previous.keys():
             self.owners.setdefault(code, set()).add(owner)
-        return {
-            code for code in previous.keys() | links.keys() if previous.get(code) != links.get(code)
-        }
+        # Compared in C: a re-read of a 100,000-link file usually changes a few.
+        codes = list(links)
+        return set(compress(codes, map(ne, map(previous.get, codes), links.values()))) | removed
 
     def update_links(self, owner: str, put: dict[str, LinkRecord], gone: Iterable[str]) -> set[str]:
         """Change some of one user's links (a save); returns the codes that changed.
@@ -135,23 +147,48 @@ class LinkCatalog:
         """Recompute the served owner of `codes` (all codes when None) and return the diff."""
         if codes is None:
             codes = self.served.keys() | self.owners.keys()
+        if not self.served and isinstance(codes, Set) and self.owners.keys() <= codes:
+            return self._resolve_first()
         changes = Changes()
+        owners, served = self.owners, self.served  # a first load resolves a million codes
         for code in codes:
-            holders = sorted(self.owners.get(code, ()), key=self._position)
-            current = self.served.get(code)
-            if holders:
-                winner = self.links_by_user[holders[0]][code]
-                if winner != current:
-                    self.served[code] = winner
-                    changes.put[code] = winner
-            elif current is not None:
-                del self.served[code]
-                changes.removed[code] = current
-            if len(holders) > 1:
-                self.duplicates[code] = Duplicate(code, holders[0], tuple(holders[1:]))
+            holders = owners.get(code)
+            current = served.get(code)
+            if not holders:
+                if current is not None:
+                    del served[code]
+                    changes.removed[code] = current
+                if self.duplicates:
+                    self.duplicates.pop(code, None)
+                continue
+            if len(holders) == 1:  # most codes: no ordering to do
+                (first,) = holders
+                if self.duplicates:
+                    self.duplicates.pop(code, None)
             else:
-                self.duplicates.pop(code, None)
+                first, *shadowed = sorted(holders, key=self._position)
+                self.duplicates[code] = Duplicate(code, first, tuple(shadowed))
+            winner = self.links_by_user[first][code]
+            if winner != current:
+                served[code] = winner
+                changes.put[code] = winner
         return changes
+
+    def _resolve_first(self) -> Changes:
+        """Resolve every code while none is served yet (a first load), a file at a time.
+
+        Files are laid over each other from the last user to the first, so a code defined
+        twice ends up with its first user's record, as `resolve` would choose.
+        """
+        served = self.served
+        for owner in sorted(self.links_by_user, key=self._position, reverse=True):
+            served.update(self.links_by_user[owner])
+        self.duplicates = {}
+        for code, holders in self.owners.items():
+            if len(holders) > 1:
+                first, *shadowed = sorted(holders, key=self._position)
+                self.duplicates[code] = Duplicate(code, first, tuple(shadowed))
+        return Changes(put=dict(served))
 
     def _position(self, owner: str) -> int:
         user = self.users.get(owner)

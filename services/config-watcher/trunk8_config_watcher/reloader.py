@@ -24,14 +24,17 @@ from trunk8_shared.datafiles import (
     DataFileError,
     LinkEntry,
     check_link_entries,
-    check_links,
     check_users,
+    entries_as_text,
+    load_links_table,
     read_data_file,
 )
 from trunk8_shared.records import Event, LinkRecord, UserRecord, json_encoder
 
 from .catalog import Changes, LinkCatalog, link_record, user_records
+from .entrymemo import EntryMemo, check_changed
 from .parsememo import FileMemo, ParseMemo, records_digest, remembered_links
+from .progress import Progress
 from .rejections import Rejections
 
 log = logging.getLogger("trunk8.config_watcher")
@@ -106,7 +109,12 @@ class Reloader:
         self.memo_changed = False  # since it was last saved
         # The published bucket (key -> value) while a warm start may reuse it, else None.
         self.published: dict[str, bytes] | None = None
+        self.loading = False  # in the first load (which logs its progress)
         self.remembered_files = 0  # files taken from the memo instead of parsed
+        self.entry_memos: dict[Path, EntryMemo] = {}  # what each file's entries became
+        # Records decoded from the published values at a warm start: the first full sync
+        # need not encode them to learn they are published as they are (`take_remembered`).
+        self.remembered: dict[str, LinkRecord] = {}
         self.files_parsed = 0  # links files parsed, ahead of a reload or in it
         # Links files parsed by `prepare` outside the watcher's lock, used by the next
         # `reload` when the file still has those bytes.
@@ -119,7 +127,12 @@ class Reloader:
     def load_all(self) -> Reload:
         """The first full load; raises ConfigLoadError when users.toml is unusable."""
         result = Reload()
-        if not self._reload_users(result):
+        self.loading = True
+        try:
+            loaded = self._reload_users(result)
+        finally:
+            self.loading = False
+        if not loaded:
             file = self.data.relative(self.data.users_file)
             reason = self.rejections.files.get(file, "missing")
             raise ConfigLoadError(f"cannot load {self.data.users_file}: {reason}")
@@ -168,7 +181,7 @@ class Reloader:
                 digest = hashlib.sha256(content).hexdigest()
                 if self._hashes.get(path) == digest:
                     continue  # unchanged: `reload` skips it for a hash
-                links, refused, records = self._parse_links(content, file, owner)
+                links, refused, records = self._parse_links(content, path, file, owner)
             except Exception:  # `reload` reads it again and says why
                 continue
             parsed[path] = ParsedLinks(digest, links, refused, records, saves_seen)
@@ -206,6 +219,11 @@ class Reloader:
         touched = self.catalog.update_links(owner, links, [*removed, *refused])
         self._merge(result.links, self.catalog.resolve(touched))
         return result
+
+    def take_remembered(self) -> dict[str, LinkRecord]:
+        """The records a warm start decoded from the published values; forgotten now."""
+        remembered, self.remembered = self.remembered, {}
+        return remembered
 
     def owner_rejected(self, owner: str) -> bool:
         """Whether the owner's links file is currently rejected whole."""
@@ -279,12 +297,18 @@ class Reloader:
         for owner in before.keys() - users.keys():  # forget what we knew of removed accounts
             links = self.data.links_file(owner)
             self._hashes.pop(links, None)
+            self.entry_memos.pop(links, None)
             self.rejections.forget(self.data.relative(links))
+        progress = Progress("first load", len(users), "files") if self.loading else None
         for owner in users:
             if owner not in before:
                 self._hashes.pop(self.data.links_file(owner), None)  # read it whatever its hash
             touched |= self._reload_links(owner, result)
+            if progress is not None:
+                progress.advance(links=len(self.catalog.links_by_user.get(owner, ())))
         self._merge(result.links, self.catalog.resolve(touched))
+        if progress is not None:
+            progress.finish()
         return True
 
     def _reload_links(self, owner: str, result: Reload) -> set[str]:
@@ -296,6 +320,7 @@ class Reloader:
             if not changed:
                 return set()
             if content is None:
+                self.entry_memos.pop(path, None)
                 self.rejections.forget(file)
                 self.memo_changed |= self.memo.files.pop(file, None) is not None
                 return self.catalog.set_links(owner, {})  # no file: no links, as in Trunk8
@@ -309,6 +334,7 @@ class Reloader:
             if memo is not None and links_or_none is not None:
                 links, refused = links_or_none, dict(memo.refused)
                 self.remembered_files += 1
+                self.remembered.update(links)
             elif ahead is not None and ahead.digest == digest:
                 links, refused = dict(ahead.links), dict(ahead.refused)
                 self.memo.files[file] = FileMemo(digest, list(links), refused, ahead.records)
@@ -321,7 +347,7 @@ class Reloader:
                 self._hashes.pop(path, None)
                 self.unsettled.add(path)
             else:
-                links, refused, published = self._parse_links(content, file, owner)
+                links, refused, published = self._parse_links(content, path, file, owner)
                 self.memo.files[file] = FileMemo(digest, list(links), refused, published)
                 self.memo_changed = True
         except Exception as err:
@@ -351,13 +377,24 @@ class Reloader:
         return links, refused
 
     def _parse_links(
-        self, content: bytes, file: str, owner: str
+        self, content: bytes, path: Path, file: str, owner: str
     ) -> tuple[dict[str, LinkRecord], dict[str, str], str]:
         """Parse and validate one links file: its links, the ones refused alone, and the
-        digest of its records as they will be published (each encoded once)."""
+        digest of its records as they will be published.
+
+        Only entries changed since the file was last parsed are checked (`entrymemo`).
+        """
         self.files_parsed += 1
-        links, refused, encoded = self._encoded_records(check_links(content, file), file, owner)
-        return links, refused, records_digest(encoded)
+        table = load_links_table(content, file, dates_as_text=False)
+
+        def check(entries: dict[str, Any]) -> dict[str, LinkRecord | str]:
+            checked = check_link_entries(entries_as_text(entries, file), file)
+            links, refused, _ = self._encoded_records(checked, file, owner)
+            return {**links, **refused}
+
+        links, refused, memo = check_changed(table, self.entry_memos.get(path), check)
+        self.entry_memos[path] = memo
+        return links, refused, records_digest(map(json_encoder.encode, links.values()))
 
     def _records(
         self, checked: Checked[LinkEntry], file: str, owner: str
@@ -390,6 +427,9 @@ class Reloader:
 
     @staticmethod
     def _merge(into: Changes, more: Changes) -> None:
+        if not into:  # a first load's million codes are not copied one by one
+            into.put, into.removed = more.put, more.removed
+            return
         for code, record in more.put.items():
             into.removed.pop(code, None)
             into.put[code] = record

@@ -209,13 +209,17 @@ class ConfigWatcher:
         """Read both buckets back and write every difference from the catalog."""
         async with self.lock:
             self.out_of_sync.clear()  # a failure from here on sets it again
+            # Valid only against the values a warm start read: never kept past one attempt.
+            remembered = self.reloader.take_remembered()
             await self.publisher.take_over()
+            if not self.publisher.links.fresh:  # the bucket is read again: other values
+                remembered = {}
             await self.publisher.read_back()
             adopt_published(
                 self.catalog, self.reloader.owner_rejected, self.publisher.published_links()
             )
             await self.publisher.sync_users(self.catalog.users)
-            revision = await self.publisher.sync_links(self.catalog.served)
+            revision = await self.publisher.sync_links(self.catalog.served, published_as=remembered)
             await self._flush_events()
             self._record(Reload())
             self.metrics.revision.set(revision)

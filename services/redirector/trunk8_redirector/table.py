@@ -1,9 +1,10 @@
 """The in-memory link table: short code -> normalised target, answers built on first hit.
 
 The table keeps, per code, only what an answer needs: the normalised Location of a
-redirect (or the type of another link) and, for the few that have one, its expiry. The
-full 302 (head and body as bytes) is built on a code's first hit and kept in a bounded
-cache, so a million links cost a string each, not a prepared response. The table is a
+redirect (or the type of another link) and, for the few that have one, its expiry, packed
+into a few blobs and arrays (`packed.py`: about 70 bytes a link, no object per link) with
+the changes since beside them in a dict. The full 302 (head and body as bytes) is built on
+a code's first hit and kept in a bounded cache. The table is a
 `SnapshotSink`: the KV mirror builds the next state aside (from the link-table snapshot
 and the changes after it, or from the whole bucket), installs it whole, then applies
 single changes from its task; the hit path never awaits and never logs. Expiry is
@@ -22,8 +23,9 @@ from trunk8_shared.codes import code_of_key
 from trunk8_shared.location import location_header
 from trunk8_shared.pages import NOT_FOUND_HEADERS, NOT_FOUND_PAGE
 from trunk8_shared.records import LinkRecord, link_decoder
-from trunk8_shared.snapshot import TABLE_OBJECT, decode_table
+from trunk8_shared.snapshot import TABLE_OBJECT, SnapshotError, decode_table
 
+from .packed import EMPTY_LINKS, Link, PackedLinks, link_meta, packable
 from .pages import redirect_page
 
 log = logging.getLogger("trunk8.redirector")
@@ -43,6 +45,10 @@ REASONS = {
 }
 # Answers kept built: the hot codes' 302s (about 1 KB each), evicted oldest first.
 ANSWER_CACHE_SIZE = 65_536
+# Changes kept beside the packed rows until they outnumber this share of them (and this
+# many): folding them in costs about a second of the loop per million links, so rarely.
+COMPACT_RATIO = 0.25
+COMPACT_MIN = 4096
 
 
 class Answer:
@@ -103,53 +109,69 @@ class HandOver(Answer):
         self.link_type = link_type
 
 
+_UNCHANGED: Link = ("", "", None)  # no change recorded: the packed records answer
+
+
 class TableState:
-    """The table's content, built aside and swapped in whole (a `StagedState`)."""
+    """The table's content, built aside and swapped in whole (a `StagedState`).
 
-    __slots__ = ("expiring", "locations", "others", "skipped", "table")
+    Packed rows (`PackedLinks`, from a snapshot or a compaction) and a dict of the changes
+    since (None: deleted), consulted first. Changes are folded into new rows when they
+    outgrow `COMPACT_RATIO` of the rows, so a bucket read or a stream of new links ends in
+    packed rows too.
+    """
 
-    def __init__(
-        self,
-        table: LinkTable,
-        locations: dict[str, str] | None = None,
-        others: dict[str, str] | None = None,
-        expiring: dict[str, float] | None = None,
-    ) -> None:
+    __slots__ = ("changes", "rows", "size", "skipped", "table")
+
+    def __init__(self, table: LinkTable, rows: PackedLinks = EMPTY_LINKS) -> None:
         self.table = table
-        self.locations = locations if locations is not None else {}
-        self.others = others if others is not None else {}
-        self.expiring = expiring if expiring is not None else {}
+        self.rows = rows
+        self.changes: dict[str, Link | None] = {}
+        self.size = len(rows)
         self.skipped: list[str] = []
 
     def __len__(self) -> int:
-        return len(self.locations) + len(self.others)
+        return self.size
+
+    def find(self, code: str) -> Link | None:
+        """The link of a code (whether it has expired or not), or None."""
+        link = self.changes.get(code, _UNCHANGED)
+        return self.rows.get(code) if link is _UNCHANGED else link
 
     def apply(self, key: str, value: bytes | None) -> None:
         """Apply one put (value) or delete (None); an unusable value deletes its code."""
         code = code_of_key(key)
         if code is None:
             return  # a foreign key names none of our codes
-        self.locations.pop(code, None)
-        self.others.pop(code, None)
-        self.expiring.pop(code, None)
-        if value is None:
-            return
-        record = _decode(key, code, value)
-        if record is None:
-            self.skipped.append(key)
-            return
-        if record.type == "redirect":
-            self.locations[code] = location_header(record.url or "")
+        link: Link | None = None
+        if value is not None:
+            record = _decode(key, code, value)
+            if record is None or not packable(code, record.type):
+                self.skipped.append(key)
+            elif record.type == "redirect":
+                link = ("redirect", location_header(record.url or ""), record.expires_at)
+            else:
+                link = (record.type, "", record.expires_at)
+        self.size += (link is not None) - (self.find(code) is not None)
+        if link is None and self.rows.get(code) is None:
+            self.changes.pop(code, None)  # nothing to hide: keep no tombstone
         else:
-            self.others[code] = record.type
-        if record.expires_at is not None:
-            self.expiring[code] = record.expires_at
+            self.changes[code] = link
+
+    def compact(self, force: bool = False) -> None:
+        """Fold the changes into new packed rows, if they outgrew their share (or `force`)."""
+        changes = self.changes
+        if force or len(changes) > max(COMPACT_MIN, len(self.rows) * COMPACT_RATIO):
+            self.rows = PackedLinks.merged(self.rows, changes)
+            self.changes = {}
 
     def install(self) -> int:
         """Make this the table's content; returns the number of codes."""
         if self.skipped:  # one line, however many: a foreign tool may have written thousands
             shown = self.skipped[:3]
             log.warning("ignoring %d unusable records (keys %r...)", len(self.skipped), shown)
+            self.skipped = []
+        self.compact()
         self.table._install(self)
         return len(self)
 
@@ -181,8 +203,7 @@ class LinkTable:
         return len(self._state)
 
     def __contains__(self, code: str) -> bool:
-        state = self._state
-        return code in state.locations or code in state.others
+        return self._state.find(code) is not None
 
     def lookup(self, code: str) -> Answer:
         """The answer for a code: its redirect, a `HandOver`, or the not-found page."""
@@ -202,15 +223,15 @@ class LinkTable:
 
     def _build(self, code: str) -> Answer:
         """Build a known code's answer into the cache; unknown codes are not cached."""
-        state = self._state
-        location = state.locations.get(code)
-        if location is not None:
-            answer: Answer = redirect_answer(location, state.expiring.get(code))
+        link = self._state.find(code)
+        if link is None:
+            return NOT_FOUND
+        link_type, location, expires_at = link
+        answer: Answer
+        if link_type == "redirect":
+            answer = redirect_answer(location, expires_at)
         else:
-            link_type = state.others.get(code)
-            if link_type is None:
-                return NOT_FOUND
-            answer = HandOver(link_type, state.expiring.get(code))
+            answer = HandOver(link_type, expires_at)
         answers = self._answers
         if len(answers) >= self.cache_size:
             del answers[next(iter(answers))]
@@ -222,9 +243,22 @@ class LinkTable:
         if payload is None:
             return TableState(self), 0, ""
         snapshot = decode_table(payload)
-        locations = dict(zip(snapshot.codes, snapshot.locations, strict=True))
-        state = TableState(self, locations, snapshot.others, snapshot.expiring)
-        return state, snapshot.revision, snapshot.bucket_created
+        others, expiring = snapshot.others, snapshot.expiring
+        codes, locations = snapshot.codes, snapshot.locations
+        if others:
+            codes = codes + list(others)
+            locations = locations + [""] * len(others)
+        metas = {
+            code: link_meta(link_type, expiring.get(code)) for code, link_type in others.items()
+        }
+        for code, expires_at in expiring.items():
+            metas.setdefault(code, link_meta("redirect", expires_at))
+        try:
+            rows = PackedLinks(codes, locations, metas)
+        except ValueError as err:
+            raise SnapshotError(f"unusable table snapshot ({err})") from err
+        # Only the packed rows stay: the decoded columns (and the payload) go with this frame.
+        return TableState(self, rows), snapshot.revision, snapshot.bucket_created
 
     def _install(self, state: TableState) -> None:
         self._state = state
@@ -242,11 +276,11 @@ class LinkTable:
         """Apply one put (value) or delete (None); never raises (a NATS callback calls it)."""
         self.updates += 1
         state = self._state
-        skipped = len(state.skipped)
         state.apply(key, value)
-        if len(state.skipped) > skipped:
+        if state.skipped:
             log.warning("ignoring an unusable links record for key %r", key)
-            del state.skipped[skipped:]
+            state.skipped.clear()
+        state.compact()
         code = code_of_key(key)
         if code is not None:
             self._answers.pop(code, None)

@@ -14,8 +14,10 @@ it. Records are never changed; the table keeps later changes beside them
 from __future__ import annotations
 
 from array import array
+from collections import deque
 from collections.abc import Iterator, Sequence
-from itertools import accumulate, chain, repeat
+from itertools import accumulate, chain, compress, repeat
+from operator import ne
 
 # Codes keep lone surrogates (a request path may decode to one): the round trip is exact.
 _ENCODING, _ERRORS = "utf-8", "surrogatepass"
@@ -74,28 +76,35 @@ class PackedLinks:
         del text
         sizes = map(sum, zip(*lengths, repeat(3), strict=False))  # + two NULs and a LF
         self.blob = blob
-        self.size = count - self._index(list(map(hash, codes)), accumulate(sizes, initial=0))
+        self.size = count - self._index(codes, list(accumulate(sizes, initial=0)))
 
-    def _index(self, hashes: list[int], offsets: Iterator[int]) -> int:
+    def _index(self, codes: Sequence[str], offsets: list[int]) -> int:
         """Fill the slots with the records' offsets; returns how many replaced an earlier one."""
         size = 8
-        while size < LOAD_INVERSE * len(hashes):
+        while size < LOAD_INVERSE * len(codes):
             size *= 2
         typecode = "I" if len(self.blob) < 2**32 - 1 else "Q"
         empty = self.empty = 2 ** (8 * array(typecode).itemsize) - 1
         mask = self.mask = size - 1
         slots = self.slots = array(typecode, [empty]) * size
+        # Each record into its home slot in one pass at C speed (a later one overwrites an
+        # earlier one); then only the records that lost their slot (about one in nine) probe.
+        homes = list(map(mask.__and__, map(hash, codes)))
+        deque(map(slots.__setitem__, homes, offsets), maxlen=0)
+        lost = compress(range(len(homes)), map(ne, map(slots.__getitem__, homes), offsets))
         startswith, replaced = self.blob.startswith, 0
-        for code_hash, offset in zip(hashes, offsets, strict=False):
-            slot = code_hash & mask
-            key = b""
+        for row in lost:
+            offset, slot = offsets[row], homes[row]
+            key = self._code_at(offset) + b"\0"
             while (other := slots[slot]) != empty:
-                key = key or self._code_at(offset) + b"\0"
                 if startswith(key, other):  # the same code again: the last record wins
                     replaced += 1
+                    if offset > other:
+                        slots[slot] = offset
                     break
                 slot = (slot + 1) & mask
-            slots[slot] = offset
+            else:
+                slots[slot] = offset
         return replaced
 
     def __len__(self) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -23,15 +24,14 @@ from trunk8_shared.datadir import DataDir
 from trunk8_shared.logs import setup_logging
 from trunk8_shared.settings import Settings, SettingsError, environment, settings_from
 
-from .embedded_nats import EmbeddedNats
+from .embedded_nats import NATS_URL_FILE, EmbeddedNats, start_for
 from .errors import ServiceFailed, StartupError
 from .server import HttpServer, bind, drain_period
 from .tap import DEFAULT_SUBJECT, tap
 from .targets import TARGETS, build_app
+from .workers import serve_workers, worker_count
 
 log = logging.getLogger("trunk8")
-
-NATS_URL_FILE = "nats.url"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,6 +47,17 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument(
             "--port", type=int, help="port to listen on (TRUNK8_PORT, default 5001)"
         )
+        command.add_argument(
+            "--workers",
+            default="1",
+            help="serving processes sharing the port (SO_REUSEPORT): a number or 'auto' "
+            "(one per core); default 1",
+        )
+
+    def worker(command: argparse.ArgumentParser) -> None:
+        # Set by a `--workers` parent for its children (`trunk8.workers`), not by people.
+        command.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+        command.add_argument("--watcher-port", type=int, help=argparse.SUPPRESS)
 
     up = commands.add_parser("up", help="start the whole system (embedded NATS unless --nats)")
     common(up)
@@ -61,11 +72,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--target", choices=TARGETS, default="all")
     common(run)
     listening(run)
+    worker(run)
 
     serve = commands.add_parser("serve", help="run one service (same as run --target)")
     serve.add_argument("target", choices=TARGETS)
     common(serve)
     listening(serve)
+    worker(serve)
 
     tap_cmd = commands.add_parser("tap", help="print bus events as JSON lines")
     tap_cmd.add_argument("subject", nargs="?", default=DEFAULT_SUBJECT)
@@ -79,35 +92,43 @@ async def _serve(
     embedded: EmbeddedNats | None,
     watcher_process: bool = False,
     all_in_one: bool = False,
+    worker: int | None = None,
+    watcher_port: int | None = None,
 ) -> None:
     """Run until SIGINT/SIGTERM, drain, then stop the services and the embedded server.
+
+    As a worker of a `--workers` group (`worker` is its number), the port is shared with
+    the others, and for `up` the config-watcher is the parent's child on `watcher_port`.
 
     The drain (`trunk8.server.drain_period`) keeps serving while `/-/ready` answers 503; a
     second signal ends it. The embedded server and the services' background tasks are
     supervised; if one cannot be kept running, everything stops at once and the reason is
     raised (exit status 1), so a process manager can restart the whole.
     """
-    sock = bind(settings.host, settings.port)
+    sock = bind(settings.host, settings.port, shared=worker is not None)
     stop = asyncio.Event()
     supervisor: asyncio.Task[None] | None = None
     try:
         if embedded is not None:
-            url = await embedded.start()
-            embedded.write_url_file(DataDir(settings.data_path).state_dir / NATS_URL_FILE)
-            settings = settings_from({}, **{**_as_dict(settings), "nats_url": url})
-            log.info("embedded NATS listening on 127.0.0.1:%d", embedded.port)
+            settings = await start_for(embedded, settings)
             supervisor = asyncio.create_task(embedded.supervise(), name="nats-supervisor")
             supervisor.add_done_callback(lambda _: stop.set())  # it ends only when it gives up
-        app = build_app(target, settings, watcher_process=watcher_process)
+        app = build_app(
+            target, settings, watcher_process=watcher_process, watcher_port=watcher_port
+        )
         supervision = setup_supervision(app)
         watchdog = asyncio.create_task(_stop_when_set(supervision.gave_up, stop))
-        server = HttpServer(app, settings, sock)
+        name = None if worker is None else f"{worker}/{os.getpid()}"
+        server = HttpServer(app, settings, sock, worker=name)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         try:
-            await server.start()
-            log.info("trunk8 %s serving on http://%s:%d", target, settings.host, server.port)
+            await server.start(until_ready=None if worker is None else stop)
+            as_worker = "" if worker is None else f" (worker {worker})"
+            log.info(
+                "trunk8 %s%s serving on http://%s:%d", target, as_worker, settings.host, server.port
+            )
             await stop.wait()
             drain = drain_period(settings, target, all_in_one)
             failed = supervision.failed or (supervisor is not None and supervisor.done())
@@ -136,13 +157,22 @@ async def _serve(
         supervisor.result()  # raises why the embedded server could not be kept running
 
 
+def _check_workers(args: argparse.Namespace, target: str) -> None:
+    """Refuse `--workers` for what must run once per data directory."""
+    if args.command == "up" and args.watcher_in_process:
+        raise SettingsError(
+            "--workers runs the config-watcher as a child: drop --watcher-in-process"
+        )
+    if args.command != "up" and target in ("config-watcher", "all"):
+        raise SettingsError(
+            f"--workers cannot run {target!r}: the config-watcher runs once per data "
+            "directory (for every service with N workers: trunk8 up --workers N)"
+        )
+
+
 async def _stop_when_set(event: asyncio.Event, stop: asyncio.Event) -> None:
     await event.wait()
     stop.set()
-
-
-def _as_dict(settings: Settings) -> dict[str, object]:
-    return {field: getattr(settings, field) for field in settings.__struct_fields__}
 
 
 def _tap_url(args: argparse.Namespace, settings: Settings, env: dict[str, str]) -> str:
@@ -174,15 +204,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "tap":
             return uvloop.run(tap(_tap_url(args, settings, env), args.subject))
+        target = "all" if args.command == "up" else args.target
+        workers = worker_count(args.workers)
+        if workers > 1:
+            _check_workers(args, target)
         embedded = None
         if args.command == "up" and not (args.nats or env.get("TRUNK8_NATS_URL")):
             store = DataDir(settings.data_path).state_dir / "nats"
             embedded = EmbeddedNats(store, binary=settings.nats_server)
-        target = "all" if args.command == "up" else args.target
         separate = args.command == "up" and not args.watcher_in_process
         all_in_one = args.command == "up"
-        uvloop.run(_serve(target, settings, embedded, separate, all_in_one))
-    except SettingsError as err:  # a service's own settings, read when its app is built
+        if workers > 1:
+            uvloop.run(serve_workers(target, settings, workers, embedded, all_in_one))
+        else:
+            worker = getattr(args, "worker", None)
+            watcher_port = getattr(args, "watcher_port", None)
+            uvloop.run(
+                _serve(target, settings, embedded, separate, all_in_one, worker, watcher_port)
+            )
+    except SettingsError as err:  # also a service's own settings, read when its app is built
         print(f"trunk8: {err}", file=sys.stderr)
         return 2
     except (StartupError, ServiceFailed, ConfigLoadError) as err:

@@ -22,6 +22,9 @@ import time
 from pathlib import Path
 from typing import BinaryIO
 
+from trunk8_shared.datadir import DataDir
+from trunk8_shared.settings import Settings, settings_from
+
 from .childproc import die_with_parent_fn, terminate
 from .errors import StartupError
 
@@ -36,6 +39,8 @@ STABLE_AFTER = 30.0  # seconds up after which a restart counts as a success
 LOG_TAIL_LINES = 5
 
 log = logging.getLogger("trunk8")
+# In the data directory's state folder: the URL (with its token) for `trunk8 tap`.
+NATS_URL_FILE = "nats.url"
 
 
 def find_nats_server(override: str = "") -> str:
@@ -225,3 +230,12 @@ class EmbeddedNats:
         """Kill the server at once (tests of outages)."""
         if self.process is not None and self.process.returncode is None:
             self.process.kill()
+
+
+async def start_for(embedded: EmbeddedNats, settings: Settings) -> Settings:
+    """Start the embedded server of `up`; the settings with its URL (and token)."""
+    url = await embedded.start()
+    embedded.write_url_file(DataDir(settings.data_path).state_dir / NATS_URL_FILE)
+    log.info("embedded NATS listening on 127.0.0.1:%d", embedded.port)
+    fields = {field: getattr(settings, field) for field in settings.__struct_fields__}
+    return settings_from({}, **{**fields, "nats_url": url})

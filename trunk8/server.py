@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import errno
 import socket
+from collections.abc import Awaitable, Callable
 
 from aiohttp import hdrs, web
 
@@ -29,6 +30,10 @@ from trunk8_shared.settings import Settings
 from .errors import StartupError
 
 SHUTDOWN_TIMEOUT = 10.0
+BACKLOG = 1024
+READY_POLL = 0.02
+# Names the worker process of a `--workers` group that answered (aiohttp's answers only).
+WORKER_HEADER = "X-Trunk8-Worker"
 # The drain of `trunk8 run` when TRUNK8_DRAIN_SECONDS is not set: longer than a load
 # balancer's usual readiness interval (2-3 s) times its failures threshold (2).
 DRAIN_SECONDS = 5.0
@@ -46,10 +51,25 @@ def drain_period(settings: Settings, target: str, all_in_one: bool) -> float:
     return 0.0 if all_in_one else DRAIN_SECONDS
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on host:port (port 0 picks a free one)."""
+def bind(host: str, port: int, shared: bool = False) -> socket.socket:
+    """A listening TCP socket on host:port (port 0 picks a free one).
+
+    `shared`: bound with `SO_REUSEPORT` beside the other workers of a `--workers` group and
+    not listening yet: `HttpServer.start` listens once the application has loaded, so the
+    kernel never hands a connection to a worker that is still starting.
+    """
     try:
-        return socket.create_server((host, port), backlog=1024)
+        if not shared:
+            return socket.create_server((host, port), backlog=BACKLOG)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
     except OverflowError as err:  # a port outside 0-65535
         raise StartupError(f"cannot listen on {host}:{port}: port must be 0-65535") from err
     except OSError as err:
@@ -63,7 +83,11 @@ class HttpServer:
     """An aiohttp application served on a socket, behind its front if a service set one."""
 
     def __init__(
-        self, app: web.Application, settings: Settings, sock: socket.socket | None = None
+        self,
+        app: web.Application,
+        settings: Settings,
+        sock: socket.socket | None = None,
+        worker: str | None = None,
     ) -> None:
         self.app = app
         self.settings = settings
@@ -84,6 +108,8 @@ class HttpServer:
         self.draining = False
         self._stopped = False
         app.on_response_prepare.append(self._close_when_draining)
+        if worker is not None:
+            app.on_response_prepare.append(self._worker_header_hook(worker))
 
     @property
     def port(self) -> int:
@@ -92,18 +118,28 @@ class HttpServer:
         port: int = self.sock.getsockname()[1]
         return port
 
-    async def start(self) -> None:
-        """Run the app's startup (loading state), then accept connections."""
+    async def start(self, until_ready: asyncio.Event | None = None) -> None:
+        """Run the app's startup, then accept connections.
+
+        With `until_ready`, accept them only once every service has loaded its state (or
+        that event is set): a worker joining a `--workers` group must not answer 404 for
+        links it has not loaded yet, as the kernel hands it new connections at once.
+        """
         if self.sock is None:
             self.sock = bind(self.settings.host, self.settings.port)
         await self.runner.setup()
+        if until_ready is not None and OPS in self.app:
+            ops = self.app[OPS]
+            # Readiness is a set of checks (`/-/ready`'s), with no event to wait on: poll it.
+            while not (all(ops.readiness().values()) or until_ready.is_set()):  # noqa: ASYNC110
+                await asyncio.sleep(READY_POLL)
         handler_factory = self.runner.server
         assert handler_factory is not None
         protocol_factory: ProtocolFactory = handler_factory
         if self.front is not None:
             protocol_factory = self.front.serve(self.app, handler_factory)
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(protocol_factory, sock=self.sock)
+        self._server = await loop.create_server(protocol_factory, sock=self.sock, backlog=BACKLOG)
         self._protocol_factory = protocol_factory
 
     def begin_drain(self) -> None:
@@ -131,6 +167,15 @@ class HttpServer:
             response.force_close()
             # aiohttp has already written the header from the request by now.
             response.headers[hdrs.CONNECTION] = "close"
+
+    @staticmethod
+    def _worker_header_hook(
+        worker: str,
+    ) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+        async def name_the_worker(request: web.Request, response: web.StreamResponse) -> None:
+            response.headers[WORKER_HEADER] = worker
+
+        return name_the_worker
 
     async def stop(self) -> None:
         """Stop accepting, let requests under way finish, then run the app's cleanup (once).

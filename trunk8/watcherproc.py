@@ -59,6 +59,9 @@ SNAPSHOT_CHECK_TIMEOUT = 2.0
 # Parsing a large file in the child must not take CPU time from the redirects we answer.
 WATCHER_NICENESS = 10
 
+# Seconds between readiness checks of a child that another process started (`--workers`).
+FOLLOW_INTERVAL = 1.0
+
 
 def _child_setup(die_with_parent: Callable[[], None] | None) -> None:
     """In the child before exec: die with us, and yield the CPU to the serving process."""
@@ -86,17 +89,12 @@ def _free_port() -> int:
         return port
 
 
-class WatcherProcess:
-    """One config-watcher child: started, watched for readiness, restarted, stopped."""
+class WatcherLink:
+    """A config-watcher child answering on a loopback port: its readiness and `/-/rejected`."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.data_dir = os.path.abspath(settings.data_dir)
-        self.port = _free_port()
-        self.process: asyncio.subprocess.Process | None = None
+    def __init__(self, port: int) -> None:
+        self.port = port
         self.is_ready = False
-        self.last_error: str | None = None  # the child's one-line error, if it printed one
-        self._stderr_task: asyncio.Task[None] | None = None
         self._http: ClientSession | None = None
 
     @property
@@ -105,13 +103,61 @@ class WatcherProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def ready(self) -> bool:
+        """Ready when last asked."""
+        return self.is_ready
+
+    async def _answers(self, path: str) -> bool:
+        if self._http is None:
+            self._http = ClientSession(timeout=ClientTimeout(total=2))
+        try:
+            async with self._http.get(self.base + path) as response:
+                return response.status == 200
+        except (ClientError, OSError, TimeoutError):
+            return False
+
+    async def follow(self) -> None:
+        """Ask the child whether it is ready, every `FOLLOW_INTERVAL` seconds."""
+        while True:
+            self.is_ready = await self._answers("/-/ready")
+            await asyncio.sleep(FOLLOW_INTERVAL)
+
+    async def close(self) -> None:
+        """Close the HTTP client."""
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    async def rejected(self, request: web.Request) -> web.Response:
+        """`/-/rejected`, as the child answers it."""
+        if self._http is None:
+            self._http = ClientSession(timeout=ClientTimeout(total=2))
+        try:
+            async with self._http.get(self.base + "/-/rejected") as response:
+                body = await response.read()
+                return web.Response(
+                    status=response.status, body=body, content_type="application/json"
+                )
+        except (ClientError, OSError, TimeoutError):
+            raise web.HTTPServiceUnavailable(text="the config-watcher is not answering\n") from None
+
+
+class WatcherProcess(WatcherLink):
+    """One config-watcher child: started, watched for readiness, restarted, stopped."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(_free_port())
+        self.settings = settings
+        self.data_dir = os.path.abspath(settings.data_dir)
+        self.process: asyncio.subprocess.Process | None = None
+        self.last_error: str | None = None  # the child's one-line error, if it printed one
+        self._stderr_task: asyncio.Task[None] | None = None
+
+    def ready(self) -> bool:
         """Published its first full state, and still running."""
         return self.is_ready and self.process is not None and self.process.returncode is None
 
     async def start(self) -> None:
         """Start the child and wait for its first load; StartupError if it cannot load."""
-        if self._http is None:
-            self._http = ClientSession(timeout=ClientTimeout(total=2))
         self.is_ready = False
         env = {
             **os.environ,
@@ -197,14 +243,6 @@ class WatcherProcess:
                 continue
             print(line, file=sys.stderr, flush=True)
 
-    async def _answers(self, path: str) -> bool:
-        assert self._http is not None
-        try:
-            async with self._http.get(self.base + path) as response:
-                return response.status == 200
-        except (ClientError, OSError, TimeoutError):
-            return False
-
     async def run(self) -> None:
         """Follow the child, starting it again when it exits (a warning, not a traceback).
 
@@ -239,27 +277,13 @@ class WatcherProcess:
         if self._stderr_task is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._stderr_task, STOP_TIMEOUT)
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
-
-    async def rejected(self, request: web.Request) -> web.Response:
-        """`/-/rejected`, as the child answers it."""
-        assert self._http is not None
-        try:
-            async with self._http.get(self.base + "/-/rejected") as response:
-                body = await response.read()
-                return web.Response(
-                    status=response.status, body=body, content_type="application/json"
-                )
-        except (ClientError, OSError, TimeoutError):
-            raise web.HTTPServiceUnavailable(text="the config-watcher is not answering\n") from None
+        await self.close()
 
 
 class ChildMetrics(Collector):
     """The child's metrics, scraped from it whenever ours are (loopback, a few ms)."""
 
-    def __init__(self, child: WatcherProcess) -> None:
+    def __init__(self, child: WatcherLink) -> None:
         self.child = child
 
     def collect(self) -> Iterator[Metric]:
@@ -289,4 +313,21 @@ def setup_watcher_process(app: web.Application, settings: Settings) -> WatcherPr
 
     app.cleanup_ctx.append(watcher_process_ctx)
     app.cleanup_ctx.append(task_ctx("config-watcher-process", child.run))
+    return child
+
+
+def setup_watcher_link(app: web.Application, port: int) -> WatcherLink:
+    """The config-watcher child of the `up` parent, as a service of one of its workers."""
+    child = WatcherLink(port)
+    setup_ops(app).add_service("config-watcher", child.ready, ChildMetrics(child))
+    app.router.add_get("/-/rejected", child.rejected)
+
+    async def watcher_link_ctx(app: web.Application) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await child.close()
+
+    app.cleanup_ctx.append(watcher_link_ctx)
+    app.cleanup_ctx.append(task_ctx("config-watcher-link", child.follow))
     return child

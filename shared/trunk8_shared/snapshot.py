@@ -217,13 +217,23 @@ async def _read_snapshot(js: JetStreamContext, name: str, timeout: float) -> byt
     size = info.size or 0
     if not size or not info.nuid:
         raise SnapshotError(f"snapshot {name!r} is empty")
-    buffer = bytearray()
+    # The callback reaches the buffer through this list, emptied once read: nats-py may keep
+    # a finished subscription's callback (and so a closure's cells) referenced for a while.
+    held = [bytearray(size)]
+    filled = 0
     digest = hashlib.sha256()
     done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     async def on_chunk(msg: Msg) -> None:
-        buffer.extend(msg.data)
-        digest.update(msg.data)
+        nonlocal filled
+        data = msg.data
+        if not held or filled + len(data) > size:
+            if held and not done.done():
+                done.set_exception(SnapshotError(f"snapshot {name!r} is longer than its size"))
+            return
+        held[0][filled : filled + len(data)] = data  # in place: no growth, no copies
+        filled += len(data)
+        digest.update(data)
         if msg.metadata.num_pending == 0 and not done.done():
             done.set_result(None)
 
@@ -242,8 +252,9 @@ async def _read_snapshot(js: JetStreamContext, name: str, timeout: float) -> byt
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
+        buffer = held.pop()
     expected = (info.digest or "").partition("=")[2]
     actual = base64.urlsafe_b64encode(digest.digest()).decode()
-    if len(buffer) != size or expected.rstrip("=") != actual.rstrip("="):
+    if filled != size or expected.rstrip("=") != actual.rstrip("="):
         raise SnapshotError(f"snapshot {name!r} is damaged (size or digest differ)")
     return buffer

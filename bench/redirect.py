@@ -6,7 +6,7 @@ What it does, in order:
 2. writes a throw-away Trunk8 data directory with 10,000 redirect links
    spread over 11 users, plus an nginx config that maps the same 10,000
    paths to the same URLs;
-3. starts its own nginx (one worker) and, one after the other, two Trunk8
+3. starts its own nginx (one worker, or ``--workers N``) and, one after the other, two Trunk8
    layouts: ``trunk8 up`` (all-in-one, embedded NATS) and a redirector
    running alone next to a config-watcher and a separate ``nats-server``;
 4. checks each server once by hand (hit -> 302 + Location, miss -> 404),
@@ -22,7 +22,8 @@ including after errors and Ctrl-C. A failed budget still exits 0 (this is a
 measurement); anything that could not run exits non-zero.
 
 Usage: ``.venv/bin/python bench/redirect.py [--quick] [--duration S] [--rounds N]
-[--json PATH] [--system all|all-in-one|redirector|none]`` (see ``--help``).
+[--json PATH] [--system all|all-in-one|redirector|none] [--workers N]`` (see ``--help``).
+``--workers N`` runs nginx with ``worker_processes N`` and Trunk8 with ``--workers N``.
 """
 
 from __future__ import annotations
@@ -146,14 +147,16 @@ def write_data_dir(data: Path, links: dict[str, list[tuple[str, str]]]) -> None:
     )
 
 
-def write_nginx_conf(prefix: Path, port: int, links: dict[str, list[tuple[str, str]]]) -> Path:
-    """An nginx config: one worker, a map of every link, 302 or 404."""
+def write_nginx_conf(
+    prefix: Path, port: int, links: dict[str, list[tuple[str, str]]], workers: int = 1
+) -> Path:
+    """An nginx config: `workers` workers, a map of every link, 302 or 404."""
     entries = [f"        /{code} {url};" for pairs in links.values() for code, url in pairs]
     conf = "\n".join(
         [
             "daemon off;",
             "master_process on;",
-            "worker_processes 1;",
+            f"worker_processes {workers};",
             f"pid {prefix}/nginx.pid;",
             f"error_log {prefix}/error.log warn;",
             "events { worker_connections 1024; }",
@@ -391,16 +394,22 @@ def measure(target: Target, rnd: int, args: argparse.Namespace) -> WrkResult:
 # --------------------------------------------------------------------------
 
 
-def start_all_in_one(trunk8: Path, data: Path, logdir: Path) -> tuple[Proc, int]:
+def workers_flag(workers: int) -> list[str]:
+    """`--workers N`, left out for 1 (so `--venv` may name a version without it)."""
+    return ["--workers", str(workers)] if workers > 1 else []
+
+
+def start_all_in_one(trunk8: Path, data: Path, logdir: Path, workers: int = 1) -> tuple[Proc, int]:
     """``trunk8 up``: embedded NATS and every service on one port."""
     port = free_port()
-    proc = start("trunk8 up", [str(trunk8), "up", "--data", str(data), "--port", str(port)], logdir)
+    argv = [str(trunk8), "up", "--data", str(data), "--port", str(port), *workers_flag(workers)]
+    proc = start("trunk8 up", argv, logdir)
     wait_ready(proc, port)
     return proc, port
 
 
 def start_redirector_alone(
-    venv_bin: Path, data: Path, tmp: Path, logdir: Path
+    venv_bin: Path, data: Path, tmp: Path, logdir: Path, workers: int = 1
 ) -> tuple[Proc, int, list[Proc]]:
     """nats-server + config-watcher + redirector, each its own process."""
     trunk8, nats_server = venv_bin / "trunk8", venv_bin / "nats-server"
@@ -422,11 +431,9 @@ def start_redirector_alone(
     watcher = start("config-watcher", watcher_argv, logdir)
     wait_ready(watcher, watcher_port)
     port = free_port()
-    redirector = start(
-        "redirector",
-        [str(trunk8), "run", "--target", "redirector", "--nats", nats_url, "--port", str(port)],
-        logdir,
-    )
+    redirector_argv = [str(trunk8), "run", "--target", "redirector", "--nats", nats_url]
+    redirector_argv += ["--port", str(port), *workers_flag(workers)]
+    redirector = start("redirector", redirector_argv, logdir)
     wait_ready(redirector, port)
     return redirector, port, [redirector, watcher, nats]
 
@@ -680,6 +687,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="send a browser's ~700-byte request head instead of wrk's minimal one",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="nginx worker_processes and Trunk8 --workers, the same number for both (1)",
+    )
     p.add_argument("--json", metavar="PATH", type=Path, help="also write the numbers as JSON")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (data, logs)")
     p.add_argument(
@@ -696,6 +709,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, name, default)
     if args.duration < 1 or args.warmup < 0 or args.rounds < 1 or args.links < 1:
         p.error("--duration must be >= 1, --warmup >= 0, --rounds >= 1, --links >= 1")
+    if args.workers < 1:
+        p.error("--workers must be >= 1")
     return args
 
 
@@ -766,7 +781,7 @@ def bench(args: argparse.Namespace) -> dict[str, object]:
     nginx_prefix = tmp / "nginx"
     nginx_prefix.mkdir()
     nginx_port = free_port()
-    conf = write_nginx_conf(nginx_prefix, nginx_port, links)
+    conf = write_nginx_conf(nginx_prefix, nginx_port, links, args.workers)
     nginx = start(
         "nginx",
         ["nginx", "-p", str(nginx_prefix), "-c", str(conf), "-e", str(nginx_prefix / "error.log")],
@@ -782,10 +797,10 @@ def bench(args: argparse.Namespace) -> dict[str, object]:
     for system in systems:
         print(f"\n{system}:")
         if system == "all-in-one":
-            guard, port = start_all_in_one(venv_bin / "trunk8", data, logdir)
+            guard, port = start_all_in_one(venv_bin / "trunk8", data, logdir, args.workers)
             procs = [guard]
         else:
-            guard, port, procs = start_redirector_alone(venv_bin, data, tmp, logdir)
+            guard, port, procs = start_redirector_alone(venv_bin, data, tmp, logdir, args.workers)
         sanity_check(system, guard, port, hit)
         results += measure_phase(system, port, guard, nginx, nginx_port, hit[0], args)
         for proc in procs:  # stop before the next layout starts: 2 cores only

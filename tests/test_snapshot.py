@@ -10,6 +10,8 @@ format or of an earlier bucket is refused and the bucket is read instead.
 from __future__ import annotations
 
 import asyncio
+import gc
+import sys
 from pathlib import Path
 
 import msgspec
@@ -199,6 +201,19 @@ async def test_a_snapshot_of_an_earlier_bucket_is_refused(
     assert joined.app[REDIRECTOR].mirror.snapshot_fallbacks == 1
     assert (await joined.get("/ghost"))[0] == 404
     assert await joined.location("/docs") == "https://example.com/docs"
+
+
+async def test_a_read_snapshot_is_referenced_by_its_reader_alone(
+    start_system: StartSystem, bus_client: nats.NATS
+) -> None:
+    """nats-py kept the finished subscription's callback, and so a 54 MB buffer at 1M links."""
+    main = await start_system("config-watcher")
+    await snapshot_at(main, bus_client)
+    payload = await read_snapshot(bus_client.jetstream(), TABLE_OBJECT)
+    await asyncio.sleep(0.1)  # let the subscription's tasks wind down
+    gc.collect()
+    assert sys.getrefcount(payload) == 2  # `payload` and getrefcount's own argument
+    assert decode_table(payload).codes
 
 
 async def test_a_damaged_object_is_refused_by_its_digest(

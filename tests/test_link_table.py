@@ -72,6 +72,14 @@ def test_packed_records_answer_every_code_as_given() -> None:
     for unknown in ("", "A", "a\0", "é", "日", "x" * 199, "bb", "\udcfe"):
         assert rows.get(unknown) is None
     assert dict(rows.items()) == {code: rows.get(code) for code in codes}
+    changes = {"a": None, "b": ("html", "", 9.5), "新": ("redirect", "https://n/", None)}
+    merged = PackedLinks.merged(rows, changes)
+    assert dict(merged.items()) == {
+        **{code: rows.get(code) for code in codes if code not in changes},
+        "b": ("html", "", 9.5),
+        "新": ("redirect", "https://n/", None),
+    }
+    assert len(merged) == 6 and merged.get("a") is None
 
 
 def test_a_repeated_code_keeps_its_last_record() -> None:
@@ -79,6 +87,8 @@ def test_a_repeated_code_keeps_its_last_record() -> None:
     assert len(rows) == 2
     assert rows.get("a") == ("redirect", "https://3/", None)
     assert sorted(code for code, _ in rows.items()) == ["a", "b"]
+    merged = PackedLinks.merged(rows, {"b": None})  # the replaced record is not revived
+    assert len(merged) == 1 and merged.get("a") == ("redirect", "https://3/", None)
 
 
 def test_a_separator_in_a_snapshot_is_refused_and_the_bucket_read_instead() -> None:

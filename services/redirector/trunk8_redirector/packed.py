@@ -13,11 +13,12 @@ it. Records are never changed; the table keeps later changes beside them
 
 from __future__ import annotations
 
+import re
 from array import array
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import accumulate, chain, compress, repeat
-from operator import ne
+from operator import add, ne, not_
 
 # Codes keep lone surrogates (a request path may decode to one): the round trip is exact.
 _ENCODING, _ERRORS = "utf-8", "surrogatepass"
@@ -64,19 +65,33 @@ class PackedLinks:
                 zip(codes, repeat("\0"), meta_column, repeat("\0"), targets, repeat("\n"))
             )
         )
+        columns = (codes, meta_column, targets)
+
+        def sizes(measure: Callable[[str], int]) -> Iterator[int]:
+            lengths = [map(measure, column) for column in columns]
+            return map(sum, zip(*lengths, repeat(3), strict=False))  # + two NULs and a LF
+
+        self._pack(text, codes, sizes)
+
+    def _pack(
+        self,
+        text: str,
+        codes: Sequence[str],
+        sizes: Callable[[Callable[[str], int]], Iterator[int]],
+    ) -> None:
+        """Keep `text` (one record a line, of `codes`) as the blob and index it.
+
+        `sizes(measure)` gives each record's size, its strings measured by `measure`.
+        """
+        count = len(codes)
         if text.count("\n") != count or text.count("\0") != 2 * count:
             raise ValueError("a code, type or target holds a NUL or a line feed")
         blob = text.encode(_ENCODING, _ERRORS)
-        columns = (codes, meta_column, targets)
-        lengths: list[Iterator[int]]
-        if len(blob) == len(text):  # all ASCII: a character is a byte
-            lengths = [map(len, column) for column in columns]
-        else:
-            lengths = [(len(s.encode(_ENCODING, _ERRORS)) for s in column) for column in columns]
+        ascii_only = len(blob) == len(text)  # then a character is a byte
         del text
-        sizes = map(sum, zip(*lengths, repeat(3), strict=False))  # + two NULs and a LF
+        record_sizes = sizes(len if ascii_only else _utf8_size)
         self.blob = blob
-        self.size = count - self._index(codes, list(accumulate(sizes, initial=0)))
+        self.size = count - self._index(codes, list(accumulate(record_sizes, initial=0)))
 
     def _index(self, codes: Sequence[str], offsets: list[int]) -> int:
         """Fill the slots with the records' offsets; returns how many replaced an earlier one."""
@@ -152,18 +167,41 @@ class PackedLinks:
 
     @classmethod
     def merged(cls, base: PackedLinks, changes: dict[str, Link | None]) -> PackedLinks:
-        """`base` with `changes` applied (None deletes): the records of a new table."""
-        codes: list[str] = []
-        targets: list[str] = []
-        metas: dict[str, str] = {}
-        kept = ((code, link) for code, link in base.items() if code not in changes)
-        new = ((code, link) for code, link in changes.items() if link is not None)
-        for code, (link_type, target, expires_at) in chain(kept, new):
-            codes.append(code)
-            targets.append(target)
-            if link_type != REDIRECT or expires_at is not None:
-                metas[code] = link_meta(link_type, expires_at)
-        return cls(codes, targets, metas)
+        """`base` with `changes` applied (None deletes): the records of a new table.
+
+        At C speed but for the changes: the base's lines are split, not parsed one by one.
+        """
+        text = base.blob.decode(_ENCODING, _ERRORS)
+        codes = _CODE.findall(text)  # one per line, replaced records included (see below)
+        records = text.split("\n")
+        records.pop()  # after the last line feed
+        del text
+        unchanged = list(map(not_, map(changes.__contains__, codes)))
+        # A record another one of its code replaced comes back too, before it: the index
+        # keeps the last one again.
+        kept_codes = list(compress(codes, unchanged))
+        kept = list(compress(records, unchanged))
+        del codes, records, unchanged
+        for code, link in changes.items():
+            if link is not None:
+                link_type, target, expires_at = link
+                kept_codes.append(code)
+                kept.append(f"{code}\0{link_meta(link_type, expires_at)}\0{target}")
+        links = cls.__new__(cls)
+        text = "\n".join(kept) + "\n" if kept else ""
+
+        def sizes(measure: Callable[[str], int]) -> Iterator[int]:
+            return map(add, map(measure, kept), repeat(1))  # + a LF
+
+        links._pack(text, kept_codes, sizes)
+        return links
+
+
+def _utf8_size(text: str) -> int:
+    return len(text.encode(_ENCODING, _ERRORS))
+
+
+_CODE = re.compile(r"^([^\0\n]*)\0", re.MULTILINE)  # what starts each line of a blob
 
 
 EMPTY_LINKS = PackedLinks([], [])

@@ -1,14 +1,15 @@
 """Packed, read-only links: a million links without a Python object per link.
 
 A dict of a million codes to target strings costs about 180 bytes a link (two string
-objects and a dict entry). `PackedLinks` keeps the same in about 65: every link is one
+objects and a dict entry). `PackedLinks` keeps the same in about 75: every link is one
 record, `code NUL meta NUL target LF`, in one UTF-8 blob (`meta` is empty for a plain
 redirect, else the type of another link and/or `;expiry`), and an open-addressing array
-maps `hash(code)` to the record's offset at a load of at most one half. A lookup is a
-probe or two, each one `bytes.startswith` at an offset: no scan, so unknown codes cost
-what known ones do, and `hash` is keyed per process, so no client can aim collisions at
-it. Records are never changed; the table keeps later changes beside them
-(`table.TableState`) and folds them into new records now and then.
+maps `hash(code)` to the record's offset, tagged with more bits of the hash, at a load of
+at most one half. A lookup reads a slot or two and the blob once (`bytes.startswith` at
+an offset) when a tag matches: no scan, so unknown codes cost what known ones do, and
+`hash` is keyed per process, so no client can aim collisions at it. Records are never
+changed; the table keeps later changes beside them (`table.TableState`) and folds them
+into new records now and then.
 """
 
 from __future__ import annotations
@@ -18,14 +19,20 @@ from array import array
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from itertools import accumulate, chain, compress, repeat
-from operator import add, ne, not_
+from operator import add, and_, ne, not_, or_
 
 # Codes keep lone surrogates (a request path may decode to one): the round trip is exact.
 _ENCODING, _ERRORS = "utf-8", "surrogatepass"
 REDIRECT = "redirect"
-# Slots per link, at least: at a load of a quarter, three unknown codes in four find an
-# empty slot at once (4 bytes a slot: 16 MB at a million links).
-LOAD_INVERSE = 4
+# Slots per link, at least: at a load under a half, most unknown codes find an empty slot
+# at once, and a slot of another code is told apart by its tag (8 bytes a slot: 16 MB at a
+# million links).
+LOAD_INVERSE = 2
+# A slot holds a record's offset in its low 40 bits and, above, the same 24 bits of its
+# code's hash (the slot's number comes from the low bits).
+_OFFSET_MASK = (1 << 40) - 1
+_TAG_BITS = ((1 << 64) - 1) ^ _OFFSET_MASK
+_EMPTY = (1 << 64) - 1  # no record is that far into a blob
 
 Link = tuple[str, str, float | None]  # (type, normalised Location or "", expiry or None)
 
@@ -46,7 +53,7 @@ def link_meta(link_type: str, expires_at: float | None) -> str:
 class PackedLinks:
     """Read-only links in one blob of records, found through an array of offsets."""
 
-    __slots__ = ("blob", "empty", "mask", "size", "slots")
+    __slots__ = ("blob", "mask", "size", "slots")
 
     def __init__(
         self,
@@ -65,11 +72,12 @@ class PackedLinks:
                 zip(codes, repeat("\0"), meta_column, repeat("\0"), targets, repeat("\n"))
             )
         )
-        columns = (codes, meta_column, targets)
 
         def sizes(measure: Callable[[str], int]) -> Iterator[int]:
-            lengths = [map(measure, column) for column in columns]
-            return map(sum, zip(*lengths, repeat(3), strict=False))  # + two NULs and a LF
+            lengths = map(add, map(measure, codes), map(measure, targets))
+            if metas:
+                lengths = map(add, lengths, map(measure, meta_column))
+            return map(add, lengths, repeat(3))  # + two NULs and a LF
 
         self._pack(text, codes, sizes)
 
@@ -94,32 +102,37 @@ class PackedLinks:
         self.size = count - self._index(codes, list(accumulate(record_sizes, initial=0)))
 
     def _index(self, codes: Sequence[str], offsets: list[int]) -> int:
-        """Fill the slots with the records' offsets; returns how many replaced an earlier one."""
+        """Fill the slots with the records' tagged offsets; returns how many were replaced."""
         size = 8
         while size < LOAD_INVERSE * len(codes):
             size *= 2
-        typecode = "I" if len(self.blob) < 2**32 - 1 else "Q"
-        empty = self.empty = 2 ** (8 * array(typecode).itemsize) - 1
+        if len(self.blob) >= _OFFSET_MASK:
+            raise ValueError("over a terabyte of links")
         mask = self.mask = size - 1
-        slots = self.slots = array(typecode, [empty]) * size
+        slots = self.slots = array("Q", [_EMPTY]) * size
+        hashes = list(map(hash, codes))
+        homes = list(map(mask.__and__, hashes))
+        values = list(map(or_, map(and_, hashes, repeat(_TAG_BITS)), offsets))
+        del hashes
         # Each record into its home slot in one pass at C speed (a later one overwrites an
-        # earlier one); then only the records that lost their slot (about one in nine) probe.
-        homes = list(map(mask.__and__, map(hash, codes)))
-        deque(map(slots.__setitem__, homes, offsets), maxlen=0)
-        lost = compress(range(len(homes)), map(ne, map(slots.__getitem__, homes), offsets))
+        # earlier one); then only the records that lost their slot (about one in four) probe.
+        deque(map(slots.__setitem__, homes, values), maxlen=0)
+        lost = compress(range(len(homes)), map(ne, map(slots.__getitem__, homes), values))
         startswith, replaced = self.blob.startswith, 0
         for row in lost:
-            offset, slot = offsets[row], homes[row]
-            key = self._code_at(offset) + b"\0"
-            while (other := slots[slot]) != empty:
-                if startswith(key, other):  # the same code again: the last record wins
-                    replaced += 1
-                    if offset > other:
-                        slots[slot] = offset
-                    break
+            value, slot = values[row], homes[row]
+            tag, key = value & _TAG_BITS, b""
+            while (other := slots[slot]) != _EMPTY:
+                if other & _TAG_BITS == tag:  # rarely: the blob is read only then
+                    key = key or self._code_at(value & _OFFSET_MASK) + b"\0"
+                    if startswith(key, other & _OFFSET_MASK):
+                        replaced += 1  # the same code again: the last record wins
+                        if value > other:
+                            slots[slot] = value
+                        break
                 slot = (slot + 1) & mask
             else:
-                slots[slot] = offset
+                slots[slot] = value
         return replaced
 
     def __len__(self) -> int:
@@ -127,21 +140,27 @@ class PackedLinks:
 
     def get(self, code: str) -> Link | None:
         """The link of `code`, or None."""
-        slots, mask, empty = self.slots, self.mask, self.empty
-        slot = hash(code) & mask
-        offset = slots[slot]
-        if offset == empty:
-            return None
-        key = code.encode(_ENCODING, _ERRORS) + b"\0"
-        startswith = self.blob.startswith
-        while not startswith(key, offset):
+        slots, mask = self.slots, self.mask
+        code_hash = hash(code)
+        slot = code_hash & mask
+        value = slots[slot]
+        if value == _EMPTY:
+            return None  # most unknown codes end here
+        tag = code_hash & _TAG_BITS
+        key = b""
+        while True:
+            # A slot of another tag holds another code: no need to read the blob for it.
+            if value & _TAG_BITS == tag:
+                key = key or code.encode(_ENCODING, _ERRORS) + b"\0"
+                offset = value & _OFFSET_MASK
+                if self.blob.startswith(key, offset):
+                    if "\0" in code:  # "a\0" + NUL would match the record of "a"
+                        return None
+                    return self._link(offset + len(key))
             slot = (slot + 1) & mask
-            offset = slots[slot]
-            if offset == empty:
+            value = slots[slot]
+            if value == _EMPTY:
                 return None
-        if "\0" in code:  # "a\0" + NUL would match the record of "a"
-            return None
-        return self._link(offset + len(key))
 
     def _code_at(self, offset: int) -> bytes:
         return self.blob[offset : self.blob.index(b"\0", offset)]
@@ -159,9 +178,9 @@ class PackedLinks:
 
     def items(self) -> Iterator[tuple[str, Link]]:
         """Every link as (code, link), in no particular order."""
-        empty = self.empty
-        for offset in self.slots:
-            if offset != empty:
+        for value in self.slots:
+            if value != _EMPTY:
+                offset = value & _OFFSET_MASK
                 code = self._code_at(offset)
                 yield code.decode(_ENCODING, _ERRORS), self._link(offset + len(code) + 1)
 

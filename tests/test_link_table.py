@@ -141,10 +141,14 @@ def test_a_bucket_read_ends_in_packed_records(monkeypatch: pytest.MonkeyPatch) -
     entries = {f"k{i}": record(f"k{i}", f"https://k.example/{i}") for i in range(40)}
     entries["bad"] = b"not json"
     entries["wrong"] = record("other", "https://x/")  # stored under another code's key
+    entries["semi"] = record("semi", type="file;0")  # would break a record's meta field
     table.replace_all(entries)
     assert len(table) == 40 and not table._state.changes
     assert location(table, "k39") == "https://k.example/39"
-    assert table.lookup("bad").status == 404 and table.lookup("wrong").status == 404
+    for unusable in ("bad", "wrong", "semi"):
+        assert table.lookup(unusable).status == 404
+    table.apply("semi", record("semi", type="html;x"))  # live, too: skipped, nothing breaks
+    assert table.lookup("semi").status == 404 and len(table) == 40
 
 
 def test_expiry_is_checked_at_every_lookup() -> None:

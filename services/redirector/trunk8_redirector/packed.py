@@ -37,11 +37,10 @@ _EMPTY = (1 << 64) - 1  # no record is that far into a blob
 Link = tuple[str, str, float | None]  # (type, normalised Location or "", expiry or None)
 
 
-def packable(code: str, link_type: str) -> bool:
-    """Whether a record can hold this code and type (no separator in either)."""
-    return not (
-        "\0" in code or "\n" in code or "\0" in link_type or "\n" in link_type or ";" in link_type
-    )
+def packable(code: str, link_type: str, target: str) -> bool:
+    """Whether a record can hold this link (no separator where it would break one)."""
+    fields = code + link_type + target
+    return "\0" not in fields and "\n" not in fields and ";" not in link_type
 
 
 def link_meta(link_type: str, expires_at: float | None) -> str:

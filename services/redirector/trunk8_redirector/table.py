@@ -146,22 +146,22 @@ class TableState:
         link: Link | None = None
         if value is not None:
             record = _decode(key, code, value)
-            if record is None or not packable(code, record.type):
+            if record is not None:
+                target = location_header(record.url or "") if record.type == "redirect" else ""
+                link = (record.type, target, record.expires_at)
+            if link is None or not packable(code, link[0], link[1]):
+                link = None
                 self.skipped.append(key)
-            elif record.type == "redirect":
-                link = ("redirect", location_header(record.url or ""), record.expires_at)
-            else:
-                link = (record.type, "", record.expires_at)
         self.size += (link is not None) - (self.find(code) is not None)
         if link is None and self.rows.get(code) is None:
             self.changes.pop(code, None)  # nothing to hide: keep no tombstone
         else:
             self.changes[code] = link
 
-    def compact(self, force: bool = False) -> None:
-        """Fold the changes into new packed rows, if they outgrew their share (or `force`)."""
+    def compact(self) -> None:
+        """Fold the changes into new packed rows, if they outgrew their share of them."""
         changes = self.changes
-        if force or len(changes) > max(COMPACT_MIN, len(self.rows) * COMPACT_RATIO):
+        if len(changes) > max(COMPACT_MIN, len(self.rows) * COMPACT_RATIO):
             self.rows = PackedLinks.merged(self.rows, changes)
             self.changes = {}
 

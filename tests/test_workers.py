@@ -96,6 +96,7 @@ def test_up_with_two_workers_serves_every_link_from_both_and_restarts_a_killed_o
     launch: Launch,  # noqa: F811
     sample_dir: Path,  # noqa: F811
     worker_pids: set[int],
+    tmp_path: Path,
 ) -> None:
     port = free_port()
     proc = up(launch, sample_dir, port, "--workers", "2")
@@ -103,6 +104,11 @@ def test_up_with_two_workers_serves_every_link_from_both_and_restarts_a_killed_o
     worker_pids.update(pid_of(worker) for worker in answers)
     assert set(answers.values()) == {(302, "https://example.com/docs")}, answers
     assert os.getpid() not in worker_pids and proc.pid not in worker_pids
+
+    # Another group on the same port is refused, not let in beside these by SO_REUSEPORT.
+    other = launch("up", "--data", str(tmp_path / "other"), "--port", str(port), "--workers", "2")
+    assert other.wait(20) == 1, other.describe()
+    assert "address already in use" in other.stderr.strip().splitlines()[-1], other.describe()
 
     # A link added after the start reaches every worker's table.
     append_link(sample_dir, "bob", "later", "https://later.example/")

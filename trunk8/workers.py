@@ -7,7 +7,8 @@ loading its own state (the snapshot, then the bucket). The parent serves nothing
 what must exist once: for `up`, the embedded NATS server and the config-watcher child
 (the workers' `/-/ready`, `/-/rejected` and config-watcher metrics go to that child, as a
 single `up` process's do). It also holds the port, bound but never listening, so a port
-in use fails at once and port 0 stays the same port across worker restarts.
+in use (by anything, another group too) fails at once and port 0 stays the same port
+across worker restarts.
 
 Workers are supervised: one that exits is started again after a backoff; one that keeps
 exiting (`MAX_QUICK_EXITS` times in a row, each within `STABLE_AFTER` s of its start)
@@ -23,6 +24,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Coroutine
@@ -125,6 +127,18 @@ class WorkerGroup:
         await asyncio.gather(*(terminate(p, grace) for p in self.processes))
 
 
+def _reserve(host: str, port: int) -> socket.socket:
+    """The port for the workers, bound with `SO_REUSEPORT` (never listening).
+
+    A plain bind first: `SO_REUSEPORT` alone would let a second group (another `trunk8
+    --workers` of this user) share the port silently instead of failing.
+    """
+    probe = bind(host, port)  # StartupError when anything holds the port
+    port = probe.getsockname()[1]
+    probe.close()
+    return bind(host, port, shared=True)
+
+
 def _worker_arguments(target: str, settings: Settings, port: int) -> list[str]:
     return [
         "run", "--target", target,
@@ -141,7 +155,7 @@ async def serve_workers(
     For `up` (`all_in_one`) the embedded NATS server and the config-watcher child run here,
     and each worker runs the other services against them.
     """
-    sock = bind(settings.host, settings.port, shared=True)
+    sock = _reserve(settings.host, settings.port)
     port: int = sock.getsockname()[1]
     stop = asyncio.Event()
     failures: list[BaseException] = []

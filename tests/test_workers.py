@@ -165,8 +165,8 @@ def test_a_worker_that_keeps_exiting_stops_trunk8_with_one_line(
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["run", "--target", "all", "--workers", "2"], "once per data directory"),
-        (["run", "--target", "config-watcher", "--workers", "auto"], "once per data directory"),
+        (["run", "--target", "all", "--workers", "2"], "per data directory"),
+        (["run", "--target", "config-watcher", "--workers", "auto"], "per data directory"),
         (["up", "--workers", "2", "--watcher-in-process"], "--watcher-in-process"),
         (["up", "--workers", "0"], "at least 1"),
         (["up", "--workers", "many"], "at least 1"),

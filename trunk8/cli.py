@@ -165,8 +165,9 @@ def _check_workers(args: argparse.Namespace, target: str) -> None:
         )
     if args.command != "up" and target in ("config-watcher", "all"):
         raise SettingsError(
-            f"--workers cannot run {target!r}: the config-watcher runs once per data "
-            "directory (for every service with N workers: trunk8 up --workers N)"
+            f"--workers cannot run {target!r}: one config-watcher is active per data "
+            "directory and it serves no public port (standbys are separate processes; "
+            "for every service with N workers: trunk8 up --workers N)"
         )
 
 

@@ -28,10 +28,15 @@ _ALERT = re.compile(r'data-flash="(\w+)">\s*(.*?)\s*<(?:button|/div)', re.S)
 class Browser:
     """An HTTP client with its own cookie jar, like one browser profile."""
 
-    def __init__(self, system: RunningSystem) -> None:
+    def __init__(
+        self, system: RunningSystem, base: str = "", source_address: str | None = None
+    ) -> None:
+        """`base` defaults to the system's; `source_address` picks the client's own address."""
         self.system = system
-        self.base = system.base
+        self.base = base or system.base
+        local_addr = (source_address, 0) if source_address else None
         self.http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(local_addr=local_addr),
             cookie_jar=aiohttp.CookieJar(unsafe=True),  # cookies for 127.0.0.1
             timeout=aiohttp.ClientTimeout(total=30),
         )

@@ -207,7 +207,7 @@ async def test_switch_user_acts_as_them_with_an_audit_trail(
     assert "Viewing Bob's Dashboard" in body and 'id="impersonation-banner"' in body
     event = await asyncio.wait_for(events.get(), 5)
     assert (event["type"], event["admin"], event["user"]) == ("audit.action", "admin", "bob")
-    assert event["action"] == "switch-user"
+    assert (event["action"], event["client"]) == ("switch-user", "127.0.0.1")
     # A link made while switched belongs to bob, and the trail names both.
     _, _, body = await admin_browser.post_multipart(
         "/add",

@@ -13,8 +13,10 @@ import re
 from pathlib import Path
 
 import aiohttp
+import pytest
 from conftest import StartSystem, wait_until, write
 from nginxkit import DEPLOY_NGINX, NginxEdge, free_port
+from test_admin_support import Browser
 
 from trunk8 import deploy
 from trunk8.targets import SERVICES, build_app
@@ -106,7 +108,7 @@ async def raw_status(port: int, target: str) -> int:
 
 
 async def test_the_edge_routes_limits_and_caches(
-    start_system: StartSystem, data_dir: Path, tmp_path: Path
+    start_system: StartSystem, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assets = data_dir / "users" / "bob" / "assets"
     write(assets / "big.txt", "0123456789" * 1000)
@@ -120,6 +122,9 @@ async def test_the_edge_routes_limits_and_caches(
     await start_system("config-watcher")
     redirector = await start_system("redirector", files_mode="accel")
     files = await start_system("files")
+    # As deploy/ sets it up: the admin trusts nginx (here on loopback) to name the client.
+    monkeypatch.setenv("TRUNK8_TRUSTED_PROXIES", "127.0.0.1")
+    monkeypatch.setenv("TRUNK8_LOGIN_ATTEMPTS", "2")
     admin = await start_system("admin")
     dead = f"127.0.0.1:{free_port()}"  # a redirector that is down: tried, then skipped
     upstreams = deploy.Upstreams(
@@ -166,6 +171,25 @@ async def test_the_edge_routes_limits_and_caches(
             assert first[0] == second[0] == 200 and first[2] == second[2]
             assert second[1]["X-Cache-Status"] == "HIT"
             assert second[1].get("Content-Encoding") == "gzip"
+
+            async def failed_sign_ins(source: str, count: int) -> list[tuple[int, str]]:
+                """Failed sign-ins (own usernames) from `source`, another loopback address."""
+                client = Browser(admin, edge.base, source_address=source)
+                try:
+                    answers = []
+                    for n in range(count):
+                        form = {"username": f"{source}-{n}", "password": "wrong"}
+                        status, _, body = await client.post("/auth/login", form)
+                        answers.append((status, body))
+                    return answers
+                finally:
+                    await client.close()
+
+            # The admin's own throttle tells clients apart behind nginx (X-Forwarded-For).
+            first = await failed_sign_ins("127.0.0.2", 3)
+            assert [status for status, _ in first] == [200, 200, 429]
+            assert "Too many login attempts" in first[2][1]  # the admin's 429, not nginx's
+            assert [status for status, _ in await failed_sign_ins("127.0.0.3", 1)] == [200]
             # Sign-in is tightly limited per client: a burst past it is refused at the edge.
             statuses = [(await get("/auth/login"))[0] for _ in range(12)]
             assert 429 in statuses and statuses[0] == 200

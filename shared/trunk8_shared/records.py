@@ -159,6 +159,8 @@ class AuditAction(Event, tag="audit.action", frozen=True, kw_only=True):
     action: str
     target: str = ""
     detail: str = ""
+    # The client's address, as the admin saw it past trusted proxies ("" if unknown).
+    client: str = ""
 
 
 AnyEvent = (

@@ -39,6 +39,7 @@ from .linkindex import LinkIndex
 from .linkstore import LinkStore
 from .metrics import AdminMetrics
 from .pages import JINJA, Handler
+from .proxies import TrustedProxies, parse_networks
 from .publish import LinkPublisher
 from .purge import purge_forever
 from .settings import AdminSettings, admin_settings_from, session_key
@@ -151,6 +152,7 @@ def setup_admin(
         publisher=LinkPublisher(bus, data, index, metrics, admin_settings.publish_timeout),
         audit=AuditTrail(bus),
         throttle=LoginThrottle(admin_settings.login_attempts, admin_settings.login_window),
+        proxies=TrustedProxies(parse_networks(admin_settings.trusted_proxies)),
         metrics=metrics,
         storage=storage,
         session_fernet=fernet,

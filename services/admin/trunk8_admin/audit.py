@@ -24,18 +24,31 @@ class AuditTrail:
         self.bus = bus
 
     async def record(
-        self, admin: str, action: str, *, user: str = "", target: str = "", detail: str = ""
+        self,
+        admin: str,
+        action: str,
+        *,
+        client: str = "",
+        user: str = "",
+        target: str = "",
+        detail: str = "",
     ) -> None:
-        """Log and publish one action; `user` is the account acted as ("" when not switched)."""
-        event = AuditAction(admin=admin, user=user, action=action, target=target, detail=detail)
+        """Log and publish one action; `user` is the account acted as ("" when not switched).
+
+        `client` is the address the request came from (past trusted proxies).
+        """
+        event = AuditAction(
+            admin=admin, user=user, action=action, target=target, detail=detail, client=client
+        )
         acting = f" as {user}" if user else ""
         log.info(
-            "audit: %s%s %s%s%s",
+            "audit: %s%s %s%s%s%s",
             admin,
             acting,
             action,
             f" {target}" if target else "",
             f" ({detail})" if detail else "",
+            f" from {client}" if client else "",
         )
         if not self.bus.is_connected:
             log.warning("audit event not published (NATS unreachable): %s %s", admin, action)

@@ -2,9 +2,9 @@
 
 Admin routes are wrapped one by one with `admin_page(...)` instead of app middleware, so
 the hot path (`/{code}`, `/f/…`, `/-/…`) never pays for sessions or CSRF. The wrapper, in
-order: loads the encrypted cookie session with aiohttp-session's storage (and saves it
-after the handler; its middleware is not used, it keeps state under string request
-keys that aiohttp now warns about), ends expired
+order: sees past a trusted reverse proxy (`proxies`), loads the encrypted cookie session
+with aiohttp-session's storage (and saves it after the handler; its middleware is not
+used, it keeps state under string request keys that aiohttp now warns about), ends expired
 sessions, re-checks the account against users.toml (T8-W12), refuses cross-site POSTs
 and POSTs without the CSRF token (T8-W05), applies the login-required and admin-only
 redirects with Trunk8's flashes (T8-025, T8-026), and is the one place that maps the
@@ -85,6 +85,11 @@ class Page:
             and self.effective is not None
             and self.effective.username != self.user.username
         )
+
+    @property
+    def client(self) -> str:
+        """The client's address (past trusted proxies, see `proxies`)."""
+        return self.request.remote or "unknown"
 
     def flash(self, category: str, message: str) -> None:
         """Show `message` once on the next rendered page (T8-087)."""
@@ -240,6 +245,8 @@ def admin_page(*, login: bool = True, admin_only: bool = False) -> Callable[[Pag
 
         async def route(request: web.Request) -> web.StreamResponse:
             admin = request.app[ADMIN]
+            # Behind a trusted proxy: the client's address and scheme, for every check.
+            request = admin.proxies.resolve(request)
             started = time.perf_counter()
             status = 500
             session = await admin.storage.load_session(request)
@@ -278,6 +285,7 @@ async def _audit_switched(page: Page) -> None:
     await page.admin.audit.record(
         page.user.username,
         f"POST {action}",
+        client=page.client,
         user=page.effective.username,
         target=page.request.path,
         detail=page.audit_detail,

@@ -23,6 +23,8 @@ import msgspec
 
 from trunk8_shared.settings import SettingsError
 
+from .proxies import parse_networks
+
 log = logging.getLogger("trunk8.admin")
 
 DEFAULT_ADMIN_PASSWORD = "admin"
@@ -54,6 +56,9 @@ class AdminSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     restore_max_mb: int = 2048
     restore_max_unpacked_mb: int = 4096
     restore_max_entries: int = 10_000
+    # Reverse proxies (addresses or networks, comma-separated) whose X-Forwarded-For names
+    # the client: nginx's address when it is in front. Empty: the peer is the client.
+    trusted_proxies: str = ""
 
     @property
     def default_password(self) -> bool:
@@ -71,6 +76,7 @@ _ENV_FIELDS = {
     "TRUNK8_RESTORE_MAX_MB": "restore_max_mb",
     "TRUNK8_RESTORE_MAX_UNPACKED_MB": "restore_max_unpacked_mb",
     "TRUNK8_RESTORE_MAX_ENTRIES": "restore_max_entries",
+    "TRUNK8_TRUSTED_PROXIES": "trusted_proxies",
 }
 
 
@@ -83,9 +89,11 @@ def admin_settings_from(environ: Mapping[str, str], **overrides: Any) -> AdminSe
     }
     fields.update(overrides)
     try:
-        return msgspec.convert(fields, AdminSettings, strict=False)
+        settings = msgspec.convert(fields, AdminSettings, strict=False)
     except msgspec.ValidationError as err:
         raise SettingsError(f"invalid admin setting: {err}") from err
+    parse_networks(settings.trusted_proxies)  # a typo fails at start, not at sign-in
+    return settings
 
 
 def session_key(settings: AdminSettings, state_dir: Path) -> bytes:

@@ -20,6 +20,7 @@ from .audit import AuditTrail
 from .linkindex import LinkIndex
 from .linkstore import LinkStore
 from .metrics import AdminMetrics
+from .proxies import TrustedProxies
 from .publish import LinkPublisher
 from .settings import AdminSettings
 from .siteconfig import SiteConfig, Themes
@@ -40,6 +41,8 @@ class Admin:
     publisher: LinkPublisher
     audit: AuditTrail
     throttle: LoginThrottle
+    # Finds the client address behind a trusted reverse proxy.
+    proxies: TrustedProxies
     metrics: AdminMetrics
     storage: AbstractStorage
     # Encrypts session cookies (also read by the markdown theme of signed-in viewers).

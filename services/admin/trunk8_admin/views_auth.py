@@ -23,10 +23,6 @@ log = logging.getLogger("trunk8.admin")
 MAX_NAME_KEY = 200
 
 
-def _client(request: web.Request) -> str:
-    return request.remote or "unknown"
-
-
 def _login_form(
     page: Page, status: int = 200, username: str = "", password_error: str = ""
 ) -> web.Response:
@@ -60,7 +56,7 @@ async def login(request: web.Request, page: Page) -> web.StreamResponse:
     if not password:
         return _login_form(page, username=username, password_error="Password is required.")
     # Usernames are bounded in the table (a flood of long names must not fill memory).
-    keys = (f"client:{_client(request)}", f"user:{(username or ADMIN)[:MAX_NAME_KEY]}")
+    keys = (f"client:{page.client}", f"user:{(username or ADMIN)[:MAX_NAME_KEY]}")
     wait = admin.throttle.retry_after(*keys)
     if wait > 0:
         admin.metrics.logins.labels("throttled").inc()
@@ -82,14 +78,14 @@ async def login(request: web.Request, page: Page) -> web.StreamResponse:
         failure = "Invalid username or password."
     if user is None:
         admin.metrics.logins.labels("failure").inc()
-        log.info("failed login for %r from %s", username or "(admin mode)", _client(request))
+        log.info("failed login for %r from %s", username or "(admin mode)", page.client)
         return _login_form(page, username=username, password_error=failure)
     admin.metrics.logins.labels("success").inc()
     admin.throttle.forget(keys[1])
     log.info(
         "%s signed in from %s in %.2f s",
         user.username,
-        _client(request),
+        page.client,
         time.monotonic() - started,
     )
     session = page.session

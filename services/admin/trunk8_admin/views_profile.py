@@ -111,6 +111,7 @@ async def _change_password(page: Page) -> None:
     await admin.audit.record(
         page.user.username,
         "password.change",
+        client=page.client,
         user=username if page.switched else "",
         target=username,
     )

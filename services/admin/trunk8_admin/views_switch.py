@@ -54,7 +54,12 @@ async def switch_user(request: web.Request, page: Page) -> web.StreamResponse:
     page.session[ACTIVE_USER] = username
     page.audited = True
     await page.admin.audit.record(
-        page.user.username, "switch-user", user=username, target=username, detail=previous
+        page.user.username,
+        "switch-user",
+        client=page.client,
+        user=username,
+        target=username,
+        detail=previous,
     )
     page.flash("info", f"Switched to user '{target.display_name}'")
     page.redirect("/")
@@ -82,7 +87,7 @@ async def switch_back(request: web.Request, page: Page) -> web.StreamResponse:
     assert page.user is not None
     if page.switched and page.effective is not None:
         await page.admin.audit.record(
-            page.user.username, "switch-back", user=page.effective.username
+            page.user.username, "switch-back", client=page.client, user=page.effective.username
         )
     page.audited = True
     page.session.pop(ACTIVE_USER, None)

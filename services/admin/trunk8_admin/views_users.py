@@ -110,6 +110,7 @@ async def register(request: web.Request, page: Page) -> web.StreamResponse:
     await admin.audit.record(
         page.user.username,
         "user.register",
+        client=page.client,
         user=page.effective.username if page.switched and page.effective else "",
         target=username,
         detail="admin" if reg.is_admin else "user",
@@ -231,6 +232,7 @@ async def delete_user(request: web.Request, page: Page) -> web.StreamResponse:
     await admin.audit.record(
         page.user.username,
         "user.delete",
+        client=page.client,
         user=page.effective.username if page.switched and page.effective else "",
         target=username,
     )

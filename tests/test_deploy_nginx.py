@@ -9,11 +9,13 @@ files service and an admin on their own ports, against what the edge must do.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import re
 from pathlib import Path
 
 import aiohttp
 import pytest
+import yaml
 from conftest import StartSystem, wait_until, write
 from nginxkit import DEPLOY_NGINX, NginxEdge, free_port
 from test_admin_support import Browser
@@ -94,6 +96,23 @@ def test_nginx_accepts_the_shipped_config(tmp_path: Path) -> None:
     edge.config.write_text(main.split("http {", 1)[0] + "http {" + http_body + site + "}\n")
     checked = edge.check()
     assert checked.returncode == 0, checked.stderr
+
+
+def test_the_deploy_examples_trust_nginx_and_only_nginx() -> None:
+    deploy_dir = DEPLOY_NGINX.parent
+    env = dict(
+        line.split("=", 1)
+        for line in (deploy_dir / "systemd" / "trunk8.env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    assert (env["TRUNK8_HOST"], env["TRUNK8_TRUSTED_PROXIES"]) == ("127.0.0.1", "127.0.0.1")
+    compose = yaml.safe_load((deploy_dir / "compose.yaml").read_text())
+    services = compose["services"]
+    nginx_address = services["nginx"]["networks"]["default"]["ipv4_address"]
+    subnet = compose["networks"]["default"]["ipam"]["config"][0]["subnet"]
+    assert ipaddress.ip_address(nginx_address) in ipaddress.ip_network(subnet)
+    assert services["admin"]["environment"]["TRUNK8_TRUSTED_PROXIES"] == nginx_address
+    assert "ports" not in services["admin"]  # reached only through nginx
 
 
 async def raw_status(port: int, target: str) -> int:

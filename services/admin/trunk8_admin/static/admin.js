@@ -95,12 +95,16 @@ function setUpLinkForm(form) {
   };
   enable.addEventListener("change", syncExpiry);
   syncExpiry();
-  setUpUploadProgress(form);
+  // Its uploads get their progress bar from the `form[data-upload-form]` pass, like every
+  // upload form: set up twice, each submit sent the whole form twice, and the losing copy's
+  // "code already exists" page could replace the result (the flaky browser test).
 }
 
 // Uploads go through XMLHttpRequest for a progress bar and a cancel button; once the
 // bytes are sent, the bar says the server is working (a restore is checked and applied).
 function setUpUploadProgress(form) {
+  if (form.dataset.uploadReady) return; // one XMLHttpRequest per submit, never two
+  form.dataset.uploadReady = "yes";
   const progress = form.querySelector(".upload-progress");
   const bar = progress.querySelector(".progress-bar");
   let request = null;

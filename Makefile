@@ -1,5 +1,5 @@
 # Trunk8: `make run` starts the whole system, `make test` runs the suite.
-# Both build the virtual environment first when pyproject.toml changed.
+# Both build the virtual environment first when pyproject.toml (or the C source) changed.
 
 PYTHON ?= python3
 VENV := .venv
@@ -11,7 +11,7 @@ ARGS ?=
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml services/redirector/trunk8_redirector/_headscan.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
@@ -46,4 +46,4 @@ bench: install
 	$(BIN)/python bench/redirect.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache services/*/*/*.so

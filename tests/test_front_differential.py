@@ -13,6 +13,11 @@ front is deliberately stricter (RFC 9112: an invalid Host value, an HTTP/0.9 lin
 `close` token aiohttp lets a later `keep-alive` override on HTTP/1.0; and its 16 KiB cap
 on a whole head, where aiohttp caps each line). Pipelined mixes of
 link and non-link requests must be answered in order.
+
+The front's two parsers are compared too: heads near the common ones (case, whitespace,
+duplicates, special headers, odd bytes) must get the same answer from the compiled head
+scan as from the careful Python path whenever the scan takes them, and heads one change
+away from a common one must be left to the careful path.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from aiohttp.http_parser import HttpRequestParser
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trunk8_redirector.fastpath import MAX_HEAD, FastPathServer
+from trunk8_redirector import _headscan
+from trunk8_redirector.fastpath import MAX_FIELD, MAX_HEAD, MAX_HEADERS, FastPathServer
 from trunk8_redirector.stats import RedirectorStats
 from trunk8_redirector.table import LinkTable
 from trunk8_shared.records import LinkRecord
@@ -353,3 +359,132 @@ async def test_pipelined_mixes_are_answered_in_order(
             assert answer.status == 200 and body.decode() == f"aiohttp {line}", received
         received = received[answer.length :]
     assert received == b""
+
+
+# ------------------------------------------------- the compiled scan and the careful path
+
+BROWSER_HEAD = (
+    b"GET /docs HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"
+    b"User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\n"
+    b"Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8\r\n"
+    b"Accept-Language: en-US,en;q=0.5\r\nAccept-Encoding: gzip, deflate, br, zstd\r\n"
+    b"Cookie: session=" + b"x" * 200 + b"\r\nConnection: keep-alive\r\n"
+    b"Sec-Fetch-Mode: navigate\r\nPriority: u=0, i\r\n\r\n"
+)
+# Heads one change away from a common one: the scan must leave each to the careful path.
+NOT_COMMON = {
+    "HTTP/1.0": BROWSER_HEAD.replace(b"HTTP/1.1", b"HTTP/1.0"),
+    "lowercase method": BROWSER_HEAD.replace(b"GET", b"get", 1),
+    "two segments": BROWSER_HEAD.replace(b"/docs", b"/do/cs", 1),
+    "fragment": BROWSER_HEAD.replace(b"/docs", b"/docs#x", 1),
+    "no Host": BROWSER_HEAD.replace(b"Host: 127.0.0.1:8080\r\n", b""),
+    "two Hosts": BROWSER_HEAD.replace(b"Host:", b"host: a\r\nHost:"),
+    "invalid Host": BROWSER_HEAD.replace(b"127.0.0.1:8080", b"a b"),
+    "unclosed IP literal": BROWSER_HEAD.replace(b"127.0.0.1:8080", b"[::1"),
+    "two User-Agents": BROWSER_HEAD.replace(b"Accept:", b"user-agent: x\r\nAccept:"),
+    "Connection: close": BROWSER_HEAD.replace(b"keep-alive", b"close"),
+    "Connection: keep-alive, Upgrade": BROWSER_HEAD.replace(b"keep-alive", b"keep-alive, x"),
+    "Content-Length": BROWSER_HEAD.replace(b"Priority", b"Content-Length: 0\r\nPriority"),
+    "Content-Type": BROWSER_HEAD.replace(b"Priority", b"content-TYPE: x\r\nPriority"),
+    "Transfer-Encoding": BROWSER_HEAD.replace(b"Priority", b"Transfer-Encoding: x\r\nPriority"),
+    "Upgrade": BROWSER_HEAD.replace(b"Priority", b"Upgrade: h2c\r\nPriority"),
+    "Expect": BROWSER_HEAD.replace(b"Priority", b"Expect: 100-continue\r\nPriority"),
+    "ETag": BROWSER_HEAD.replace(b"Priority", b"ETag: x\r\nPriority"),
+    "Server": BROWSER_HEAD.replace(b"Priority", b"Server: x\r\nPriority"),
+    "Max-Forwards": BROWSER_HEAD.replace(b"Priority", b"Max-Forwards: 1\r\nPriority"),
+    "bare LF in a value": BROWSER_HEAD.replace(b"en-US", b"en\nUS"),
+    "bare CR in a value": BROWSER_HEAD.replace(b"en-US", b"en\rUS"),
+    "control in a value": BROWSER_HEAD.replace(b"en-US", b"en\x01US"),
+    "DEL in a value": BROWSER_HEAD.replace(b"en-US", b"en\x7fUS"),
+    "bare LF line end": BROWSER_HEAD.replace(b"\r\nPriority", b"\nPriority"),
+    "space in a name": BROWSER_HEAD.replace(b"Sec-Fetch-Mode", b"Sec Fetch"),
+    "space before the colon": BROWSER_HEAD.replace(b"Priority:", b"Priority :"),
+    "folded line": BROWSER_HEAD.replace(b"\r\nPriority", b"\r\n Priority"),
+    "empty name": BROWSER_HEAD.replace(b"Priority", b""),
+    "129 header lines": BROWSER_HEAD.replace(b"Priority", b"A: b\r\n" * 120 + b"Priority"),
+    "over MAX_FIELD": BROWSER_HEAD.replace(b"x" * 200, b"x" * 8200),
+}
+
+
+def careful_front() -> FastPathServer:
+    """A front (no socket) whose table holds /docs, for calling the two paths directly."""
+    table = LinkTable()
+    record = LinkRecord(code="docs", owner="a", type="redirect", url=DOCS_URL)
+    table.apply("docs", msgspec.json.encode(record))
+    return FastPathServer(table, RedirectorStats())
+
+
+def test_head_scan_is_compiled_with_the_fronts_limits() -> None:
+    """`make install` builds it; without it every head takes the slower careful path."""
+    assert _headscan.common_link_request(b"GET /a HTTP/1.1\r\nHost: x", 0, 24) == (b"GET", b"a")
+    assert (_headscan.MAX_HEADERS, _headscan.MAX_FIELD) == (MAX_HEADERS, MAX_FIELD)
+
+
+def test_head_scan_takes_common_heads() -> None:
+    scan = _headscan.common_link_request
+    head = BROWSER_HEAD[:-4]
+    assert scan(head, 0, len(head)) == (b"GET", b"docs")
+    head = b"HEAD /a%20b?q=1 HTTP/1.1\r\nHOST:[::1]:80 \r\nCONNECTION:\tKeep-Alive"
+    assert scan(head, 0, len(head)) == (b"HEAD", b"a%20b")
+    first = b"GET /x HTTP/1.1\r\nHost: y\r\n\r\n"
+    pipelined = first + BROWSER_HEAD
+    assert scan(pipelined, len(first), len(pipelined) - 4) == (b"GET", b"docs")
+
+
+@pytest.mark.parametrize("name", sorted(NOT_COMMON))
+def test_head_scan_leaves_other_heads_to_the_careful_path(name: str) -> None:
+    head = NOT_COMMON[name]
+    end = head.find(b"\r\n\r\n")
+    assert _headscan.common_link_request(head, 0, end) is None
+
+
+def test_head_scan_refuses_bad_arguments() -> None:
+    with pytest.raises(ValueError):
+        _headscan.common_link_request(b"GET /a HTTP/1.1", 0, 99)
+    with pytest.raises(TypeError):
+        _headscan.common_link_request(bytearray(b"GET /a HTTP/1.1"), 0, 15)  # type: ignore[arg-type]
+
+
+# Header lines near the common ones, in both cases and with odd bytes, for the comparison.
+NEAR_COMMON_LINES = st.one_of(
+    st.sampled_from(
+        [
+            "Host: x", "HOST: Example.COM:8080", "host:\t[::1] ", "Host: a b", "Host: [::1",
+            "Host:", "User-Agent: a", "user-agent: b", "Connection: keep-alive",
+            "connection: Keep-Alive ", "Connection: close", "Connection: keep-alive, close",
+            "Connection:keep-alive,", "Content-Length: 0", "content-type: x", "ETag: x",
+            "Server: x", "Max-Forwards: 1", "Upgrade: h2c", "Expect: 100-continue",
+            "Transfer-Encoding: chunked", "Cookie: " + "c" * 300, "Accept: */*",
+            "Sec-Fetch-Mode: navigate", "X: \tcaf\xe9", "X: a\x01b", "X: a\x7f", "X: a\rb",
+            "X: a\nb", " folded", "Bad Name: y", ":empty", "X-Pad: " + "a" * 8180,
+        ]
+    ),
+    st.tuples(TOKENS, st.text(st.characters(min_codepoint=0, max_codepoint=0xFF), max_size=12))
+    .map(lambda pair: f"{pair[0]}: {pair[1]}"),
+)  # fmt: skip
+
+
+@st.composite
+def near_common_heads(draw: st.DrawFn) -> bytes:
+    """A head (without its blank line) that is common or nearly so."""
+    line = draw(st.sampled_from(["GET /docs", "HEAD /docs", "GET /nosuch?x=1", "GET /d%6fcs"]))
+    line += " " + draw(st.sampled_from(["HTTP/1.1"] * 4 + ["HTTP/1.0"]))
+    headers = draw(st.lists(NEAR_COMMON_LINES, max_size=8))
+    if draw(st.integers(0, 9)) < 8:
+        headers.insert(draw(st.integers(0, len(headers))), "Host: x")
+    if draw(st.integers(0, 30)) == 0:
+        headers += ["A: b"] * draw(st.integers(120, 130))
+    return "\r\n".join([line, *headers]).encode("latin-1")
+
+
+@settings(max_examples=1500, deadline=None)
+@given(head=near_common_heads())
+def test_head_scan_answers_as_the_careful_path(head: bytes) -> None:
+    """Whenever the compiled scan takes a head, the careful path answers it the same."""
+    front = careful_front()
+    protocol = front.protocol()
+    scanned = _headscan.common_link_request(head, 0, len(head))
+    careful = protocol._answer_carefully(head, 0, len(head))
+    if scanned is not None:
+        assert careful is not None and careful[1], head
+        assert protocol._answer(head, 0, len(head)) == careful, head

@@ -4,7 +4,10 @@ aiohttp's full pipeline costs about three times what nginx spends on a redirect,
 public port is served by this lean protocol first (hand-written for the redirect budget of
 docs/architecture.md, >= 0.9x nginx). It reads request heads, and for a plain link request
 (no body, one path segment that no route owns) writes the prepared answer from the
-`LinkTable`. Any other complete head makes it hand the connection, with every byte not yet
+`LinkTable`. Common heads are recognised in one pass by the compiled `_headscan` (its cost
+hardly grows with a browser's 500-800 bytes); other heads take the careful path here,
+regular expressions that give the same answer to the heads the scan takes. A complete head
+that is not a plain link request makes it hand the connection, with every byte not yet
 answered, to aiohttp's request handler, which then owns the connection: admin pages, `/-/`
 endpoints, 405s and bodies stay aiohttp's job. Heads are held here until complete, so the
 head timeout binds every request head, and a head that can never become valid (bare LF,
@@ -40,6 +43,15 @@ from .table import (
     HandOver,
     LinkTable,
 )
+
+try:
+    from ._headscan import common_link_request
+except ImportError:  # not compiled (no C compiler at install): every head takes the careful path
+
+    def common_link_request(data: bytes, pos: int, end: int) -> tuple[bytes, bytes] | None:
+        """Stands in for the compiled scan: no head is taken as common."""
+        return None
+
 
 log = logging.getLogger("trunk8.redirector.front")
 
@@ -345,6 +357,15 @@ class FastPathProtocol(asyncio.Protocol):
 
         None means the request is not a plain link request: hand it to aiohttp.
         """
+        # Most heads are common ones (see `_headscan.c`): one pass in C tells whether this
+        # one is, at a cost that hardly grows with its size.
+        common = common_link_request(data, pos, end)
+        if common is not None:
+            return self._reply(common[0], common[1], True, b"")
+        return self._answer_carefully(data, pos, end)
+
+    def _answer_carefully(self, data: bytes, pos: int, end: int) -> Reply | None:
+        """`_answer` for any head, with every check in Python (regular expressions)."""
         request = _LINK_REQUEST.fullmatch(data, pos, end)
         if request is None:
             return None
@@ -384,6 +405,12 @@ class FastPathProtocol(asyncio.Protocol):
         else:
             keep_alive = keep_alive_asked and not close
             connection = _KEEP_ALIVE if keep_alive else _CLOSE
+        return self._reply(method, path, keep_alive, connection)
+
+    def _reply(
+        self, method: bytes, path: bytes, keep_alive: bool, connection: bytes
+    ) -> Reply | None:
+        """The answer to a valid link request; None when its code is not a redirect's."""
         answer = self._lookup(path)
         if answer is None or type(answer) is HandOver:
             return None

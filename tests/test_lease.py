@@ -384,6 +384,10 @@ async def test_services_wait_for_the_buckets_the_watcher_creates(
         assert time.monotonic() - started < 10, "no log line says what the services wait for"
         await asyncio.sleep(0.05)
     assert not await redirector.ready() and not await files.ready()
+    # A redirector with nothing loaded cannot tell a live code from an unknown one: 503,
+    # retried by the edge on another redirector, never a 404 for a link that exists.
+    status, headers, _ = await redirector.get("/docs")
+    assert (status, headers.get("Retry-After")) == (503, "1")
     with pytest.raises(BucketNotFoundError):  # waiting created nothing
         await bus_client.jetstream().key_value(LINKS_BUCKET)
 

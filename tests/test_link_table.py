@@ -179,3 +179,12 @@ def test_a_hundred_thousand_links_cost_under_100_bytes_each() -> None:
     # A dict of code -> target held about 180 bytes a link; the targets alone are 45.
     assert held / count < 100, f"{held / count:.0f} bytes a link"
     assert location(table, "u099c0099999") == "https://example.com/user099/99999?src=bench"
+
+
+def test_a_table_not_yet_loaded_answers_503_and_a_loaded_one_404() -> None:
+    table = LinkTable()
+    starting = table.lookup("docs")
+    assert starting.status == 503 and ("Retry-After", "1") in starting.headers
+    assert table.link_type("docs") == table_module.NOT_LOADED
+    table.replace_all({})  # a first load, even an empty one, makes a miss an answer
+    assert table.lookup("docs").status == 404 and table.link_type("docs") is None

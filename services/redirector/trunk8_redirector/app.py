@@ -22,7 +22,7 @@ from trunk8_shared.settings import Settings
 from .fastpath import FastPathServer
 from .handoff import setup_handoff
 from .stats import RedirectorStats, redirector_registry
-from .table import Answer, LinkTable
+from .table import NOT_LOADED, Answer, LinkTable
 
 
 class Redirector:
@@ -45,7 +45,8 @@ class Redirector:
         return self.mirror.ready.is_set() and all(front.healthy for front in self.fronts)
 
     async def serve_redirect(self, request: web.Request, code: str) -> web.Response:
-        """A redirect link inside aiohttp (connections that were handed over)."""
+        """A redirect link inside aiohttp (connections that were handed over), or the 503
+        of a table not loaded yet."""
         answer = self.table.lookup(code)
         self.stats.outcomes[answer.outcome] += 1
         return _response(answer)
@@ -75,6 +76,7 @@ def setup_redirector(app: web.Application, settings: Settings) -> Redirector:
     code_routes = setup_code_routes(app)
     code_routes.add_finder(table.link_type)
     code_routes.add_handler("redirect", redirector.serve_redirect)
+    code_routes.add_handler(NOT_LOADED, redirector.serve_redirect)  # its 503, not a 404
     setup_handoff(app, settings)  # file-type links when no files service shares the app
 
     app.cleanup_ctx.append(task_ctx("link-mirror", mirror.run))

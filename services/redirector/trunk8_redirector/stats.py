@@ -20,6 +20,7 @@ from .table import (
     BAD_REQUEST,
     EXPIRED,
     HIT,
+    STARTING,
     TIMEOUT,
     TOO_LARGE,
     UNKNOWN,
@@ -35,6 +36,7 @@ _OUTCOMES = {
     TIMEOUT: ("timeout", "408"),
     TOO_LARGE: ("too_large", "431"),
     URI_TOO_LONG: ("uri_too_long", "414"),
+    STARTING: ("starting", "503"),
 }
 ROUTE = "/{code}"
 

@@ -33,7 +33,7 @@ log = logging.getLogger("trunk8.redirector")
 __all__ = ["Answer", "HandOver", "LinkTable", "location_header", "redirect_answer"]
 
 # Outcomes, used as indexes into the plain counters of `RedirectorStats`.
-HIT, UNKNOWN, EXPIRED, BAD_REQUEST, TIMEOUT, TOO_LARGE, URI_TOO_LONG = range(7)
+HIT, UNKNOWN, EXPIRED, BAD_REQUEST, TIMEOUT, TOO_LARGE, URI_TOO_LONG, STARTING = range(8)
 
 REASONS = {
     302: "Found",
@@ -42,6 +42,7 @@ REASONS = {
     408: "Request Timeout",
     414: "URI Too Long",
     431: "Request Header Fields Too Large",
+    503: "Service Unavailable",
 }
 # Answers kept built: the hot codes' 302s (about 1 KB each), evicted oldest first.
 ANSWER_CACHE_SIZE = 65_536
@@ -93,6 +94,19 @@ def _page_answer(status: int, outcome: int, body: bytes) -> Answer:
 
 NOT_FOUND = _page_answer(404, UNKNOWN, NOT_FOUND_PAGE.encode())
 EXPIRED_ANSWER = _page_answer(404, EXPIRED, NOT_FOUND_PAGE.encode())
+# Before the first load a miss proves nothing: a 503 that a proxy retries on another
+# redirector (nginx's `proxy_next_upstream http_503`), never a 404 for a live link.
+NOT_LOADED = "not-loaded"  # the pseudo link type of every code before the first load
+STARTING_ANSWER = Answer(
+    503,
+    (
+        ("Content-Type", "text/plain; charset=utf-8"),
+        ("Cache-Control", "no-store"),
+        ("Retry-After", "1"),
+    ),
+    b"Trunk8 is starting: its links are not loaded yet.\n",
+    STARTING,
+)
 
 
 class HandOver(Answer):
@@ -198,6 +212,7 @@ class LinkTable:
         self._state = TableState(self)
         self._answers: dict[str, Answer] = {}  # built answers, oldest first
         self.updates = 0  # changes applied since start, snapshots included
+        self.loaded = False  # a first full state (snapshot or bucket) was installed
 
     def __len__(self) -> int:
         return len(self._state)
@@ -219,13 +234,15 @@ class LinkTable:
         answer = self.lookup(code)
         if isinstance(answer, HandOver):
             return answer.link_type
+        if answer is STARTING_ANSWER:
+            return NOT_LOADED  # answered by the redirector too: its 503
         return "redirect" if answer.status == 302 else None
 
     def _build(self, code: str) -> Answer:
         """Build a known code's answer into the cache; unknown codes are not cached."""
         link = self._state.find(code)
         if link is None:
-            return NOT_FOUND
+            return NOT_FOUND if self.loaded else STARTING_ANSWER
         link_type, location, expires_at = link
         answer: Answer
         if link_type == "redirect":
@@ -261,6 +278,7 @@ class LinkTable:
         return TableState(self, rows), snapshot.revision, snapshot.bucket_created
 
     def _install(self, state: TableState) -> None:
+        self.loaded = True
         self._state = state
         self._answers = {}
         self.updates += 1

@@ -68,9 +68,14 @@ async def echo(request: web.Request) -> web.Response:
 @pytest.fixture
 async def front() -> AsyncIterator[Front]:
     table = LinkTable()
-    for code, kind in (("docs", "redirect"), ("file1", "file")):
-        record = LinkRecord(code=code, owner="a", type=kind, url=DOCS_URL, path="x")
-        table.apply(code, msgspec.json.encode(record))
+    table.replace_all(
+        {
+            code: msgspec.json.encode(
+                LinkRecord(code=code, owner="a", type=kind, url=DOCS_URL, path="x")
+            )
+            for code, kind in (("docs", "redirect"), ("file1", "file"))
+        }
+    )
     fast = FastPathServer(table, RedirectorStats(), Settings(header_timeout=5.0))
     app = web.Application()
     app.router.add_get("/-/healthz", echo)
@@ -410,7 +415,7 @@ def careful_front() -> FastPathServer:
     """A front (no socket) whose table holds /docs, for calling the two paths directly."""
     table = LinkTable()
     record = LinkRecord(code="docs", owner="a", type="redirect", url=DOCS_URL)
-    table.apply("docs", msgspec.json.encode(record))
+    table.replace_all({"docs": msgspec.json.encode(record)})
     return FastPathServer(table, RedirectorStats())
 
 

@@ -27,6 +27,7 @@ from rawhttp import (
 from trunk8.embedded_nats import EmbeddedNats
 from trunk8.server import HttpServer
 from trunk8.targets import build_app
+from trunk8_redirector.app import REDIRECTOR
 from trunk8_redirector.fastpath import FastPathProtocol, FastPathServer
 from trunk8_shared.dispatch import setup_code_routes
 from trunk8_shared.front import routed_segments
@@ -66,6 +67,7 @@ async def test_a_new_route_is_never_swallowed(
     settings = Settings(port=0, nats_url=nats_server.url, data_dir=str(data_dir))
     app = build_app("redirector", settings)
     app.router.add_get("/brand-new", answer)
+    app[REDIRECTOR].table.replace_all({})  # loaded, with no links: unknown codes are 404
     server = HttpServer(app, settings)
     await server.start()
     try:

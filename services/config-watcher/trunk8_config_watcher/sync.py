@@ -30,7 +30,10 @@ async def keep_in_sync(watcher: ConfigWatcher) -> None:
             try:
                 await watcher.sync_all()
             except NotActiveError:
-                continue  # stands by now: the lease loop said why
+                # Standing by now, or the lease ran out locally while the loop was busy:
+                # wait (yielding) so the lease loop can renew or give it up, never spin.
+                await backoff.wait()
+                continue
             except PUBLISH_ERRORS as err:
                 watcher.metrics.publish_errors.inc()
                 log.warning("publishing to NATS failed (%s: %s); retrying", type(err).__name__, err)

@@ -65,9 +65,18 @@ def workers_answering(
 
 
 def every_worker_answering(port: int, path: str, count: int) -> dict[str, tuple[int, str | None]]:
-    """`workers_answering`, failing unless all `count` workers were reached."""
-    answers = workers_answering(port, path, count)
-    assert len(answers) == count, f"only {sorted(answers)} answered {CONNECTION_BUDGET} connections"
+    """`workers_answering` until all `count` workers were reached, failing after 30 s.
+
+    `up` is ready once one worker listens; another may still be loading its state (it
+    listens only then), so the kernel gives every connection to the first meanwhile.
+    """
+    answers: dict[str, tuple[int, str | None]] = {}
+    deadline = time.monotonic() + 30
+    while len(answers) < count and time.monotonic() < deadline:
+        answers.update(workers_answering(port, path, count))
+        if len(answers) < count:
+            time.sleep(0.2)
+    assert len(answers) == count, f"only {sorted(answers)} answered within 30 s"
     return answers
 
 

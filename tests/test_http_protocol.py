@@ -323,6 +323,24 @@ async def test_dribbling_head_is_cut(start_system: StartSystem, connect: Connect
     await assert_still_serving(system)
 
 
+async def test_head_within_its_timeout_is_never_cut(
+    start_system: StartSystem, connect: Connect
+) -> None:
+    """Heads each held 0.6 s of a 1 s head timeout, across several clock ticks: all answered.
+
+    The front's sweep runs once a second; a head timed from its coarse clock looked up to a
+    tick older than it was, and one held across a tick was cut after a few milliseconds.
+    """
+    system = await start_system(header_timeout=1.0, keepalive_timeout=30.0)
+    reader, writer = await connect(system)
+    request = req("/docs")
+    for _ in range(6):  # 3.6 s: every phase of the tick is crossed
+        writer.write(request[:10])
+        await asyncio.sleep(0.6)
+        writer.write(request[10:])
+        assert_redirect(await read_response(reader), DOCS_URL)
+
+
 async def test_idle_keep_alive_is_closed(start_system: StartSystem, connect: Connect) -> None:
     system = await start_system(keepalive_timeout=1.0)
     reader, writer = await connect(system)

@@ -183,8 +183,9 @@ class FastPathProtocol(asyncio.Protocol):
         self.writing_paused = False
         self.drain = DrainWatch()
         # The first head is timed from the connection: one that never sends a byte is closed
-        # after the head timeout, not the keep-alive one.
-        self.head_since = server.clock.now
+        # after the head timeout, not the keep-alive one. Head times are read from the real
+        # clock, not the coarse one: a head held for a moment must not look a tick older.
+        self.head_since = time.monotonic()
         self.idle_since = _NO_REQUEST_YET
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -217,7 +218,7 @@ class FastPathProtocol(asyncio.Protocol):
             if self.transport is None or self.writing_paused or transport.is_closing():
                 return
         if self.buffer:  # its head was held back by us, not slowed by the client
-            self.head_since = self.server.clock.now
+            self.head_since = time.monotonic()
         transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
@@ -292,7 +293,7 @@ class FastPathProtocol(asyncio.Protocol):
     def _hold_head(self, data: bytes, pos: int) -> None:
         """Start holding the incomplete head data[pos:]."""
         if self.idle_since != _NO_REQUEST_YET:  # a new head starts: so does its time limit
-            self.head_since = self.server.clock.now
+            self.head_since = time.monotonic()
         self.line_start = 0
         self.request_line_seen = False
         self._add_to_head(memoryview(data)[pos:])

@@ -4,8 +4,10 @@ Feeds one whole request head per call to `FastPathProtocol.data_received` (a tra
 that drops what it is given), as a socket read would, and prints nanoseconds per
 request of CPU time (the minimum over ``--rounds`` rounds, so other processes on a shared
 machine matter less than in `bench/redirect.py`) for wrk's minimal head and for the
-browser heads of ``redirect.py --browser-heads``, each through the compiled head scan and
-through the careful Python path alone (the front without `_headscan`), side by side.
+browser heads of ``redirect.py --browser-heads``, side by side: the front as built (the
+compiled head scan, and the answers it prepares after a code's first request), the
+compiled scan without prepared answers, and the careful Python path alone (the front
+without `_headscan`).
 
 Usage: ``.venv/bin/python bench/headparse.py [--requests N] [--rounds N]``
 """
@@ -58,12 +60,24 @@ def heads() -> dict[str, list[bytes]]:
 
 
 @contextmanager
+def without_prepared_answers() -> Iterator[None]:
+    """The front with the compiled scan, but no answer prepared: each one built in Python."""
+    compiled = fastpath.PreparedAnswers
+    fastpath.PreparedAnswers = fastpath.NothingPrepared  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        fastpath.PreparedAnswers = compiled  # type: ignore[misc]
+
+
+@contextmanager
 def careful_path_only() -> Iterator[None]:
     """The front as it is where `_headscan` is not compiled."""
     compiled = fastpath.common_link_request
     fastpath.common_link_request = lambda data, pos, end: None
     try:
-        yield
+        with without_prepared_answers():
+            yield
     finally:
         fastpath.common_link_request = compiled
 
@@ -91,16 +105,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=100_000, help="per round (100000)")
     parser.add_argument("--rounds", type=int, default=7, help="rounds; the best counts (7)")
     args = parser.parse_args(argv)
-    print(f"{'head':<8} {'bytes':>9} {'compiled scan':>14} {'careful path':>13} {'ratio':>6}")
+    print(
+        f"{'head':<8} {'bytes':>9} {'as built':>11} {'no prepared':>12} {'careful path':>13} "
+        f"{'careful/built':>14}"
+    )
     for kind, samples in heads().items():
         sizes = sorted(len(head) for head in samples)
         size = f"{sizes[0]}" if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
-        scanned = ns_per_request(samples, args.requests, args.rounds)
+        built = ns_per_request(samples, args.requests, args.rounds)
+        with without_prepared_answers():
+            unprepared = ns_per_request(samples, args.requests, args.rounds)
         with careful_path_only():
             careful = ns_per_request(samples, args.requests, args.rounds)
         print(
-            f"{kind:<8} {size:>9} {scanned:>11.0f} ns {careful:>10.0f} ns "
-            f"{careful / scanned:>5.2f}x"
+            f"{kind:<8} {size:>9} {built:>8.0f} ns {unprepared:>9.0f} ns {careful:>10.0f} ns "
+            f"{careful / built:>13.2f}x"
         )
     print("(CPU time per request, best of the rounds; each head is one read)")
     return 0

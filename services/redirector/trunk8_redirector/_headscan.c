@@ -127,6 +127,90 @@ leaves_common_path(const unsigned char *name, Py_ssize_t size)
     }
 }
 
+/* Scans the head [p, end): 1 when it is a common link request, with its method and path
+ * (the code as sent, without the query), else 0. */
+static int
+scan_common(const unsigned char *p, const unsigned char *end, PyObject **method,
+            const unsigned char **path_start, Py_ssize_t *path_size)
+{
+    if (end - p > MAX_FIELD)
+        return 0;
+    if (end - p >= 5 && memcmp(p, "GET /", 5) == 0) {
+        *method = GET;
+        p += 5;
+    }
+    else if (end - p >= 6 && memcmp(p, "HEAD /", 6) == 0) {
+        *method = HEAD;
+        p += 6;
+    }
+    else {
+        return 0;
+    }
+    const unsigned char *path = p;
+    while (p < end && PATH[*p])
+        p++;
+    if (p == path)
+        return 0;
+    *path_start = path;
+    *path_size = p - path;
+    if (p < end && *p == '?') {
+        p++;
+        while (p < end && QUERY[*p])
+            p++;
+    }
+    if (end - p < 9 || memcmp(p, " HTTP/1.1", 9) != 0)
+        return 0;
+    p += 9;
+
+    int lines = 0, hosts = 0, agents = 0;
+    while (p < end) {
+        /* A value stops at any byte it may not hold: only CR LF may follow it. */
+        if (end - p < 2 || p[0] != '\r' || p[1] != '\n' || ++lines > MAX_HEADERS)
+            return 0;
+        const unsigned char *name = p + 2;
+        p = name;
+        while (p < end && TOKEN[*p])
+            p++;
+        if (p == name || p == end || *p != ':')
+            return 0;
+        Py_ssize_t name_size = p - name;
+        const unsigned char *value = ++p;
+        while (p < end && VALUE[*p])
+            p++;
+        if (equal_lower(name, name_size, "host")) {
+            if (++hosts > 1 || !valid_host(value, p))
+                return 0;
+        }
+        else if (equal_lower(name, name_size, "user-agent")) {
+            if (++agents > 1)
+                return 0;
+        }
+        else if (equal_lower(name, name_size, "connection")) {
+            /* keep-alive is HTTP/1.1's default: the answer is the same as without it */
+            const unsigned char *token = skip_space(value, p);
+            if (p - token < 10 || !equal_lower(token, 10, "keep-alive") ||
+                skip_space(token + 10, p) != p)
+                return 0;
+        }
+        else if (leaves_common_path(name, name_size)) {
+            return 0;
+        }
+    }
+    return hosts == 1;
+}
+
+/* (method, path) of a scanned common head: a new reference, or NULL with an exception. */
+static PyObject *
+method_and_path(PyObject *method, const unsigned char *path, Py_ssize_t path_size)
+{
+    PyObject *code = PyBytes_FromStringAndSize((const char *)path, path_size);
+    if (code == NULL)
+        return NULL;
+    PyObject *pair = PyTuple_Pack(2, method, code);
+    Py_DECREF(code);
+    return pair;
+}
+
 static PyObject *
 common_link_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -144,79 +228,208 @@ common_link_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(args[0]);
-    const unsigned char *p = data + pos, *end = data + stop;
     PyObject *method;
-    if (end - p > MAX_FIELD)
+    const unsigned char *path;
+    Py_ssize_t path_size;
+    if (!scan_common(data + pos, data + stop, &method, &path, &path_size))
         Py_RETURN_NONE;
-    if (end - p >= 5 && memcmp(p, "GET /", 5) == 0) {
-        method = GET;
-        p += 5;
-    }
-    else if (end - p >= 6 && memcmp(p, "HEAD /", 6) == 0) {
-        method = HEAD;
-        p += 6;
-    }
-    else {
-        Py_RETURN_NONE;
-    }
-    const unsigned char *path = p;
-    while (p < end && PATH[*p])
-        p++;
-    const unsigned char *path_end = p;
-    if (p == path)
-        Py_RETURN_NONE;
-    if (p < end && *p == '?') {
-        p++;
-        while (p < end && QUERY[*p])
-            p++;
-    }
-    if (end - p < 9 || memcmp(p, " HTTP/1.1", 9) != 0)
-        Py_RETURN_NONE;
-    p += 9;
-
-    int lines = 0, hosts = 0, agents = 0;
-    while (p < end) {
-        /* A value stops at any byte it may not hold: only CR LF may follow it. */
-        if (end - p < 2 || p[0] != '\r' || p[1] != '\n' || ++lines > MAX_HEADERS)
-            Py_RETURN_NONE;
-        const unsigned char *name = p + 2;
-        p = name;
-        while (p < end && TOKEN[*p])
-            p++;
-        if (p == name || p == end || *p != ':')
-            Py_RETURN_NONE;
-        Py_ssize_t name_size = p - name;
-        const unsigned char *value = ++p;
-        while (p < end && VALUE[*p])
-            p++;
-        if (equal_lower(name, name_size, "host")) {
-            if (++hosts > 1 || !valid_host(value, p))
-                Py_RETURN_NONE;
-        }
-        else if (equal_lower(name, name_size, "user-agent")) {
-            if (++agents > 1)
-                Py_RETURN_NONE;
-        }
-        else if (equal_lower(name, name_size, "connection")) {
-            /* keep-alive is HTTP/1.1's default: the answer is the same as without it */
-            const unsigned char *token = skip_space(value, p);
-            if (p - token < 10 || !equal_lower(token, 10, "keep-alive") ||
-                skip_space(token + 10, p) != p)
-                Py_RETURN_NONE;
-        }
-        else if (leaves_common_path(name, name_size)) {
-            Py_RETURN_NONE;
-        }
-    }
-    if (hosts != 1)
-        Py_RETURN_NONE;
-    PyObject *code = PyBytes_FromStringAndSize((const char *)path, path_end - path);
-    if (code == NULL)
-        return NULL;
-    PyObject *pair = PyTuple_Pack(2, method, code);
-    Py_DECREF(code);
-    return pair;
+    return method_and_path(method, path, path_size);
 }
+
+/* PreparedAnswers: whole answers to common GET requests, by path, so that the front answers
+ * a request whose answer is prepared in one call (the scan and a dict lookup), without
+ * running Python. An answer holds its Date line and the table's state: the front clears
+ * them when the clock ticks, and they are dropped whenever the table's version changes.
+ * Bounded: when full, all are dropped (the hot ones come back at their next request). */
+typedef struct {
+    PyObject_HEAD
+    PyObject *answers;  /* dict: path (bytes) -> (response (bytes), outcome (int)) */
+    PyObject *outcomes; /* list of counters, indexed by outcome: the stats' own list */
+    PyObject *version;  /* the table version the answers were built from */
+    Py_ssize_t capacity;
+} PreparedAnswers;
+
+static PyObject *ONE;
+
+static int
+prepared_init(PreparedAnswers *self, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"outcomes", "capacity", NULL};
+    PyObject *outcomes;
+    Py_ssize_t capacity;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!n:PreparedAnswers", keywords,
+                                     &PyList_Type, &outcomes, &capacity))
+        return -1;
+    if (capacity < 1) {
+        PyErr_SetString(PyExc_ValueError, "capacity must be at least 1");
+        return -1;
+    }
+    PyObject *answers = PyDict_New();
+    if (answers == NULL)
+        return -1;
+    Py_XSETREF(self->answers, answers);
+    Py_INCREF(outcomes);
+    Py_XSETREF(self->outcomes, outcomes);
+    Py_INCREF(Py_None);
+    Py_XSETREF(self->version, Py_None);
+    self->capacity = capacity;
+    return 0;
+}
+
+static void
+prepared_dealloc(PreparedAnswers *self)
+{
+    Py_XDECREF(self->answers);
+    Py_XDECREF(self->outcomes);
+    Py_XDECREF(self->version);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Make `version` the answers' version, dropping them if it differs; -1 on error. */
+static int
+adopt_version(PreparedAnswers *self, PyObject *version)
+{
+    if (version == self->version)
+        return 0;
+    int same = PyObject_RichCompareBool(version, self->version, Py_EQ);
+    if (same < 0)
+        return -1;
+    if (!same)
+        PyDict_Clear(self->answers);
+    Py_INCREF(version);
+    Py_SETREF(self->version, version);
+    return 0;
+}
+
+/* Count one answer of `outcome` in the stats' list; -1 on error. */
+static int
+count_outcome(PreparedAnswers *self, PyObject *outcome)
+{
+    Py_ssize_t index = PyLong_AsSsize_t(outcome);
+    if (index == -1 && PyErr_Occurred())
+        return -1;
+    if (index < 0 || index >= PyList_GET_SIZE(self->outcomes)) {
+        PyErr_SetString(PyExc_IndexError, "outcome out of the counters' range");
+        return -1;
+    }
+    PyObject *count = PyNumber_Add(PyList_GET_ITEM(self->outcomes, index), ONE);
+    if (count == NULL)
+        return -1;
+    PyList_SetItem(self->outcomes, index, count); /* steals `count`, drops the old one */
+    return 0;
+}
+
+static PyObject *
+prepared_answer(PreparedAnswers *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "answer(data: bytes, version: int)");
+        return NULL;
+    }
+    Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
+    const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    /* One whole head, alone in the read: anything else is the caller's. */
+    if (size < 4 || memcmp(data + size - 4, "\r\n\r\n", 4) != 0)
+        Py_RETURN_NONE;
+    PyObject *method;
+    const unsigned char *path;
+    Py_ssize_t path_size;
+    if (!scan_common(data, data + size - 4, &method, &path, &path_size))
+        Py_RETURN_NONE;
+    if (method != GET)
+        return method_and_path(method, path, path_size);
+    if (adopt_version(self, args[1]) < 0)
+        return NULL;
+    PyObject *key = PyBytes_FromStringAndSize((const char *)path, path_size);
+    if (key == NULL)
+        return NULL;
+    PyObject *prepared = PyDict_GetItemWithError(self->answers, key); /* borrowed */
+    if (prepared == NULL) {
+        if (PyErr_Occurred()) {
+            Py_DECREF(key);
+            return NULL;
+        }
+        PyObject *pair = PyTuple_Pack(2, method, key);
+        Py_DECREF(key);
+        return pair;
+    }
+    Py_DECREF(key);
+    if (count_outcome(self, PyTuple_GET_ITEM(prepared, 1)) < 0)
+        return NULL;
+    PyObject *response = PyTuple_GET_ITEM(prepared, 0);
+    Py_INCREF(response);
+    return response;
+}
+
+static PyObject *
+prepared_keep(PreparedAnswers *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyBytes_Check(args[0]) || !PyBytes_Check(args[1]) ||
+        !PyLong_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "keep(path: bytes, response: bytes, outcome: int, version: int)");
+        return NULL;
+    }
+    Py_ssize_t outcome = PyLong_AsSsize_t(args[2]);
+    if (outcome == -1 && PyErr_Occurred())
+        return NULL;
+    if (outcome < 0 || outcome >= PyList_GET_SIZE(self->outcomes)) {
+        PyErr_SetString(PyExc_ValueError, "outcome out of the counters' range");
+        return NULL;
+    }
+    if (adopt_version(self, args[3]) < 0)
+        return NULL;
+    if (PyDict_GET_SIZE(self->answers) >= self->capacity)
+        PyDict_Clear(self->answers);
+    PyObject *prepared = PyTuple_Pack(2, args[1], args[2]);
+    if (prepared == NULL)
+        return NULL;
+    int failed = PyDict_SetItem(self->answers, args[0], prepared);
+    Py_DECREF(prepared);
+    if (failed)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+prepared_clear(PreparedAnswers *self, PyObject *unused)
+{
+    PyDict_Clear(self->answers);
+    Py_RETURN_NONE;
+}
+
+static Py_ssize_t
+prepared_len(PreparedAnswers *self)
+{
+    return PyDict_GET_SIZE(self->answers);
+}
+
+static PyMethodDef prepared_methods[] = {
+    {"answer", (PyCFunction)(void (*)(void))prepared_answer, METH_FASTCALL,
+     "The prepared response to `data` if it is one whole common GET head whose answer is\n"
+     "kept for this table version; (method, path) of another common head; else None."},
+    {"keep", (PyCFunction)(void (*)(void))prepared_keep, METH_FASTCALL,
+     "Keep the response to GET /path, counted as `outcome`, for this table version."},
+    {"clear", (PyCFunction)prepared_clear, METH_NOARGS, "Drop every prepared answer."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PySequenceMethods prepared_sequence = {
+    .sq_length = (lenfunc)prepared_len,
+};
+
+static PyTypeObject PreparedAnswersType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "trunk8_redirector._headscan.PreparedAnswers",
+    .tp_basicsize = sizeof(PreparedAnswers),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "PreparedAnswers(outcomes: list[int], capacity: int): whole answers to common\n"
+              "GET requests by path, for one table version and one Date line.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)prepared_init,
+    .tp_dealloc = (destructor)prepared_dealloc,
+    .tp_methods = prepared_methods,
+    .tp_as_sequence = &prepared_sequence,
+};
 
 static PyMethodDef methods[] = {
     {"common_link_request", (PyCFunction)(void (*)(void))common_link_request, METH_FASTCALL,
@@ -235,11 +448,14 @@ PyInit__headscan(void)
     init_tables();
     GET = PyBytes_FromString("GET");
     HEAD = PyBytes_FromString("HEAD");
-    if (GET == NULL || HEAD == NULL)
+    ONE = PyLong_FromLong(1);
+    if (GET == NULL || HEAD == NULL || ONE == NULL || PyType_Ready(&PreparedAnswersType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m != NULL && (PyModule_AddIntConstant(m, "MAX_HEADERS", MAX_HEADERS) < 0 ||
-                      PyModule_AddIntConstant(m, "MAX_FIELD", MAX_FIELD) < 0)) {
+                      PyModule_AddIntConstant(m, "MAX_FIELD", MAX_FIELD) < 0 ||
+                      PyModule_AddObjectRef(m, "PreparedAnswers",
+                                            (PyObject *)&PreparedAnswersType) < 0)) {
         Py_DECREF(m);
         return NULL;
     }

@@ -35,22 +35,51 @@ from trunk8_shared.settings import Settings
 from .stats import RedirectorStats
 from .table import (
     BAD_REQUEST,
+    HIT,
     NOT_FOUND,
     TIMEOUT,
     TOO_LARGE,
+    UNKNOWN,
     URI_TOO_LONG,
     Answer,
     HandOver,
     LinkTable,
 )
 
+
+class NothingPrepared:
+    """`PreparedAnswers` that prepare nothing: every head is served by `_serve`.
+
+    A draining front's (its answers must close their connections), and the stand-in where
+    `_headscan` is not compiled.
+    """
+
+    def __init__(self, outcomes: list[int] | None = None, capacity: int = 0) -> None:
+        pass
+
+    def __len__(self) -> int:
+        return 0
+
+    def answer(self, data: bytes, version: int) -> bytes | tuple[bytes, bytes] | None:
+        """Never an answer: the caller's careful path decides."""
+        return None
+
+    def keep(self, path: bytes, response: bytes, outcome: int, version: int) -> None:
+        """Keeps nothing."""
+
+    def clear(self) -> None:
+        """Nothing to drop."""
+
+
 try:
-    from ._headscan import common_link_request
+    from ._headscan import PreparedAnswers, common_link_request
 except ImportError:  # not compiled (no C compiler at install): every head takes the careful path
 
     def common_link_request(data: bytes, pos: int, end: int) -> tuple[bytes, bytes] | None:
         """Stands in for the compiled scan: no head is taken as common."""
         return None
+
+    PreparedAnswers = NothingPrepared  # type: ignore[assignment,misc]
 
 
 log = logging.getLogger("trunk8.redirector.front")
@@ -66,6 +95,9 @@ MAX_HEADERS = 128
 MAX_REQUEST_LINE = MAX_TARGET + 32
 # Answers queued per batch of pipelined requests before checking the transport's back-pressure.
 WRITE_CAP = 65536
+# Whole answers kept ready for the codes asked in the current second (`PreparedAnswers`):
+# they hold the Date line, so they last until the clock ticks; a redirect's is about 1 KB.
+PREPARED_ANSWERS = 1024
 
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]++"
 # A whole link-request head in one match: GET or HEAD, a one-segment target (visible ASCII,
@@ -105,6 +137,8 @@ _BAD_REQUEST = Answer(400, _TEXT, b"Bad Request\n", BAD_REQUEST)
 _TIMEOUT = Answer(408, _TEXT, b"Request Timeout\n", TIMEOUT)
 _TOO_LARGE = Answer(431, _TEXT, b"Request Header Fields Too Large\n", TOO_LARGE)
 _URI_TOO_LONG = Answer(414, _TEXT, b"URI Too Long\n", URI_TOO_LONG)
+# Only these are prepared: an expiring link's answer changes with the time, a 503 soon.
+_PREPARED_OUTCOMES = frozenset((HIT, UNKNOWN))
 _CLOSE = b"Connection: close\r\n"
 _KEEP_ALIVE = b"Connection: keep-alive\r\n"
 
@@ -222,27 +256,36 @@ class FastPathProtocol(asyncio.Protocol):
         transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
-        stats = self.server.stats
+        server = self.server
+        stats = server.stats
         stats.batches += 1
         started = 0.0 if stats.batches % stats.TIMING_INTERVAL else time.perf_counter()
-        transport = self.transport
-        assert transport is not None
-        # The common case first: one whole link request in one read.
-        if not self.buffer and data.endswith(b"\r\n\r\n") and len(data) <= MAX_HEAD:
-            reply = self._answer(data, 0, len(data) - 4)
-            if reply is not None:
-                transport.write(reply[0])
-                if started:
-                    stats.latency.observe(time.perf_counter() - started)
-                self.idle_since = self.server.clock.now
-                if not reply[1]:
-                    transport.close()
-                return
-        # Anything else: partial heads, pipelined requests, requests that are not ours.
         if self.buffer:
             self._add_to_head(data)
-        else:
-            self._serve(data, 0, started)
+            return
+        # The common case first: one whole common link request in one read. One C call scans
+        # it and finds its answer if prepared (bytes), else gives its (method, path).
+        found = server.prepared.answer(data, server.table.updates)
+        keep_alive = True
+        if not isinstance(found, bytes):
+            if found is not None:
+                reply = self._reply(found[0], found[1], True, b"", True)
+            elif data.endswith(b"\r\n\r\n") and len(data) <= MAX_HEAD:
+                reply = self._answer(data, 0, len(data) - 4)  # another head alone in the read
+            else:
+                reply = None
+            if reply is None:  # partial heads, pipelined requests, requests that are not ours
+                self._serve(data, 0, started)
+                return
+            found, keep_alive = reply
+        transport = self.transport
+        assert transport is not None
+        transport.write(found)
+        if started:
+            stats.latency.observe(time.perf_counter() - started)
+        self.idle_since = server.clock.now
+        if not keep_alive:
+            transport.close()
 
     def _serve(self, data: bytes, pos: int, started: float = 0.0) -> None:
         """Answer the complete heads in data[pos:] until one is not ours or the client lags."""
@@ -362,7 +405,7 @@ class FastPathProtocol(asyncio.Protocol):
         # one is, at a cost that hardly grows with its size.
         common = common_link_request(data, pos, end)
         if common is not None:
-            return self._reply(common[0], common[1], True, b"")
+            return self._reply(common[0], common[1], True, b"", True)
         return self._answer_carefully(data, pos, end)
 
     def _answer_carefully(self, data: bytes, pos: int, end: int) -> Reply | None:
@@ -406,19 +449,28 @@ class FastPathProtocol(asyncio.Protocol):
         else:
             keep_alive = keep_alive_asked and not close
             connection = _KEEP_ALIVE if keep_alive else _CLOSE
-        return self._reply(method, path, keep_alive, connection)
+        return self._reply(method, path, keep_alive, connection, False)
 
     def _reply(
-        self, method: bytes, path: bytes, keep_alive: bool, connection: bytes
+        self, method: bytes, path: bytes, keep_alive: bool, connection: bytes, common: bool
     ) -> Reply | None:
-        """The answer to a valid link request; None when its code is not a redirect's."""
+        """The answer to a valid link request; None when its code is not a redirect's.
+
+        A `common` head's GET answer is kept prepared for the next requests of its path.
+        """
+        server = self.server
+        version = server.table.updates
         answer = self._lookup(path)
         if answer is None or type(answer) is HandOver:
             return None
-        server = self.server
-        server.stats.outcomes[answer.outcome] += 1
-        tail = b"\r\n" if method == b"HEAD" else answer.tail
-        return answer.head + connection + server.clock.date_line + tail, keep_alive
+        outcome = answer.outcome
+        server.stats.outcomes[outcome] += 1
+        if method == b"HEAD":
+            return answer.head + connection + server.clock.date_line + b"\r\n", keep_alive
+        response = answer.head + connection + server.clock.date_line + answer.tail
+        if common and answer.expires_at is None and outcome in _PREPARED_OUTCOMES:
+            server.prepared.keep(path, response, outcome, version)
+        return response, keep_alive
 
     def _lookup(self, path: bytes) -> Answer | None:
         """The answer for a one-segment path (`/a%2Fb` names no code); None = routed."""
@@ -581,6 +633,9 @@ class FastPathServer:
         self.keepalive_timeout = settings.keepalive_timeout
         self.send_timeout = settings.send_timeout
         self.clock = Clock()
+        self.prepared: PreparedAnswers | NothingPrepared = PreparedAnswers(
+            stats.outcomes, PREPARED_ANSWERS
+        )
         self.connections: set[FastPathProtocol] = set()
         self.handed: dict[asyncio.Transport, DrainWatch] = {}
         self.routed: frozenset[str] = frozenset()
@@ -623,6 +678,9 @@ class FastPathServer:
     def drain(self) -> None:
         """From now on, every connection closes after its next answer (`Connection: close`)."""
         self._protocol_class = DrainingProtocol
+        # Prepared answers keep their connections. (uvloop keeps the bound `data_received`
+        # of a connection's first class: the swap below only reaches `_answer`.)
+        self.prepared = NothingPrepared()
         for connection in self.connections:
             connection.__class__ = DrainingProtocol
 
@@ -645,6 +703,7 @@ class FastPathServer:
         while True:
             await asyncio.sleep(1.0)
             self.clock.tick()
+            self.prepared.clear()  # they hold the old Date line
             self.sweep()
             self.restarts = 0
 

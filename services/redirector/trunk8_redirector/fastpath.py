@@ -258,8 +258,8 @@ class FastPathProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         server = self.server
         stats = server.stats
-        stats.batches += 1
-        started = 0.0 if stats.batches % stats.TIMING_INTERVAL else time.perf_counter()
+        timed = next(stats.timing)
+        started = time.perf_counter() if timed else 0.0
         if self.buffer:
             self._add_to_head(data)
             return
@@ -281,7 +281,7 @@ class FastPathProtocol(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         transport.write(found)
-        if started:
+        if timed:
             stats.latency.observe(time.perf_counter() - started)
         self.idle_since = server.clock.now
         if not keep_alive:

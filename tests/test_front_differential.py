@@ -438,6 +438,11 @@ NEAR_COMMON_LINES = st.one_of(
     ),
     st.tuples(TOKENS, st.text(st.characters(min_codepoint=0, max_codepoint=0xFF), max_size=12))
     .map(lambda pair: f"{pair[0]}: {pair[1]}"),
+    # A long value with one byte of every kind at any offset (the scan reads values 8 bytes
+    # at a time): from where it stops, the value's last word is read byte by byte.
+    st.tuples(st.integers(0, 40), st.sampled_from("\x00\x01\t\x1f \x7e\x7f\x80\xff\r\n"),
+              st.integers(0, 20))
+    .map(lambda odd: "X-Long: " + "v" * odd[0] + odd[1] + "w" * odd[2]),
 )  # fmt: skip
 
 

@@ -14,6 +14,7 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdint.h>
 #include <string.h>
 
 /* aiohttp's limits, as fastpath.MAX_HEADERS and MAX_FIELD (a test compares them): a head
@@ -75,6 +76,28 @@ static const unsigned char *
 skip_space(const unsigned char *p, const unsigned char *end)
 {
     while (p < end && (*p == ' ' || *p == '\t'))
+        p++;
+    return p;
+}
+
+/* The end of a field value starting at p: the first byte a value may not hold. */
+static const unsigned char *
+skip_value(const unsigned char *p, const unsigned char *end)
+{
+    /* Eight bytes at a time while none is below a space or DEL, as in most of a browser's
+     * head (its values: user agent, accept lists, cookies); the exact test per byte
+     * (VALUE, which also allows HTAB) then finds where the value stops. A word is flagged
+     * exactly when one of its bytes is < 0x20 or == 0x7f (bytes >= 0x80 never are). */
+    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+    while (end - p >= 8) {
+        uint64_t word;
+        memcpy(&word, p, 8);
+        uint64_t del = word ^ (ones * 0x7f); /* a zero byte where word had DEL */
+        if ((((word - ones * 0x20) & ~word) | ((del - ones) & ~del)) & highs)
+            break;
+        p += 8;
+    }
+    while (p < end && VALUE[*p])
         p++;
     return p;
 }
@@ -175,8 +198,7 @@ scan_common(const unsigned char *p, const unsigned char *end, PyObject **method,
             return 0;
         Py_ssize_t name_size = p - name;
         const unsigned char *value = ++p;
-        while (p < end && VALUE[*p])
-            p++;
+        p = skip_value(p, end);
         if (equal_lower(name, name_size, "host")) {
             if (++hosts > 1 || !valid_host(value, p))
                 return 0;

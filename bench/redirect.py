@@ -24,6 +24,9 @@ measurement); anything that could not run exits non-zero.
 Usage: ``.venv/bin/python bench/redirect.py [--quick] [--duration S] [--rounds N]
 [--json PATH] [--system all|all-in-one|redirector|none] [--workers N]`` (see ``--help``).
 ``--workers N`` runs nginx with ``worker_processes N`` and Trunk8 with ``--workers N``.
+``--baseline VENV --system all-in-one`` also runs the ``trunk8 up`` of another venv (say,
+main's checkout) on a copy of the data and measures it in the same rounds, so a change is
+compared with what it replaces and with nginx side by side.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import json
 import os
 import random
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -79,6 +83,7 @@ QUICK = (2, 1, 2)  # --quick: the same three for a smoke test
 HIT_VS_NGINX_MIN = 0.9
 P99_MAX_MS = 2.0
 MISS_VS_HIT_TOLERANCE = 0.10
+BASELINE_TAG = "baseline"  # the label of `--baseline`'s layout
 
 INTERLEAVING_NOTE = (
     "Order: nginx runs all the time; for each Trunk8 layout, once it is up and "
@@ -482,57 +487,84 @@ def measure_phase(
     nginx_port: int,
     hit_code: str,
     args: argparse.Namespace,
+    baseline: tuple[int, Proc] | None = None,
 ) -> list[Target]:
     """Warm every URL up once, then ``args.rounds`` rounds of neighbouring runs.
 
     A round is nginx hit, layout hit, nginx miss, layout miss; even rounds
-    swap each pair (layout first). Returns nginx hit, nginx miss, layout hit,
-    layout miss (only the nginx pair when ``system`` is empty).
+    swap each pair (layout first). With a ``baseline`` (its port and process), its
+    runs follow the layout's (precede them in even rounds). Returns nginx hit, nginx
+    miss, layout hit, layout miss[, baseline hit, baseline miss] (only the nginx pair
+    when ``system`` is empty).
     """
     tag = f" (next to {system})" if system else ""
-    # (nginx target, layout target or None) per kind, in measuring order
-    slots: list[tuple[Target, Target | None]] = []
+    # (nginx target, layout targets) per kind, in measuring order
+    slots: list[tuple[Target, list[Target]]] = []
     for kind, code in (("hit", hit_code), ("miss", MISS_CODE)):
         ref = Target(f"nginx {kind}{tag}", "nginx", kind, url_of(nginx_port, code), nginx)
-        own = Target(f"{system} {kind}", system, kind, url_of(sys_port, code), guard)
-        slots.append((ref, own if system else None))
-    print(f"  measuring {args.rounds} round(s), about {phase_seconds(args, bool(system)):.0f} s")
+        layouts = [Target(f"{system} {kind}", system, kind, url_of(sys_port, code), guard)]
+        if baseline is not None:
+            base_port, base_guard = baseline
+            base = f"{system} {BASELINE_TAG}"
+            layouts.append(
+                Target(f"{base} {kind}", base, kind, url_of(base_port, code), base_guard)
+            )
+        slots.append((ref, layouts if system else []))
+    runs_per_round = len(slots) * (1 + len(slots[0][1]))
+    print(f"  measuring {args.rounds} round(s), about {phase_seconds(args, runs_per_round):.0f} s")
     if args.warmup > 0:
         print(f"  warm-up: {args.warmup} s per URL, once")
-        for pair in slots:
-            for target in pair:
-                if target:
-                    warm_up(target, args)
+        for ref, layouts in slots:
+            for target in [ref, *layouts]:
+                warm_up(target, args)
     for rnd in range(1, args.rounds + 1):
         layout_first = bool(system) and rnd % 2 == 0
         print(f"  round {rnd}/{args.rounds}" + (" (layout first)" if layout_first else ""))
         summary = []
-        for ref, maybe_own in slots:
-            if maybe_own is None:
-                measure(ref, rnd, args)
-                continue
-            for target in (maybe_own, ref) if layout_first else (ref, maybe_own):
+        for ref, layouts in slots:
+            order = [ref, *layouts]
+            for target in reversed(order) if layout_first else order:
                 measure(target, rnd, args)
-            mine, theirs = maybe_own.runs[-1], ref.runs[-1]
-            mine.ratio_vs_nginx = mine.rps / theirs.rps if theirs.rps else None
-            if mine.ratio_vs_nginx is not None:
-                summary.append(f"{maybe_own.kind} {mine.ratio_vs_nginx:.2f}x nginx")
+            theirs = ref.runs[-1]
+            for own in layouts:
+                mine = own.runs[-1]
+                mine.ratio_vs_nginx = mine.rps / theirs.rps if theirs.rps else None
+                if mine.ratio_vs_nginx is not None:
+                    summary.append(f"{own.label} {mine.ratio_vs_nginx:.2f}x nginx")
+            if len(layouts) == 2 and layouts[1].runs[-1].rps:
+                summary.append(
+                    f"{ref.kind} {layouts[0].runs[-1].rps / layouts[1].runs[-1].rps:.2f}x "
+                    f"{BASELINE_TAG}"
+                )
         # miss/hit of the layout, or of nginx when it is measured alone
-        hit, miss = (slots[0][1] or slots[0][0]), (slots[1][1] or slots[1][0])
+        hit, miss = ([*slots[0][1], slots[0][0]][0], [*slots[1][1], slots[1][0]][0])
         if hit.runs[-1].rps:
             summary.append(f"miss/hit {miss.runs[-1].rps / hit.runs[-1].rps:.2f}")
         print(f"    round {rnd}: {', '.join(summary)}")
-    return [ref for ref, _ in slots] + [own for _, own in slots if own]
+    return [ref for ref, _ in slots] + [own for _, layouts in slots for own in layouts]
 
 
 def url_of(port: int, code: str) -> str:
     return f"http://127.0.0.1:{port}/{code}"
 
 
-def phase_seconds(args: argparse.Namespace, with_layout: bool) -> float:
-    """wrk time of one phase: a warm-up per URL plus every measured run."""
-    urls = 4 if with_layout else 2
+def phase_seconds(args: argparse.Namespace, urls: int) -> float:
+    """wrk time of one phase measuring `urls` URLs: a warm-up per URL plus every run."""
     return urls * (args.warmup + args.rounds * args.duration)
+
+
+def baseline_ratios(targets: list[Target]) -> list[tuple[str, list[float]]]:
+    """Per-round req/s of each layout over its baseline's, by layout and kind."""
+    out = []
+    for base in targets:
+        if not base.system.endswith(BASELINE_TAG):
+            continue
+        system = base.system.removesuffix(f" {BASELINE_TAG}")
+        own = next(t for t in targets if t.system == system and t.kind == base.kind)
+        by_round = {r.round: r.rps for r in base.runs}
+        ratios = [r.rps / by_round[r.round] for r in own.runs if by_round.get(r.round)]
+        out.append((f"{own.label} vs {BASELINE_TAG}", ratios))
+    return out
 
 
 # --------------------------------------------------------------------------
@@ -665,6 +697,15 @@ def print_report(targets: list[Target], checks: list[dict[str, object]]) -> None
     for label, hit, miss in pairs_by_system(targets):
         rounds = miss_hit_ratios(hit, miss)
         print(f"  {label + ' miss/hit':<40} {' '.join(f'{x:.2f}' for x in rounds)}")
+    compared = baseline_ratios(targets)
+    if compared:
+        print()
+        print(
+            f"layout vs {BASELINE_TAG} requests/s ratio (median of the per-round ratios, min-max):"
+        )
+        for label, rounds in compared:
+            per_round = " ".join(f"{x:.2f}" for x in rounds)
+            print(f"  {label:<40} {median(rounds):.2f}  ({fmt_range(rounds, '.2f')}; {per_round})")
     print()
     print("miss/hit requests/s ratio (median of the per-round ratios, min-max):")
     for label, hit, miss in pairs_by_system(targets):
@@ -737,8 +778,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=VENV_BIN.parent,
         help="venv with trunk8 and nats-server (<repo>/.venv)",
     )
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="VENV",
+        help="also measure the `trunk8 up` of this venv (e.g. main's) in the same rounds, on "
+        "a copy of the data; needs --system all-in-one",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="print raw wrk output")
     args = p.parse_args(argv)
+    if args.baseline is not None and args.system != "all-in-one":
+        p.error("--baseline needs --system all-in-one")
     defaults = QUICK if args.quick else (DEFAULT_DURATION, DEFAULT_WARMUP, DEFAULT_ROUNDS)
     for name, default in zip(("duration", "warmup", "rounds"), defaults, strict=True):
         if getattr(args, name) is None:
@@ -780,14 +830,14 @@ def bench(args: argparse.Namespace) -> dict[str, object]:
     print(f"wrk: {meta['wrk']}")
     print(f"nginx: {meta['nginx']}")
     systems = {"all": ["all-in-one", "redirector"], "none": []}.get(args.system, [args.system])
-    per_round = 4 if systems else 2
+    per_round = (6 if args.baseline else 4) if systems else 2
     print(
         f"runs: wrk -t{args.threads} -c{args.connections} -d{args.duration}s --latency, "
         f"{args.rounds} round(s) of {per_round} runs per phase, one {args.warmup} s warm-up "
         f"per URL; {args.links} links over {len(USERS)} users"
     )
     phases = len(systems) or 1
-    planned = phases * phase_seconds(args, bool(systems))
+    planned = phases * phase_seconds(args, per_round)
     meta["planned_wrk_s"] = planned
     print(
         f"expected duration: about {planned / 60:.1f} min of wrk runs ({phases} phase(s) x "
@@ -796,8 +846,10 @@ def bench(args: argparse.Namespace) -> dict[str, object]:
     )
     print(CPU_NOTE)
     venv_bin = args.venv.resolve() / "bin"
-    if systems and not (venv_bin / "trunk8").exists():
-        raise BenchError(f"{venv_bin}/trunk8 not found (is the venv set up? `make install`)")
+    for bin_dir in [venv_bin] + ([args.baseline.resolve() / "bin"] if args.baseline else []):
+        if systems and not (bin_dir / "trunk8").exists():
+            raise BenchError(f"{bin_dir}/trunk8 not found (is the venv set up? `make install`)")
+    meta["baseline"] = str(args.baseline) if args.baseline else None
 
     tmp = Path(tempfile.mkdtemp(prefix="trunk8-bench-"))
     CLEANUP.add_dir(tmp)
@@ -832,13 +884,24 @@ def bench(args: argparse.Namespace) -> dict[str, object]:
         results += measure_phase("", 0, nginx, nginx, nginx_port, hit[0], args)
     for system in systems:
         print(f"\n{system}:")
+        baseline = None
         if system == "all-in-one":
             guard, port = start_all_in_one(venv_bin / "trunk8", data, logdir, args.workers)
             procs = [guard]
+            if args.baseline:  # its own copy: each `trunk8 up` keeps its state in the data
+                base_data = tmp / "data-baseline"
+                shutil.copytree(data, base_data)
+                base_trunk8 = args.baseline.resolve() / "bin" / "trunk8"
+                base_guard, base_port = start_all_in_one(
+                    base_trunk8, base_data, logdir, args.workers
+                )
+                procs.append(base_guard)
+                sanity_check(f"{system} {BASELINE_TAG}", base_guard, base_port, hit)
+                baseline = (base_port, base_guard)
         else:
             guard, port, procs = start_redirector_alone(venv_bin, data, tmp, logdir, args.workers)
         sanity_check(system, guard, port, hit)
-        results += measure_phase(system, port, guard, nginx, nginx_port, hit[0], args)
+        results += measure_phase(system, port, guard, nginx, nginx_port, hit[0], args, baseline)
         for proc in procs:  # stop before the next layout starts: 2 cores only
             CLEANUP.stop(proc)
 
@@ -852,6 +915,10 @@ def bench(args: argparse.Namespace) -> dict[str, object]:
         "meta": meta,
         "results": [t.to_json() for t in results],
         "miss_hit": miss_hit_report(results),
+        "vs_baseline": [
+            {"label": label, "median": median(rounds), "per_round": rounds}
+            for label, rounds in baseline_ratios(results)
+        ],
         "budgets": checks,
     }
 

@@ -10,6 +10,9 @@
  * without looking further (the differential tests compare both on generated heads).
  * Each byte is looked at once, through lookup tables: the cost barely depends on the
  * size of the head, where `re` pays 5 to 25 instructions a byte.
+ *
+ * `PreparedAnswers` (below) uses the same scan to answer a repeated common GET in one
+ * call: the whole response of each path asked in the current second, kept by the front.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -460,7 +463,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_headscan", "The front's one-pass scan of common link-request heads.",
+    PyModuleDef_HEAD_INIT, "_headscan", "The front's one-pass scan of common link-request heads, and its prepared answers.",
     -1, methods,
 };
 

@@ -1,0 +1,94 @@
+"""The config-watcher's lease while its loop is busy: a lapse waited out, a long import kept.
+
+Against a real nats-server with a short lease TTL: when the renewal cannot run and the
+lease runs out locally, the sync loop backs off (a handful of attempts, little CPU) instead
+of spinning on `NotActiveError`, and publishes again once the lease is back; and a first
+import whose every step is slow keeps the lease throughout, because its long steps yield
+to the renewal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from conftest import wait_until
+
+from trunk8.embedded_nats import EmbeddedNats
+from trunk8_config_watcher.sync import keep_in_sync
+from trunk8_config_watcher.watcher import ConfigWatcher
+from trunk8_shared.bus import Bus
+from trunk8_shared.settings import Settings
+
+TTL = 1.0  # the smallest a setting allows is 0.5 s; renewals every third of it
+LAPSE = 1.5  # seconds the lease stays lapsed: backoff 0.1 + 0.2 + 0.4 + 0.8 fits 4 tries
+# Far above the 4-5 tries a backoff makes in LAPSE; a spinning loop reaches it at once.
+SPINNING = 50
+
+
+@pytest.fixture
+async def watcher(nats_server: EmbeddedNats, data_dir: Path) -> AsyncIterator[ConfigWatcher]:
+    """A loaded config-watcher on its own connection (its tasks are the test's to start)."""
+    settings = Settings(data_dir=str(data_dir), nats_url=nats_server.url, lease_ttl=TTL)
+    bus = Bus(nats_server.url, "busy-watcher", reconnect_wait=0.2)
+    bus.start()
+    watcher = ConfigWatcher(settings, bus)
+    await watcher.load()
+    try:
+        yield watcher
+    finally:
+        await bus.close()
+
+
+async def cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def test_the_sync_loop_waits_out_a_lapsed_lease_and_resumes(
+    watcher: ConfigWatcher,
+) -> None:
+    attempts = 0
+    sync_all = watcher.sync_all
+
+    async def counted_sync() -> int:
+        nonlocal attempts
+        attempts += 1
+        if attempts > SPINNING:  # fail the test rather than hang it in a spin
+            raise AssertionError(f"the sync loop tried {attempts} times: it spins")
+        return await sync_all()
+
+    watcher.sync_all = counted_sync  # type: ignore[method-assign]
+    lease = watcher.lease
+    lease_task = asyncio.create_task(lease.run())
+    sync_task = asyncio.create_task(keep_in_sync(watcher))
+    try:
+        await asyncio.wait_for(watcher.ready.wait(), 15)
+        # The renewal cannot run (its task starved), so the lease runs out locally while
+        # it still counts as active, and the loop is asked to sync (a reconnect, say).
+        await cancelled(lease_task)
+        await wait_until(lambda: asyncio.sleep(0, not lease.held()), timeout=TTL + 1)
+        assert lease.active
+        before, cpu_before = attempts, time.process_time()
+        watcher.out_of_sync.set()
+        await asyncio.sleep(LAPSE)
+        tries, cpu = attempts - before, time.process_time() - cpu_before
+        assert 1 <= tries <= 6, f"{tries} sync attempts in a {LAPSE} s lapse"
+        assert cpu < LAPSE / 2, f"{cpu:.2f} s of CPU in a {LAPSE} s lapse"
+        assert not sync_task.done()
+
+        # The lease loop runs again: it gives the lapsed lease up, takes it back, and the
+        # sync loop publishes again within its next backoff step.
+        watcher.ready.clear()
+        lease_task = asyncio.create_task(lease.run())
+        await asyncio.wait_for(watcher.ready.wait(), 10)
+        assert lease.held() and (lease.losses, lease.acquisitions) == (1, 2)
+        assert watcher.publisher.links.fenced and watcher.publisher.links.known
+    finally:
+        await cancelled(sync_task)
+        await cancelled(lease_task)

@@ -13,10 +13,13 @@ another watcher wrote since: this one steps down (`NotActiveError`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import operator
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from datetime import datetime
+from itertools import islice
+from typing import TypeVar
 
 import msgspec
 from nats.js.errors import BucketNotFoundError
@@ -62,6 +65,21 @@ BULK_EVENTS = 1000
 PROGRESS_STEP = 50_000
 # Failed keys named in a PublishError message.
 REPORTED_FAILURES = 3
+# Keys handled between two yields to the event loop (about 10 ms) when diffing or
+# recording a large publication: a first import's million in one go held the loop for
+# 4-6 s, so the lease renewal (which takes a few loop turns) could not run and the lease
+# ran out (5 s TTL), again at each retry.
+SLICE = 2_000
+
+T = TypeVar("T")
+
+
+async def in_slices(items: Iterable[T]) -> AsyncIterator[list[T]]:
+    """`items` in lists of `SLICE`, yielding to the event loop between two lists."""
+    iterator = iter(items)
+    while chunk := list(islice(iterator, SLICE)):
+        yield chunk
+        await asyncio.sleep(0)
 
 
 class PublishError(Exception):
@@ -157,12 +175,13 @@ class BucketWriter:
         done, failures = await self._write_in_steps(writes)
         self.revision += len(done)
         values = dict(writes)
-        for key in done:
-            value = values[key]
-            if value is None:
-                self.known.pop(key, None)
-            else:
-                self.known[key] = value
+        async for chunk in in_slices(done):
+            for key in chunk:
+                value = values[key]
+                if value is None:
+                    self.known.pop(key, None)
+                else:
+                    self.known[key] = value
         if failures:
             self.fenced = False  # a write not acknowledged may still have been stored
             if isinstance(failures[0][1], WrongLastSequenceError):
@@ -280,30 +299,35 @@ class Publisher:
         known = self.links.known
         if codes is None and _all_published_as(wanted, same, known):
             return self.links.revision  # a warm start with nothing changed: nothing to write
-        keys: dict[str, str | None] = {kv_key(c): c for c in (wanted if codes is None else codes)}
+        keys: dict[str, str | None] = {}
+        # Listed first: the catalog is iterated across yields (changed only under the
+        # watcher's lock, which the caller holds, but a list cannot change at all).
+        async for chunk in in_slices(list(wanted if codes is None else codes)):
+            keys.update(zip(map(kv_key, chunk), chunk, strict=True))
         if codes is None:
             keys.update({key: code_of_key(key) for key in known if key not in keys})
         puts: dict[str, bytes] = {}
         deletes: list[str] = []
         events: list[Event] = []
-        for key, code in keys.items():
-            record = wanted.get(code) if code is not None else None
-            before = known.get(key)
-            if record is None:
-                if before is not None:
-                    deletes.append(key)
-                    old = decode_link(before)
-                    if code is not None:
-                        events.append(LinkDeleted(code=code, owner=old.owner if old else ""))
-                continue
-            if before is not None and code is not None and same.get(code) is record:
-                continue
-            encoded = json_encoder.encode(record)
-            if encoded != before:
-                puts[key] = encoded
-                events.append(
-                    LinkCreated(link=record) if before is None else LinkUpdated(link=record)
-                )
+        async for pairs in in_slices(keys.items()):
+            for key, code in pairs:
+                record = wanted.get(code) if code is not None else None
+                before = known.get(key)
+                if record is None:
+                    if before is not None:
+                        deletes.append(key)
+                        old = decode_link(before)
+                        if code is not None:
+                            events.append(LinkDeleted(code=code, owner=old.owner if old else ""))
+                    continue
+                if before is not None and code is not None and same.get(code) is record:
+                    continue
+                encoded = json_encoder.encode(record)
+                if encoded != before:
+                    puts[key] = encoded
+                    events.append(
+                        LinkCreated(link=record) if before is None else LinkUpdated(link=record)
+                    )
         foreign = [key for key, code in keys.items() if code is None and key in known]
         if foreign:
             log.warning("removing %d foreign keys from %s", len(foreign), self.links.bucket)

@@ -20,7 +20,7 @@ from trunk8_redirector import setup_redirector
 from trunk8_shared.bus import setup_bus
 from trunk8_shared.settings import Settings
 
-from .watcherproc import setup_watcher_link, setup_watcher_process
+from .watcherproc import WatcherLink, WatcherProcess, setup_watcher_child
 
 SERVICES: dict[str, Callable[[web.Application, Settings], object]] = {
     "config-watcher": setup_config_watcher,
@@ -48,9 +48,15 @@ def build_app(
     setup = SERVICES
     if watcher_port is not None:
         port = watcher_port
-        setup = {**SERVICES, "config-watcher": lambda app, _: setup_watcher_link(app, port)}
+        setup = {
+            **SERVICES,
+            "config-watcher": lambda app, _: setup_watcher_child(app, WatcherLink(port)),
+        }
     elif watcher_process:
-        setup = {**SERVICES, "config-watcher": setup_watcher_process}
+        setup = {
+            **SERVICES,
+            "config-watcher": lambda app, s: setup_watcher_child(app, WatcherProcess(s)),
+        }
     built = {name: setup[name](app, settings) for name in names}
     files, admin = built.get("files"), built.get("admin")
     if isinstance(files, Files) and isinstance(admin, Admin):

@@ -92,6 +92,8 @@ def _free_port() -> int:
 class WatcherLink:
     """A config-watcher child answering on a loopback port: its readiness and `/-/rejected`."""
 
+    kind = "link"  # names its supervised task
+
     def __init__(self, port: int) -> None:
         self.port = port
         self.is_ready = False
@@ -115,11 +117,18 @@ class WatcherLink:
         except (ClientError, OSError, TimeoutError):
             return False
 
-    async def follow(self) -> None:
+    async def start(self) -> None:
+        """Nothing to start: another process runs the child."""
+
+    async def run(self) -> None:
         """Ask the child whether it is ready, every `FOLLOW_INTERVAL` seconds."""
         while True:
             self.is_ready = await self._answers("/-/ready")
             await asyncio.sleep(FOLLOW_INTERVAL)
+
+    async def stop(self) -> None:
+        """Close the HTTP client (the child is not ours to stop)."""
+        await self.close()
 
     async def close(self) -> None:
         """Close the HTTP client."""
@@ -143,6 +152,8 @@ class WatcherLink:
 
 class WatcherProcess(WatcherLink):
     """One config-watcher child: started, watched for readiness, restarted, stopped."""
+
+    kind = "process"
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(_free_port())
@@ -298,36 +309,21 @@ class ChildMetrics(Collector):
                 yield family
 
 
-def setup_watcher_process(app: web.Application, settings: Settings) -> WatcherProcess:
-    """Run the config-watcher as a child process, as a service of this application."""
-    child = WatcherProcess(settings)
+def setup_watcher_child(app: web.Application, child: WatcherLink) -> None:
+    """A config-watcher child as a service of this application: readiness, metrics, `/-/rejected`.
+
+    `WatcherProcess` (`up`): started with the application, supervised, stopped with it.
+    `WatcherLink` (a worker of `up --workers`): the parent's child, followed on its port.
+    """
     setup_ops(app).add_service("config-watcher", child.ready, ChildMetrics(child))
     app.router.add_get("/-/rejected", child.rejected)
 
-    async def watcher_process_ctx(app: web.Application) -> AsyncIterator[None]:
+    async def watcher_child_ctx(app: web.Application) -> AsyncIterator[None]:
         try:
             await child.start()
             yield
         finally:
             await child.stop()
 
-    app.cleanup_ctx.append(watcher_process_ctx)
-    app.cleanup_ctx.append(task_ctx("config-watcher-process", child.run))
-    return child
-
-
-def setup_watcher_link(app: web.Application, port: int) -> WatcherLink:
-    """The config-watcher child of the `up` parent, as a service of one of its workers."""
-    child = WatcherLink(port)
-    setup_ops(app).add_service("config-watcher", child.ready, ChildMetrics(child))
-    app.router.add_get("/-/rejected", child.rejected)
-
-    async def watcher_link_ctx(app: web.Application) -> AsyncIterator[None]:
-        try:
-            yield
-        finally:
-            await child.close()
-
-    app.cleanup_ctx.append(watcher_link_ctx)
-    app.cleanup_ctx.append(task_ctx("config-watcher-link", child.follow))
-    return child
+    app.cleanup_ctx.append(watcher_child_ctx)
+    app.cleanup_ctx.append(task_ctx(f"config-watcher-{child.kind}", child.run))

@@ -309,6 +309,7 @@ class Publisher:
         puts: dict[str, bytes] = {}
         deletes: list[str] = []
         events: list[Event] = []
+        foreign = 0
         async for pairs in in_slices(keys.items()):
             for key, code in pairs:
                 record = wanted.get(code) if code is not None else None
@@ -317,7 +318,9 @@ class Publisher:
                     if before is not None:
                         deletes.append(key)
                         old = decode_link(before)
-                        if code is not None:
+                        if code is None:
+                            foreign += 1
+                        else:
                             events.append(LinkDeleted(code=code, owner=old.owner if old else ""))
                     continue
                 if before is not None and code is not None and same.get(code) is record:
@@ -328,9 +331,8 @@ class Publisher:
                     events.append(
                         LinkCreated(link=record) if before is None else LinkUpdated(link=record)
                     )
-        foreign = [key for key, code in keys.items() if code is None and key in known]
         if foreign:
-            log.warning("removing %d foreign keys from %s", len(foreign), self.links.bucket)
+            log.warning("removing %d foreign keys from %s", foreign, self.links.bucket)
         revision = await self.links.write(puts, deletes)
         if len(events) > BULK_EVENTS:
             events = [bulk_event(events, revision)]

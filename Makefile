@@ -1,5 +1,5 @@
 # Trunk8: `make run` starts the whole system, `make test` runs the suite.
-# Both build the virtual environment first when pyproject.toml (or the C source) changed.
+# Both build the virtual environment first when pyproject.toml (or a C source) changed.
 
 PYTHON ?= python3
 VENV := .venv
@@ -11,7 +11,8 @@ ARGS ?=
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml services/redirector/trunk8_redirector/_headscan.c
+$(STAMP): pyproject.toml services/redirector/trunk8_redirector/_headscan.c \
+		services/redirector/trunk8_redirector/_packed.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test,dev]'

@@ -6,9 +6,12 @@ mirror does (the mirror's own tests run it against a real nats-server).
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import math
+import time
 import tracemalloc
+from collections.abc import Callable
 
 import msgspec
 import pytest
@@ -35,6 +38,14 @@ def snapshot(
         expiring=expiring or {},
     )
     return bytearray(encode_snapshot(table))
+
+
+async def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Let the loop run until `condition` holds; fails after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
+        await asyncio.sleep(0.001)
 
 
 def loaded(payload: bytearray) -> LinkTable:
@@ -98,7 +109,7 @@ def test_a_separator_in_a_snapshot_is_refused_and_the_bucket_read_instead() -> N
         LinkTable().stage(snapshot(["a\0"], ["https://a/"]))
 
 
-def test_snapshot_then_changes_serve_what_the_bucket_holds(
+async def test_snapshot_then_changes_serve_what_the_bucket_holds(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(table_module, "COMPACT_MIN", 4)  # fold changes in often
@@ -110,6 +121,7 @@ def test_snapshot_then_changes_serve_what_the_bucket_holds(
         expiring={"c4": 1e12, "f": 5.0},
     )
     table = loaded(payload)
+    folder = asyncio.create_task(table.keep_folded())
     expected = {code: f"https://t.example/{i}" for i, code in enumerate(codes)}
     assert len(table) == 52
     assert isinstance(table.lookup("f"), HandOver) is False  # expired at 5.0: not found
@@ -125,6 +137,8 @@ def test_snapshot_then_changes_serve_what_the_bucket_holds(
         table.apply(f"n{round_}", record(f"n{round_}", "https://n.example/"))
         expected[f"n{round_}"] = "https://n.example/"
         table.apply("ghost", None)  # deleting an unknown code changes nothing
+        await wait_until(lambda folds=round_: table.folds > folds, what="a fold")
+    folder.cancel()
     table.apply("m", record("m", type="html", expires_at=1e12))
     assert {code: location(table, code) for code in [*codes, "n0", "n1", "n2"]} == {
         code: expected.get(code) for code in [*codes, "n0", "n1", "n2"]

@@ -80,6 +80,7 @@ def setup_redirector(app: web.Application, settings: Settings) -> Redirector:
     setup_handoff(app, settings)  # file-type links when no files service shares the app
 
     app.cleanup_ctx.append(task_ctx("link-mirror", mirror.run))
+    app.cleanup_ctx.append(task_ctx("link-fold", table.keep_folded))
     return redirector
 
 

@@ -7,9 +7,14 @@ redirect, else the type of another link and/or `;expiry`), and an open-addressin
 maps `hash(code)` to the record's offset, tagged with more bits of the hash, at a load of
 at most one half. A lookup reads a slot or two and the blob once (`bytes.startswith` at
 an offset) when a tag matches: no scan, so unknown codes cost what known ones do, and
-`hash` is keyed per process, so no client can aim collisions at it. Records are never
-changed; the table keeps later changes beside them (`table.TableState`) and folds them
-into new records now and then.
+`hash` is keyed per process, so no client can aim collisions at it.
+
+Records are never changed; the table keeps later changes beside them (`table.TableState`)
+and folds them into new records now and then with a `Fold`, which builds the new table a
+bounded step at a time so that the serving loop can run between steps. Building (a
+`Builder`) has two implementations of its bulk steps: the compiled `_packed.c`, about ten
+times faster, and the Python below, used where the extension could not be built (a
+differential test holds them to the same tables).
 """
 
 from __future__ import annotations
@@ -17,9 +22,17 @@ from __future__ import annotations
 import re
 from array import array
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from itertools import accumulate, chain, compress, repeat
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import accumulate, chain, compress, islice, repeat
 from operator import add, and_, ne, not_, or_
+from types import ModuleType
+
+try:
+    from . import _packed
+
+    COMPILED: ModuleType | None = _packed
+except ImportError:  # no C compiler where it was installed: the Python steps do it all
+    COMPILED = None
 
 # Codes keep lone surrogates (a request path may decode to one): the round trip is exact.
 _ENCODING, _ERRORS = "utf-8", "surrogatepass"
@@ -33,6 +46,11 @@ LOAD_INVERSE = 2
 _OFFSET_MASK = (1 << 40) - 1
 _TAG_BITS = ((1 << 64) - 1) ^ _OFFSET_MASK
 _EMPTY = (1 << 64) - 1  # no record is that far into a blob
+# A fold's steps, each well under 2 ms on a slow core (measured: docs/benchmarks.md): blob
+# bytes of records kept, changes added, empty slots allocated. Python's steps do less.
+FOLD_STEP_BYTES = {True: 64 * 1024, False: 16 * 1024}
+FOLD_STEP_CHANGES = {True: 1024, False: 256}
+FOLD_STEP_SLOTS = 256 * 1024
 
 Link = tuple[str, str, float | None]  # (type, normalised Location or "", expiry or None)
 
@@ -49,90 +67,42 @@ def link_meta(link_type: str, expires_at: float | None) -> str:
     return meta if expires_at is None else f"{meta};{expires_at!r}"
 
 
+def slot_count(links: int) -> int:
+    """The number of slots for up to `links` links: a power of 2, at least twice as many."""
+    size = 8
+    while size < LOAD_INVERSE * links:
+        size *= 2
+    return size
+
+
 class PackedLinks:
     """Read-only links in one blob of records, found through an array of offsets."""
 
     __slots__ = ("blob", "mask", "size", "slots")
+
+    blob: bytes | bytearray
+    mask: int
+    size: int
+    slots: array[int]
 
     def __init__(
         self,
         codes: Sequence[str],
         targets: Sequence[str],
         metas: dict[str, str] | None = None,
+        compiled: bool = True,
     ) -> None:
-        """Records of `codes[i]` -> `targets[i]` ("" unless a redirect); `metas` by code."""
-        count = len(codes)
-        meta_column: Sequence[str] = (
-            list(map(metas.get, codes, repeat(""))) if metas else [""] * count
-        )
-        # One join of the columns interleaved with the separators: no string per record.
-        text = "".join(
-            chain.from_iterable(
-                zip(codes, repeat("\0"), meta_column, repeat("\0"), targets, repeat("\n"))
-            )
-        )
+        """Records of `codes[i]` -> `targets[i]` ("" unless a redirect); `metas` by code.
 
-        def sizes(measure: Callable[[str], int]) -> Iterator[int]:
-            lengths = map(add, map(measure, codes), map(measure, targets))
-            if metas:
-                lengths = map(add, lengths, map(measure, meta_column))
-            return map(add, lengths, repeat(3))  # + two NULs and a LF
-
-        self._pack(text, codes, sizes)
-
-    def _pack(
-        self,
-        text: str,
-        codes: Sequence[str],
-        sizes: Callable[[Callable[[str], int]], Iterator[int]],
-    ) -> None:
-        """Keep `text` (one record a line, of `codes`) as the blob and index it.
-
-        `sizes(measure)` gives each record's size, its strings measured by `measure`.
+        `compiled`: use the compiled steps when they were built (False: the Python ones).
         """
-        count = len(codes)
-        if text.count("\n") != count or text.count("\0") != 2 * count:
-            raise ValueError("a code, type or target holds a NUL or a line feed")
-        blob = text.encode(_ENCODING, _ERRORS)
-        ascii_only = len(blob) == len(text)  # then a character is a byte
-        del text
-        record_sizes = sizes(len if ascii_only else _utf8_size)
-        self.blob = blob
-        self.size = count - self._index(codes, list(accumulate(record_sizes, initial=0)))
-
-    def _index(self, codes: Sequence[str], offsets: list[int]) -> int:
-        """Fill the slots with the records' tagged offsets; returns how many were replaced."""
-        size = 8
-        while size < LOAD_INVERSE * len(codes):
-            size *= 2
-        if len(self.blob) >= _OFFSET_MASK:
-            raise ValueError("over a terabyte of links")
-        mask = self.mask = size - 1
-        slots = self.slots = array("Q", [_EMPTY]) * size
-        hashes = list(map(hash, codes))
-        homes = list(map(mask.__and__, hashes))
-        values = list(map(or_, map(and_, hashes, repeat(_TAG_BITS)), offsets))
-        del hashes
-        # Each record into its home slot in one pass at C speed (a later one overwrites an
-        # earlier one); then only the records that lost their slot (about one in four) probe.
-        deque(map(slots.__setitem__, homes, values), maxlen=0)
-        lost = compress(range(len(homes)), map(ne, map(slots.__getitem__, homes), values))
-        startswith, replaced = self.blob.startswith, 0
-        for row in lost:
-            value, slot = values[row], homes[row]
-            tag, key = value & _TAG_BITS, b""
-            while (other := slots[slot]) != _EMPTY:
-                if other & _TAG_BITS == tag:  # rarely: the blob is read only then
-                    key = key or self._code_at(value & _OFFSET_MASK) + b"\0"
-                    if startswith(key, other & _OFFSET_MASK):
-                        replaced += 1  # the same code again: the last record wins
-                        if value > other:
-                            slots[slot] = value
-                        break
-                slot = (slot + 1) & mask
-            else:
-                slots[slot] = value
-        return replaced
+        builder = Builder(len(codes), compiled)
+        deque(builder.allocate(builder.size), maxlen=0)
+        meta_column = list(map(metas.get, codes, repeat(""))) if metas else None
+        builder.add_columns(list(codes), list(targets), meta_column)
+        built = builder.finish()
+        self.blob, self.slots, self.mask = built.blob, built.slots, built.mask
+        self.size = built.size
 
     def __len__(self) -> int:
         return self.size
@@ -162,7 +132,7 @@ class PackedLinks:
                 return None
 
     def _code_at(self, offset: int) -> bytes:
-        return self.blob[offset : self.blob.index(b"\0", offset)]
+        return bytes(self.blob[offset : self.blob.index(b"\0", offset)])
 
     def _link(self, start: int) -> Link:
         """The link of the record whose meta field starts at `start`."""
@@ -185,34 +155,199 @@ class PackedLinks:
 
     @classmethod
     def merged(cls, base: PackedLinks, changes: dict[str, Link | None]) -> PackedLinks:
-        """`base` with `changes` applied (None deletes): the records of a new table.
+        """`base` with `changes` applied (None deletes), built at once."""
+        fold = Fold(base, changes)
+        deque(fold.steps(), maxlen=0)
+        return fold.result()
 
-        At C speed but for the changes: the base's lines are split, not parsed one by one.
-        """
-        text = base.blob.decode(_ENCODING, _ERRORS)
-        codes = _CODE.findall(text)  # one per line, replaced records included (see below)
-        records = text.split("\n")
-        records.pop()  # after the last line feed
-        del text
-        unchanged = list(map(not_, map(changes.__contains__, codes)))
-        # A record another one of its code replaced comes back too, before it: the index
-        # keeps the last one again.
-        kept_codes = list(compress(codes, unchanged))
-        kept = list(compress(records, unchanged))
-        del codes, records, unchanged
-        for code, link in changes.items():
-            if link is not None:
-                link_type, target, expires_at = link
-                kept_codes.append(code)
-                kept.append(f"{code}\0{link_meta(link_type, expires_at)}\0{target}")
-        links = cls.__new__(cls)
-        text = "\n".join(kept) + "\n" if kept else ""
+
+class Builder:
+    """A `PackedLinks` being built: slots allocated, then records added a batch at a time.
+
+    Records are appended to one blob in the order added and indexed as they come; a code
+    added again replaces its earlier record (which stays in the blob, unreachable).
+    """
+
+    def __init__(self, capacity: int, compiled: bool = True) -> None:
+        self.compiled = COMPILED if compiled else None
+        self.size = slot_count(capacity)
+        self.slots = array("Q")
+        self.blob: bytes | bytearray = b""
+        self.count = 0  # records added
+        self.replaced = 0  # of which replaced by a later one of the same code
+
+    def allocate(self, step: int = FOLD_STEP_SLOTS) -> Iterator[None]:
+        """Allocate the empty slots, `step` at a time (yields after each step)."""
+        block = array("Q", [_EMPTY]) * min(step, self.size)  # sizes are powers of 2
+        while len(self.slots) < self.size:
+            self.slots.extend(block)
+            yield
+
+    def add_columns(
+        self, codes: list[str], targets: list[str], metas: list[str] | None = None
+    ) -> None:
+        """Add the records `codes[i]` -> `targets[i]` with `metas[i]` ("" when None)."""
+        if self.compiled is not None:
+            self._add(codes, self.compiled.pack_records(codes, metas, targets), None)
+            return
+        meta_column: Sequence[str] = metas or [""] * len(codes)
+        # One join of the columns interleaved with the separators: no string per record.
+        text = "".join(
+            chain.from_iterable(
+                zip(codes, repeat("\0"), meta_column, repeat("\0"), targets, repeat("\n"))
+            )
+        )
 
         def sizes(measure: Callable[[str], int]) -> Iterator[int]:
-            return map(add, map(measure, kept), repeat(1))  # + a LF
+            lengths = map(add, map(measure, codes), map(measure, targets))
+            if metas:
+                lengths = map(add, lengths, map(measure, meta_column))
+            return map(add, lengths, repeat(3))  # + two NULs and a LF
 
-        links._pack(text, kept_codes, sizes)
+        self._add_text(codes, text, sizes)
+
+    def add_kept(
+        self, blob: bytes | bytearray, start: int, stop: int, drop: dict[str, Link | None]
+    ) -> None:
+        """Add the records of blob[start:stop] (whole ones) whose code `drop` does not hold."""
+        if self.compiled is not None:
+            codes, records = self.compiled.kept_records(blob, start, stop, drop)
+            self._add(codes, records, None)
+            return
+        text = blob[start:stop].decode(_ENCODING, _ERRORS)
+        codes = _CODE.findall(text)
+        lines = text.split("\n")
+        lines.pop()  # after the last line feed
+        del text
+        kept = list(map(not_, map(drop.__contains__, codes)))
+        codes = list(compress(codes, kept))
+        lines = list(compress(lines, kept))
+
+        def sizes(measure: Callable[[str], int]) -> Iterator[int]:
+            return map(add, map(measure, lines), repeat(1))  # + a LF
+
+        self._add_text(codes, "\n".join(lines) + "\n" if lines else "", sizes)
+
+    def _add_text(
+        self,
+        codes: list[str],
+        text: str,
+        sizes: Callable[[Callable[[str], int]], Iterator[int]],
+    ) -> None:
+        """Add `text` (one record a line, of `codes`); `sizes(measure)` gives each size."""
+        count = len(codes)
+        if text.count("\n") != count or text.count("\0") != 2 * count:
+            raise ValueError("a code, type or target holds a NUL or a line feed")
+        records = text.encode(_ENCODING, _ERRORS)
+        ascii_only = len(records) == len(text)  # then a character is a byte
+        del text
+        self._add(codes, records, sizes(len if ascii_only else _utf8_size))
+
+    def _add(self, codes: list[str], records: bytes, sizes: Iterable[int] | None) -> None:
+        """Append `records` (of `codes`, sized by `sizes` unless compiled) and index them."""
+        start = len(self.blob)
+        if start + len(records) >= _OFFSET_MASK:
+            raise ValueError("over a terabyte of links")
+        if not start:
+            self.blob = records  # a table built at once keeps these bytes: no copy
+        else:
+            if isinstance(self.blob, bytes):
+                self.blob = bytearray(self.blob)  # grows in place (realloc) from now on
+            self.blob += records
+        self.count += len(codes)
+        if sizes is None:
+            assert self.compiled is not None
+            self.replaced += self.compiled.index_records(self.slots, self.blob, start, codes)
+        else:
+            self.replaced += self._index(codes, accumulate(sizes, initial=start))
+
+    def _index(self, codes: list[str], offsets: Iterable[int]) -> int:
+        """Place the records at `offsets` in the slots; returns how many were replaced."""
+        slots = self.slots
+        mask = len(slots) - 1
+        hashes = list(map(hash, codes))
+        homes = list(map(mask.__and__, hashes))
+        values = list(map(or_, map(and_, hashes, repeat(_TAG_BITS)), offsets))
+        del hashes
+        # Each record into its home slot, if empty, in one pass at C speed (a later one
+        # overwrites an earlier one); then only the records that lost their slot probe.
+        free = list(map(_EMPTY.__eq__, map(slots.__getitem__, homes)))
+        deque(map(slots.__setitem__, compress(homes, free), compress(values, free)), maxlen=0)
+        lost = compress(range(len(homes)), map(ne, map(slots.__getitem__, homes), values))
+        startswith, replaced = self.blob.startswith, 0
+        for row in lost:
+            value, slot = values[row], homes[row]
+            tag = value & _TAG_BITS
+            key: bytes | bytearray = b""
+            while (other := slots[slot]) != _EMPTY:
+                if other & _TAG_BITS == tag:  # rarely: the blob is read only then
+                    if not key:
+                        offset = value & _OFFSET_MASK
+                        key = self.blob[offset : self.blob.index(b"\0", offset) + 1]
+                    if startswith(key, other & _OFFSET_MASK):
+                        replaced += 1  # the same code again: the last record wins
+                        if value > other:
+                            slots[slot] = value
+                        break
+                slot = (slot + 1) & mask
+            else:
+                slots[slot] = value
+        return replaced
+
+    def finish(self) -> PackedLinks:
+        """The table built (the slots must have been allocated)."""
+        if len(self.slots) != self.size:
+            raise RuntimeError("slots not allocated")
+        links = object.__new__(PackedLinks)
+        links.blob, links.slots, links.mask = self.blob, self.slots, self.size - 1
+        links.size = self.count - self.replaced
         return links
+
+
+class Fold:
+    """`base` with `changes` applied (None deletes), built by `steps` a bounded step at a time.
+
+    The changes must not be modified until the fold is done. At C speed a million links
+    fold in about a quarter of a second, in steps of a millisecond or two; the records of
+    `base` are copied, not parsed into objects.
+    """
+
+    def __init__(
+        self,
+        base: PackedLinks,
+        changes: dict[str, Link | None],
+        capacity: int | None = None,
+        compiled: bool = True,
+    ) -> None:
+        """`capacity`: how many links the new table will hold (at most), if known."""
+        self.base = base
+        self.changes = changes
+        self.builder = Builder(capacity or len(base) + len(changes), compiled)
+
+    def steps(self) -> Iterator[None]:
+        """Build the new table, yielding after each step; then `result` returns it."""
+        builder, blob, changes = self.builder, self.base.blob, self.changes
+        fast = builder.compiled is not None
+        yield from builder.allocate()
+        step, start = FOLD_STEP_BYTES[fast], 0
+        while start < len(blob):
+            stop = blob.find(b"\n", min(start + step, len(blob)) - 1) + 1
+            if stop <= start:
+                raise ValueError("a blob that does not end with a record")
+            builder.add_kept(blob, start, stop, changes)
+            start = stop
+            yield
+        live = ((code, link) for code, link in changes.items() if link is not None)
+        while batch := list(islice(live, FOLD_STEP_CHANGES[fast])):
+            codes = [code for code, _ in batch]
+            targets = [link[1] for _, link in batch]
+            metas = [link_meta(link[0], link[2]) for _, link in batch]
+            builder.add_columns(codes, targets, metas)
+            yield
+
+    def result(self) -> PackedLinks:
+        """The new table, once `steps` ran to its end."""
+        return self.builder.finish()
 
 
 def _utf8_size(text: str) -> int:

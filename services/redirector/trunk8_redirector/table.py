@@ -13,9 +13,11 @@ checked against an injectable clock at every lookup.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Generator
 
 import msgspec
 
@@ -25,7 +27,7 @@ from trunk8_shared.pages import NOT_FOUND_HEADERS, NOT_FOUND_PAGE
 from trunk8_shared.records import LinkRecord, link_decoder
 from trunk8_shared.snapshot import TABLE_OBJECT, SnapshotError, decode_table
 
-from .packed import EMPTY_LINKS, Link, PackedLinks, link_meta, packable
+from .packed import EMPTY_LINKS, Fold, Link, PackedLinks, link_meta, packable
 from .pages import redirect_page
 
 log = logging.getLogger("trunk8.redirector")
@@ -47,7 +49,7 @@ REASONS = {
 # Answers kept built: the hot codes' 302s (about 1 KB each), evicted oldest first.
 ANSWER_CACHE_SIZE = 65_536
 # Changes kept beside the packed rows until they outnumber this share of them (and this
-# many): folding them in costs about a second of the loop per million links, so rarely.
+# many); then they are folded into new rows, a step of a millisecond or two at a time.
 COMPACT_RATIO = 0.25
 COMPACT_MIN = 4096
 
@@ -124,23 +126,27 @@ class HandOver(Answer):
 
 
 _UNCHANGED: Link = ("", "", None)  # no change recorded: the packed records answer
+_NO_CHANGES: dict[str, Link | None] = {}  # never written: no fold under way
 
 
 class TableState:
     """The table's content, built aside and swapped in whole (a `StagedState`).
 
-    Packed rows (`PackedLinks`, from a snapshot or a compaction) and a dict of the changes
-    since (None: deleted), consulted first. Changes are folded into new rows when they
-    outgrow `COMPACT_RATIO` of the rows, so a bucket read or a stream of new links ends in
-    packed rows too.
+    Packed rows (`PackedLinks`, from a snapshot or a fold) and a dict of the changes since
+    (None: deleted), consulted first. Changes are folded into new rows when they outgrow
+    `COMPACT_RATIO` of the rows, so a bucket read or a stream of new links ends in packed
+    rows too. A state being built folds at once (nothing is served from it yet); the live
+    one in steps (`LinkTable.keep_folded`): its changes move to `folding`, read-only and
+    consulted between `changes` and `rows`, until the new rows replace both.
     """
 
-    __slots__ = ("changes", "rows", "size", "skipped", "table")
+    __slots__ = ("changes", "folding", "rows", "size", "skipped", "table")
 
     def __init__(self, table: LinkTable, rows: PackedLinks = EMPTY_LINKS) -> None:
         self.table = table
         self.rows = rows
         self.changes: dict[str, Link | None] = {}
+        self.folding = _NO_CHANGES
         self.size = len(rows)
         self.skipped: list[str] = []
 
@@ -150,7 +156,11 @@ class TableState:
     def find(self, code: str) -> Link | None:
         """The link of a code (whether it has expired or not), or None."""
         link = self.changes.get(code, _UNCHANGED)
-        return self.rows.get(code) if link is _UNCHANGED else link
+        if link is _UNCHANGED:
+            link = self.folding.get(code, _UNCHANGED)
+            if link is _UNCHANGED:
+                return self.rows.get(code)
+        return link
 
     def apply(self, key: str, value: bytes | None) -> None:
         """Apply one put (value) or delete (None); an unusable value deletes its code."""
@@ -167,17 +177,41 @@ class TableState:
                 link = None
                 self.skipped.append(key)
         self.size += (link is not None) - (self.find(code) is not None)
-        if link is None and self.rows.get(code) is None:
+        if link is None and self._folded(code) is None:
             self.changes.pop(code, None)  # nothing to hide: keep no tombstone
         else:
             self.changes[code] = link
 
+    def _folded(self, code: str) -> Link | None:
+        """The link of a code in the rows and the changes being folded into them."""
+        link = self.folding.get(code, _UNCHANGED)
+        return self.rows.get(code) if link is _UNCHANGED else link
+
+    def fold_due(self) -> bool:
+        """Whether the changes outgrew their share of the rows (and no fold is under way)."""
+        changes = len(self.changes)
+        return changes > max(COMPACT_MIN, len(self.rows) * COMPACT_RATIO) and not self.folding
+
+    def fold_steps(self) -> Generator[None, None, None]:
+        """Fold the changes into new rows, yielding between steps; changes made meanwhile
+        stay beside them."""
+        self.folding, self.changes = self.changes, {}
+        fold = Fold(self.rows, self.folding, capacity=self.size)
+        folded = False
+        try:
+            yield from fold.steps()
+            self.rows = fold.result()
+            folded = True
+        finally:
+            if not folded:  # failed or given up: the changes go back beside the old rows
+                self.folding.update(self.changes)
+                self.changes = self.folding
+            self.folding = _NO_CHANGES
+
     def compact(self) -> None:
-        """Fold the changes into new packed rows, if they outgrew their share of them."""
-        changes = self.changes
-        if len(changes) > max(COMPACT_MIN, len(self.rows) * COMPACT_RATIO):
-            self.rows = PackedLinks.merged(self.rows, changes)
-            self.changes = {}
+        """Fold the changes at once, if due (a state not served yet)."""
+        if self.fold_due():
+            deque(self.fold_steps(), maxlen=0)
 
     def install(self) -> int:
         """Make this the table's content; returns the number of codes."""
@@ -213,6 +247,9 @@ class LinkTable:
         self._answers: dict[str, Answer] = {}  # built answers, oldest first
         self.updates = 0  # changes applied since start, snapshots included
         self.loaded = False  # a first full state (snapshot or bucket) was installed
+        self.folds = 0  # folds of the live state's changes into new rows, completed
+        self.longest_fold_step = 0.0  # CPU seconds of its longest step (the loop waits)
+        self._fold_due = asyncio.Event()
 
     def __len__(self) -> int:
         return len(self._state)
@@ -283,6 +320,36 @@ class LinkTable:
         self._answers = {}
         self.updates += 1
 
+    async def keep_folded(self) -> None:
+        """Fold the live state's changes into new rows whenever due, until cancelled.
+
+        One step per turn of the loop: requests are served between steps, from the old
+        rows and the changes (a fold changes no answer, so the cache stays).
+        """
+        while True:
+            await self._fold_due.wait()
+            self._fold_due.clear()
+            state = self._state
+            if not state.fold_due():
+                continue
+            started = time.thread_time()
+            steps = state.fold_steps()
+            try:
+                for _ in steps:
+                    self._fold_step_took(time.thread_time() - started)
+                    await asyncio.sleep(0)
+                    if state is not self._state:
+                        break  # replaced by a whole load: its fold no longer matters
+                    started = time.thread_time()
+                else:
+                    self._fold_step_took(time.thread_time() - started)
+                    self.folds += 1
+            finally:
+                steps.close()
+
+    def _fold_step_took(self, seconds: float) -> None:
+        self.longest_fold_step = max(self.longest_fold_step, seconds)
+
     def replace_all(self, entries: dict[str, bytes]) -> None:
         """Swap in a full snapshot of the links bucket; entries it cannot serve are skipped."""
         state = TableState(self)
@@ -298,7 +365,8 @@ class LinkTable:
         if state.skipped:
             log.warning("ignoring an unusable links record for key %r", key)
             state.skipped.clear()
-        state.compact()
+        if state.fold_due():
+            self._fold_due.set()
         code = code_of_key(key)
         if code is not None:
             self._answers.pop(code, None)

@@ -12,6 +12,7 @@ import gc
 import random
 import time
 from array import array
+from collections import deque
 
 import msgspec
 import pytest
@@ -84,8 +85,7 @@ def test_compiled_and_python_steps_build_the_same_tables(seed: int) -> None:
     }
     for compiled in (True, False):
         fold = Fold(fast if compiled else slow, changes, compiled=compiled)
-        steps = sum(1 for _ in fold.steps())
-        assert steps >= 1
+        deque(fold.steps(), maxlen=0)
         assert contents(fold.result()) == folded
 
 

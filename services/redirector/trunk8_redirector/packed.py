@@ -99,7 +99,7 @@ class PackedLinks:
         builder = Builder(len(codes), compiled)
         deque(builder.allocate(builder.size), maxlen=0)
         meta_column = list(map(metas.get, codes, repeat(""))) if metas else None
-        builder.add_columns(list(codes), list(targets), meta_column)
+        builder.add_columns(_listed(codes), _listed(targets), meta_column)
         built = builder.finish()
         self.blob, self.slots, self.mask = built.blob, built.slots, built.mask
         self.size = built.size
@@ -179,6 +179,8 @@ class Builder:
     def allocate(self, step: int = FOLD_STEP_SLOTS) -> Iterator[None]:
         """Allocate the empty slots, `step` at a time (yields after each step)."""
         block = array("Q", [_EMPTY]) * min(step, self.size)  # sizes are powers of 2
+        if len(block) == self.size:
+            self.slots = block  # at once: no copy (freed copies leave the heap fragmented)
         while len(self.slots) < self.size:
             self.slots.extend(block)
             yield
@@ -348,6 +350,10 @@ class Fold:
     def result(self) -> PackedLinks:
         """The new table, once `steps` ran to its end."""
         return self.builder.finish()
+
+
+def _listed(column: Sequence[str]) -> list[str]:
+    return column if isinstance(column, list) else list(column)
 
 
 def _utf8_size(text: str) -> int:

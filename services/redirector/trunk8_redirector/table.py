@@ -18,7 +18,8 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Generator
-from itertools import repeat, starmap
+from itertools import repeat
+from operator import methodcaller
 
 import msgspec
 
@@ -53,7 +54,7 @@ ANSWER_CACHE_SIZE = 65_536
 # many); then they are folded into new rows, a step of a millisecond or two at a time.
 COMPACT_RATIO = 0.25
 COMPACT_MIN = 4096
-FREE_STEP = 4096  # folded changes freed per step
+FREE_STEP = 4096  # folded changes dropped per step
 
 
 class Answer:
@@ -129,6 +130,7 @@ class HandOver(Answer):
 
 _UNCHANGED: Link = ("", "", None)  # no change recorded: the packed records answer
 _NO_CHANGES: dict[str, Link | None] = {}  # never written: no fold under way
+_pop = methodcaller("popitem")
 
 
 class TableState:
@@ -138,8 +140,7 @@ class TableState:
     (None: deleted), consulted first. Changes are folded into new rows when they outgrow
     `COMPACT_RATIO` of the rows, so a bucket read or a stream of new links ends in packed
     rows too. A state being built folds at once (nothing is served from it yet); the live
-    one in steps (`LinkTable.keep_folded`): its changes move to `folding`, read-only and
-    consulted between `changes` and `rows`, until the new rows replace both.
+    one in steps (`LinkTable.keep_folded`), while `changes` and the old rows keep answering.
     """
 
     __slots__ = ("changes", "folding", "rows", "size", "skipped", "table")
@@ -158,11 +159,7 @@ class TableState:
     def find(self, code: str) -> Link | None:
         """The link of a code (whether it has expired or not), or None."""
         link = self.changes.get(code, _UNCHANGED)
-        if link is _UNCHANGED:
-            link = self.folding.get(code, _UNCHANGED)
-            if link is _UNCHANGED:
-                return self.rows.get(code)
-        return link
+        return self.rows.get(code) if link is _UNCHANGED else link
 
     def apply(self, key: str, value: bytes | None) -> None:
         """Apply one put (value) or delete (None); an unusable value deletes its code."""
@@ -185,7 +182,7 @@ class TableState:
             self.changes[code] = link
 
     def _folded(self, code: str) -> Link | None:
-        """The link of a code in the rows and the changes being folded into them."""
+        """The link of a code in the rows, or in the changes being folded into new ones."""
         link = self.folding.get(code, _UNCHANGED)
         return self.rows.get(code) if link is _UNCHANGED else link
 
@@ -195,26 +192,26 @@ class TableState:
         return changes > max(COMPACT_MIN, len(self.rows) * COMPACT_RATIO) and not self.folding
 
     def fold_steps(self) -> Generator[None, None, None]:
-        """Fold the changes into new rows, yielding between steps; changes made meanwhile
-        stay beside them."""
-        self.folding, self.changes = self.changes, {}
-        folding = self.folding
+        """Fold the changes into new rows, yielding between steps.
+
+        `changes` keeps answering throughout (and takes the changes made meanwhile): the
+        fold works from a copy, `folding`, and once the new rows are in, the changes they
+        hold are dropped from `changes` unless changed again since.
+        """
+        changes = self.changes
+        folding = self.folding = dict(changes)  # one copy: 4-8 ms for 250,000 changes
         fold = Fold(self.rows, folding, capacity=self.size)
-        folded = False
         try:
             yield from fold.steps()
             self.rows = fold.result()
-            folded = True
-        finally:
-            if not folded:  # failed or given up: the changes go back beside the old rows
-                folding.update(self.changes)
-                self.changes = folding
+        finally:  # a fold failed or given up loses nothing: `changes` holds every change
             self.folding = _NO_CHANGES
-        # Folded (a fold given up never gets here): free the folded changes a step at a
-        # time, as freeing a quarter of a million at once holds the loop 20-30 ms.
         del fold
+        # Emptied a step at a time: freeing 250,000 changes at once holds the loop 20-30 ms.
         while folding:
-            deque(starmap(folding.popitem, repeat((), min(len(folding), FREE_STEP))), maxlen=0)
+            for code, link in map(_pop, repeat(folding, min(len(folding), FREE_STEP))):
+                if changes.get(code, _UNCHANGED) is link:
+                    del changes[code]
             yield
 
     def compact(self) -> None:

@@ -129,6 +129,8 @@ error:
 static int
 same_code(const char *blob, Py_ssize_t size, uint64_t a, uint64_t b)
 {
+    if (a >= (uint64_t)size) /* slots of another blob: never read past this one */
+        return 0;
     const char *end_a = memchr(blob + a, '\0', size - a);
     if (end_a == NULL)
         return 0;

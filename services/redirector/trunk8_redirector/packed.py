@@ -12,9 +12,9 @@ an offset) when a tag matches: no scan, so unknown codes cost what known ones do
 Records are never changed; the table keeps later changes beside them (`table.TableState`)
 and folds them into new records now and then with a `Fold`, which builds the new table a
 bounded step at a time so that the serving loop can run between steps. Building (a
-`Builder`) has two implementations of its bulk steps: the compiled `_packed.c`, about ten
-times faster, and the Python below, used where the extension could not be built (a
-differential test holds them to the same tables).
+`Builder`) has two implementations of its bulk steps: the compiled `_packed.c` (a million
+links in 0.4-0.5 s on a busy 2-core machine, against 2-4 s) and the Python below, used
+where the extension could not be built (a differential test holds them to the same tables).
 """
 
 from __future__ import annotations

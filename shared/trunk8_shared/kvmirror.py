@@ -21,9 +21,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from collections.abc import Callable
 from typing import NamedTuple, Protocol, cast
 
+import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
@@ -32,7 +34,13 @@ from .background import Backoff
 from .buckets import wait_for_bucket
 from .bus import Bus
 from .codes import code_of_key
-from .snapshot import RECORDS_OBJECT, SnapshotError, decode_records, read_snapshot
+from .snapshot import (
+    RECORDS_OBJECT,
+    RecordsSnapshot,
+    SnapshotError,
+    decode_records,
+    read_snapshot,
+)
 
 log = logging.getLogger("trunk8.kvmirror")
 
@@ -216,9 +224,52 @@ async def check_snapshot_fits(
         raise SnapshotError(f"it is ahead of the bucket ({revision})")
 
 
+class _SharedRead:
+    """One read and decode of the records snapshot, for every mirror asking meanwhile."""
+
+    def __init__(self, task: asyncio.Future[RecordsSnapshot]) -> None:
+        self.task = task
+        self.waiting = 0
+
+
+# Per event loop: the files and admin mirrors of one process start together, and each read
+# and decode of the records object costs about 2 s at a million links.
+_records_reads: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _SharedRead]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def _read_records(js: JetStreamContext) -> RecordsSnapshot:
+    return decode_records(await read_snapshot(js, RECORDS_OBJECT))
+
+
+async def shared_records(js: JetStreamContext) -> RecordsSnapshot:
+    """The records snapshot, read once for the callers of this process that ask meanwhile.
+
+    Each caller gets entries of its own to change: the last one to take the shared result
+    its dict, the others a copy (the values themselves are shared). Forgotten once taken.
+    """
+    reads = _records_reads.setdefault(asyncio.get_running_loop(), {})
+    read = reads.get(RECORDS_OBJECT)
+    if read is None:
+        read = reads[RECORDS_OBJECT] = _SharedRead(asyncio.ensure_future(_read_records(js)))
+        # Retrieved even when every caller was cancelled: no "never retrieved" warning.
+        read.task.add_done_callback(lambda task: task.cancelled() or task.exception())
+    read.waiting += 1
+    try:
+        records = await asyncio.shield(read.task)
+    finally:
+        read.waiting -= 1
+        if not read.waiting and reads.get(RECORDS_OBJECT) is read:
+            del reads[RECORDS_OBJECT]
+    if read.waiting:
+        return msgspec.structs.replace(records, entries=dict(records.entries))
+    return records
+
+
 async def records_start(js: JetStreamContext, bucket: str) -> tuple[RecordsStage, int]:
     """The records snapshot as a staging dict and its revision; SnapshotError if unusable."""
-    records = decode_records(await read_snapshot(js, RECORDS_OBJECT))
+    records = await shared_records(js)
     await check_snapshot_fits(js, bucket, records.revision, records.bucket_created)
     return RecordsStage(records.entries), records.revision
 

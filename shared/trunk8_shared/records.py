@@ -21,8 +21,12 @@ EVENTS_PREFIX = "trunk8.events"
 RELOAD_SUBJECT = "trunk8.control.reload"
 
 
-class LinkRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """A served link, keyed by its short code in KV `trunk8_links`."""
+class LinkRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
+    """A served link, keyed by its short code in KV `trunk8_links`.
+
+    Untracked by the garbage collector (`gc=False`: its fields are scalars, so it is in no
+    cycle): a million of them made each full collection of a process walk them all.
+    """
 
     v: int = 1
     code: str

@@ -71,13 +71,15 @@ class LinkCatalog:
     """Users in order, their links, and the served table derived from them.
 
     `owners` indexes which users define each code, so resolving a code costs as many
-    steps as it has owners, whatever the number of users.
+    steps as it has owners, whatever the number of users. A code of one user (nearly all)
+    maps to that user's name, a set only for codes several users define: a million
+    one-name sets cost about 200 MB and a second of a warm start.
     """
 
     def __init__(self) -> None:
         self.users: dict[str, UserRecord] = {}
         self.links_by_user: dict[str, dict[str, LinkRecord]] = {}
-        self.owners: dict[str, set[str]] = {}
+        self.owners: dict[str, str | set[str]] = {}
         self.served: dict[str, LinkRecord] = {}
         self.duplicates: dict[str, Duplicate] = {}
 
@@ -94,7 +96,7 @@ class LinkCatalog:
             touched |= self.set_links(name, {})
             del self.links_by_user[name]
         if before != [name for name in users if name in before]:
-            touched |= {code for code, owners in self.owners.items() if len(owners) > 1}
+            touched |= {code for code, owners in self.owners.items() if isinstance(owners, set)}
         return touched
 
     def set_links(self, owner: str, links: dict[str, LinkRecord]) -> set[str]:
@@ -104,20 +106,16 @@ class LinkCatalog:
         if not previous:  # a first load: every code is new (a million at a start)
             owners = self.owners
             shared = {code: owners[code] for code in links.keys() & owners.keys()}
-            singles = map(set, zip(repeat(owner, len(links))))  # {owner} for each code, in C
-            owners.update(zip(links, singles, strict=True))
+            owners.update(zip(links, repeat(owner), strict=False))  # in C: a million at a start
             for code, holders in shared.items():
-                holders.add(owner)
                 owners[code] = holders
+                self._add_owner(code, owner)
             return set(links)
         removed = previous.keys() - links.keys()
         for code in removed:
-            holders = self.owners[code]
-            holders.discard(owner)
-            if not holders:
-                del self.owners[code]
+            self._remove_owner(code, owner)
         for code in links.keys() - previous.keys():
-            self.owners.setdefault(code, set()).add(owner)
+            self._add_owner(code, owner)
         # Compared in C: a re-read of a 100,000-link file usually changes a few.
         codes = list(links)
         return set(compress(codes, map(ne, map(previous.get, codes), links.values()))) | removed
@@ -132,16 +130,31 @@ class LinkCatalog:
         for code in gone:
             if links.pop(code, None) is not None:
                 touched.add(code)
-                holders = self.owners[code]
-                holders.discard(owner)
-                if not holders:
-                    del self.owners[code]
+                self._remove_owner(code, owner)
         for code, record in put.items():
             if links.get(code) != record:
                 touched.add(code)
                 links[code] = record
-                self.owners.setdefault(code, set()).add(owner)
+                self._add_owner(code, owner)
         return touched
+
+    def _add_owner(self, code: str, owner: str) -> None:
+        holders = self.owners.get(code)
+        if holders is None or holders == owner:
+            self.owners[code] = owner
+        elif isinstance(holders, set):
+            holders.add(owner)
+        else:
+            self.owners[code] = {holders, owner}
+
+    def _remove_owner(self, code: str, owner: str) -> None:
+        holders = self.owners.get(code)
+        if isinstance(holders, set):
+            holders.discard(owner)
+            if len(holders) == 1:
+                self.owners[code] = next(iter(holders))
+        elif holders == owner:
+            del self.owners[code]
 
     def resolve(self, codes: Iterable[str] | None = None) -> Changes:
         """Recompute the served owner of `codes` (all codes when None) and return the diff."""
@@ -161,8 +174,8 @@ class LinkCatalog:
                 if self.duplicates:
                     self.duplicates.pop(code, None)
                 continue
-            if len(holders) == 1:  # most codes: no ordering to do
-                (first,) = holders
+            if isinstance(holders, str):  # most codes: no ordering to do
+                first = holders
                 if self.duplicates:
                     self.duplicates.pop(code, None)
             else:
@@ -185,7 +198,7 @@ class LinkCatalog:
             served.update(self.links_by_user[owner])
         self.duplicates = {}
         for code, holders in self.owners.items():
-            if len(holders) > 1:
+            if isinstance(holders, set):
                 first, *shadowed = sorted(holders, key=self._position)
                 self.duplicates[code] = Duplicate(code, first, tuple(shadowed))
         return Changes(put=dict(served))

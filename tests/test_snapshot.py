@@ -24,7 +24,8 @@ from trunk8_files.app import FILES
 from trunk8_redirector.app import REDIRECTOR
 from trunk8_redirector.table import HandOver, LinkTable
 from trunk8_shared.location import location_header
-from trunk8_shared.records import RELOAD_SUBJECT, ReloadRequest, json_encoder
+from trunk8_shared import kvmirror
+from trunk8_shared.records import LINKS_BUCKET, RELOAD_SUBJECT, ReloadRequest, json_encoder
 from trunk8_shared.snapshot import (
     RECORDS_OBJECT,
     TABLE_OBJECT,
@@ -230,3 +231,29 @@ async def test_a_damaged_object_is_refused_by_its_digest(
     await js.publish(f"$O.trunk8_snapshots.C.{info.nuid}", bytes(len(payload)))
     with pytest.raises(SnapshotError):
         await read_snapshot(js, TABLE_OBJECT)
+
+
+async def test_mirrors_starting_together_share_one_read_of_the_records(
+    start_system: StartSystem, bus_client: nats.NATS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    main = await start_system()
+    at = await snapshot_at(main, bus_client)
+    reads: list[str] = []
+
+    async def counted(js: object, name: str) -> bytearray:
+        reads.append(name)
+        return await read_snapshot(bus_client.jetstream(), name)
+
+    monkeypatch.setattr(kvmirror, "read_snapshot", counted)
+    js = bus_client.jetstream()
+    (first, revision), (second, _) = await asyncio.gather(
+        kvmirror.records_start(js, LINKS_BUCKET), kvmirror.records_start(js, LINKS_BUCKET)
+    )
+    assert reads == [RECORDS_OBJECT]
+    assert revision == at
+    assert first.entries == second.entries and first.entries
+    assert first.entries is not second.entries  # each mirror changes its own
+    first.apply(next(iter(first.entries)), None)
+    assert len(second.entries) == len(first.entries) + 1
+    await kvmirror.records_start(js, LINKS_BUCKET)  # asked later: read again, not kept
+    assert reads == [RECORDS_OBJECT, RECORDS_OBJECT]

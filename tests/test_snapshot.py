@@ -23,8 +23,8 @@ from trunk8_config_watcher.app import CONFIG_WATCHER
 from trunk8_files.app import FILES
 from trunk8_redirector.app import REDIRECTOR
 from trunk8_redirector.table import HandOver, LinkTable
-from trunk8_shared.location import location_header
 from trunk8_shared import kvmirror
+from trunk8_shared.location import location_header
 from trunk8_shared.records import LINKS_BUCKET, RELOAD_SUBJECT, ReloadRequest, json_encoder
 from trunk8_shared.snapshot import (
     RECORDS_OBJECT,
@@ -36,6 +36,7 @@ from trunk8_shared.snapshot import (
     put_snapshot,
     read_snapshot,
     read_snapshot_tag,
+    read_tagged_snapshot,
 )
 
 
@@ -240,13 +241,13 @@ async def test_mirrors_starting_together_share_one_read_of_the_records(
     at = await snapshot_at(main, bus_client)
     reads: list[str] = []
 
-    async def counted(js: object, name: str) -> bytearray:
+    async def counted(js: object, name: str) -> tuple[bytearray, str]:
         reads.append(name)
-        return await read_snapshot(bus_client.jetstream(), name)
+        return await read_tagged_snapshot(bus_client.jetstream(), name)
 
-    monkeypatch.setattr(kvmirror, "read_snapshot", counted)
+    monkeypatch.setattr(kvmirror, "read_tagged_snapshot", counted)
     js = bus_client.jetstream()
-    (first, revision), (second, _) = await asyncio.gather(
+    (first, revision, _), (second, _, _) = await asyncio.gather(
         kvmirror.records_start(js, LINKS_BUCKET), kvmirror.records_start(js, LINKS_BUCKET)
     )
     assert reads == [RECORDS_OBJECT]

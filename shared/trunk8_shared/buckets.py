@@ -200,6 +200,7 @@ async def write_batched(
     bucket: str,
     writes: Sequence[tuple[str, bytes | None]],
     last_sequence: int | None = None,
+    last_headers: dict[str, str] | None = None,
 ) -> tuple[list[str], list[tuple[str, BaseException]]]:
     """Put (value) or delete (None) many keys, acknowledged in batches; (done, failures).
 
@@ -210,6 +211,7 @@ async def write_batched(
     `last_sequence` (the stream's, as known to its only writer) write i expects the
     stream at `last_sequence + i`: the writes done are then exactly the first ones, and
     a `WrongLastSequenceError` first in the failures means another writer came between.
+    `last_headers` go with the last write only (a bulk write's mark, `PLAN_HEADER`).
     """
     inbox = nc.new_inbox()
     outcomes: dict[int, BaseException | None] = {}
@@ -237,6 +239,8 @@ async def write_batched(
                 headers = None
                 if last_sequence is not None:
                     headers = {EXPECTED_LAST_SEQUENCE: str(last_sequence + index)}
+                if last_headers is not None and index == len(writes) - 1:
+                    headers = {**(headers or {}), **last_headers}
                 if value is None:
                     headers = {**(headers or {}), **_DELETE_HEADERS}
                     await nc.publish(prefix + key, b"", reply=reply, headers=headers)

@@ -39,7 +39,9 @@ from .snapshot import (
     RecordsSnapshot,
     SnapshotError,
     decode_records,
-    read_snapshot,
+    plan_landed,
+    read_tagged_snapshot,
+    stored_plan,
 )
 
 log = logging.getLogger("trunk8.kvmirror")
@@ -47,6 +49,8 @@ log = logging.getLogger("trunk8.kvmirror")
 KV_OPERATION = "KV-Operation"
 # Seconds between checks that the consumer still exists (no error says when it is lost).
 CONSUMER_CHECK_INTERVAL = 5.0
+# ...and while a snapshot loaded ahead of the bucket waits for its bulk write to land.
+PLAN_CHECK_INTERVAL = 0.5
 FOLLOW_HEARTBEAT_SECONDS = 1.0
 MARKER_REASON = "Nats-Marker-Reason"
 
@@ -214,20 +218,43 @@ async def follow_bucket(
 
 
 async def check_snapshot_fits(
-    js: JetStreamContext, bucket: str, revision: int, bucket_created: str
-) -> None:
-    """Raise SnapshotError unless a snapshot at `revision` is of this bucket as it is now."""
+    js: JetStreamContext,
+    bucket: str,
+    revision: int,
+    bucket_created: str,
+    plan: str = "",
+    allow_ahead: bool = False,
+) -> bool:
+    """Raise SnapshotError unless a snapshot at `revision` is of this bucket as it is now.
+
+    A snapshot of a bulk write's outcome (`plan`) fits once that write landed, and with
+    `allow_ahead` while it is landing: then True (the reader checks it later, `Pending`).
+    """
     status = await (await js.key_value(bucket)).status()
     if bucket_created != str(status.stream_info.created):
         raise SnapshotError("it is of an earlier bucket (deleted and created again)")
-    if revision > status.stream_info.state.last_seq:
+    last = status.stream_info.state.last_seq
+    if revision > last:
+        if plan and allow_ahead:
+            return True
         raise SnapshotError(f"it is ahead of the bucket ({revision})")
+    if plan and not await plan_landed(js, bucket, revision, plan):
+        raise SnapshotError(f"its bulk write did not land as planned (revision {revision})")
+    return False
+
+
+class Pending(NamedTuple):
+    """A snapshot loaded ahead of the bucket: the bulk write of `plan` ends at `revision`."""
+
+    object_name: str
+    revision: int
+    plan: str
 
 
 class _SharedRead:
     """One read and decode of the records snapshot, for every mirror asking meanwhile."""
 
-    def __init__(self, task: asyncio.Future[RecordsSnapshot]) -> None:
+    def __init__(self, task: asyncio.Future[tuple[RecordsSnapshot, str]]) -> None:
         self.task = task
         self.waiting = 0
 
@@ -239,12 +266,13 @@ _records_reads: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _
 )
 
 
-async def _read_records(js: JetStreamContext) -> RecordsSnapshot:
-    return decode_records(await read_snapshot(js, RECORDS_OBJECT))
+async def _read_records(js: JetStreamContext) -> tuple[RecordsSnapshot, str]:
+    payload, plan = await read_tagged_snapshot(js, RECORDS_OBJECT)
+    return decode_records(payload), plan
 
 
-async def shared_records(js: JetStreamContext) -> RecordsSnapshot:
-    """The records snapshot, read once for the callers of this process that ask meanwhile.
+async def shared_records(js: JetStreamContext) -> tuple[RecordsSnapshot, str]:
+    """The records snapshot and its plan, read once for the callers that ask meanwhile.
 
     Each caller gets entries of its own to change: the last one to take the shared result
     its dict, the others a copy (the values themselves are shared). Forgotten once taken.
@@ -257,21 +285,30 @@ async def shared_records(js: JetStreamContext) -> RecordsSnapshot:
         read.task.add_done_callback(lambda task: task.cancelled() or task.exception())
     read.waiting += 1
     try:
-        records = await asyncio.shield(read.task)
+        records, plan = await asyncio.shield(read.task)
     finally:
         read.waiting -= 1
         if not read.waiting and reads.get(RECORDS_OBJECT) is read:
             del reads[RECORDS_OBJECT]
     if read.waiting:
-        return msgspec.structs.replace(records, entries=dict(records.entries))
-    return records
+        return msgspec.structs.replace(records, entries=dict(records.entries)), plan
+    return records, plan
 
 
-async def records_start(js: JetStreamContext, bucket: str) -> tuple[RecordsStage, int]:
-    """The records snapshot as a staging dict and its revision; SnapshotError if unusable."""
-    records = await shared_records(js)
-    await check_snapshot_fits(js, bucket, records.revision, records.bucket_created)
-    return RecordsStage(records.entries), records.revision
+async def records_start(
+    js: JetStreamContext, bucket: str, allow_ahead: bool = False
+) -> tuple[RecordsStage, int, Pending | None]:
+    """The records snapshot as a staging dict, its revision, and whether it is ahead.
+
+    SnapshotError if unusable (ahead of the bucket too, unless `allow_ahead`).
+    """
+    records, plan = await shared_records(js)
+    revision = records.revision
+    ahead = await check_snapshot_fits(
+        js, bucket, revision, records.bucket_created, plan, allow_ahead
+    )
+    pending = Pending(RECORDS_OBJECT, revision, plan) if ahead else None
+    return RecordsStage(records.entries), revision, pending
 
 
 async def read_bucket(
@@ -282,7 +319,7 @@ async def read_bucket(
     staging, after = RecordsStage(), 0
     if from_snapshot:
         try:
-            staging, after = await records_start(js, bucket)
+            staging, after, _ = await records_start(js, bucket)
         except SnapshotError as err:
             log.info("%s: no usable snapshot (%s); reading the bucket", bucket, err)
 
@@ -352,6 +389,8 @@ class KvMirror:
         self._foreign = 0
         # The stream the state came from; None until loaded, and after a sink failure.
         self._seen: StreamMark | None = None
+        # The snapshot loaded ahead of the bucket, until its bulk write is seen landed.
+        self.pending: Pending | None = None
 
     async def _start_state(self) -> tuple[StagedState | RecordsStage, int]:
         """The state to build on and the revision it reflects: a snapshot's, or empty."""
@@ -378,12 +417,21 @@ class KvMirror:
         )
         state: StagedState | RecordsStage
         if staged_sink is not None:
-            payload = await read_snapshot(js, name)
+            payload, plan = await read_tagged_snapshot(js, name)
             state, revision, created = cast(SnapshotSink, staged_sink).stage(payload)
             del payload
-            await check_snapshot_fits(js, self.bucket, revision, created)
+            ahead = await check_snapshot_fits(
+                js, self.bucket, revision, created, plan, allow_ahead=True
+            )
+            self.pending = Pending(name, revision, plan) if ahead else None
         else:
-            state, revision = await records_start(js, self.bucket)
+            state, revision, self.pending = await records_start(js, self.bucket, allow_ahead=True)
+        if self.pending is not None:
+            log.info(
+                "%s: loaded a snapshot ahead of the bucket (revision %d); checking its writes",
+                self.bucket,
+                revision,
+            )
         self.snapshot_loads += 1
         return state, revision
 
@@ -440,12 +488,13 @@ class KvMirror:
     async def _until_stale(self, sub: JetStreamContext.PushSubscription) -> None:
         """Return after a reconnect, or once the consumer is gone (bucket deleted, say)."""
         while True:
+            interval = CONSUMER_CHECK_INTERVAL if self.pending is None else PLAN_CHECK_INTERVAL
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._restart.wait(), CONSUMER_CHECK_INTERVAL)
+                await asyncio.wait_for(self._restart.wait(), interval)
                 return
             try:
                 await sub.consumer_info()
-                problem = await self._look_again()
+                problem = await self._look_again() or await self._check_pending()
             except NotFoundError:
                 log.warning("%s: consumer gone; following the bucket again", self.bucket)
                 return
@@ -455,6 +504,27 @@ class KvMirror:
                 log.warning("%s: loading the bucket whole: %s", self.bucket, problem)
                 self._seen = None
                 return
+
+    async def _check_pending(self) -> str | None:
+        """Why a snapshot loaded ahead of the bucket cannot be kept; None while it can.
+
+        It is kept once its bulk write is seen landed (its last write at its revision), and
+        while the writer still stands by it (the stored object still names its plan).
+        """
+        pending = self.pending
+        if pending is None:
+            return None
+        js = self.bus.js
+        now = await stream_mark(js, self.bucket)
+        if now.last_seq >= pending.revision:
+            if not await plan_landed(js, self.bucket, pending.revision, pending.plan):
+                return f"the bulk write up to revision {pending.revision} did not land as planned"
+            log.info("%s: the bulk write up to revision %d landed", self.bucket, pending.revision)
+        elif await stored_plan(js, pending.object_name) != pending.plan:
+            return f"the bulk write up to revision {pending.revision} was abandoned"
+        if self.pending is pending:
+            self.pending = None
+        return None
 
     async def _look_again(self) -> str | None:
         """Compare the stream with the one last seen; note it, or say why it is not the same."""
@@ -508,6 +578,7 @@ class KvMirror:
     async def _load(self) -> JetStreamContext.PushSubscription:
         """Build the state aside from a snapshot or the whole bucket, then install it."""
         self._seen = None  # until installed: a load cut short is not resumed
+        self.pending = None
         await wait_for_bucket(self.bus.js, self.bucket)  # not ready until it exists
         # Seen before subscribing: a bucket replaced after this differs from it.
         seen = await stream_mark(self.bus.js, self.bucket)

@@ -44,6 +44,11 @@ class SnapshotError(Exception):
     """A snapshot that cannot be used; the reader falls back to the bucket."""
 
 
+# Marks the last write of a bulk write published after a snapshot of its outcome: that
+# snapshot's `plan`. Its message at the snapshot's revision proves every write landed there.
+PLAN_HEADER = "Trunk8-Snapshot-Plan"
+
+
 class SnapshotHead(msgspec.Struct, kw_only=True):
     """What every snapshot format starts with: enough to refuse it cheaply."""
 
@@ -134,22 +139,36 @@ async def snapshot_store(js: JetStreamContext, create: bool = False, replicas: i
 
 
 class SnapshotTag(msgspec.Struct, kw_only=True):
-    """What a stored object reflects, kept in its description: readable without the object."""
+    """What a stored object reflects, kept in its description: readable without the object.
+
+    `plan` is set on a snapshot published before the bulk write that brings the bucket to
+    it (a first import): `revision` is then the one the bucket will have once every write
+    of it landed, and the last of them carries `PLAN_HEADER` with this value. It is
+    cleared (`settle_snapshot`) once they landed: the message proving it may not last.
+    """
 
     v: int
     revision: int
     bucket_created: str
+    plan: str = ""
 
 
 _tag_decoder = msgspec.json.Decoder(SnapshotTag)
 
 
 async def put_snapshot(
-    js: JetStreamContext, name: str, payload: bytes, revision: int, bucket_created: str
+    js: JetStreamContext,
+    name: str,
+    payload: bytes,
+    revision: int,
+    bucket_created: str,
+    plan: str = "",
 ) -> None:
     """Publish one snapshot object (replacing the previous one of that name)."""
     store = await snapshot_store(js, create=True)
-    tag = SnapshotTag(v=SNAPSHOT_VERSION, revision=revision, bucket_created=bucket_created)
+    tag = SnapshotTag(
+        v=SNAPSHOT_VERSION, revision=revision, bucket_created=bucket_created, plan=plan
+    )
     meta = api.ObjectMeta(
         name=name,
         description=msgspec.json.encode(tag).decode(),
@@ -169,6 +188,42 @@ async def read_snapshot_tag(js: JetStreamContext, name: str) -> tuple[int, str] 
     except (ObjectNotFoundError, msgspec.DecodeError, msgspec.ValidationError):
         return None
     return (tag.revision, tag.bucket_created) if tag.v == SNAPSHOT_VERSION else None
+
+
+async def settle_snapshot(
+    js: JetStreamContext, name: str, revision: int, bucket_created: str
+) -> None:
+    """Clear the plan of a stored object whose bulk write landed (its tag alone changes)."""
+    store = await snapshot_store(js, create=True)
+    tag = SnapshotTag(v=SNAPSHOT_VERSION, revision=revision, bucket_created=bucket_created)
+    meta = api.ObjectMeta(name=name, description=msgspec.json.encode(tag).decode())
+    await store.update_meta(name, meta)
+
+
+async def stored_plan(js: JetStreamContext, name: str) -> str | None:
+    """The plan of the stored object (empty for none), or None when there is no object."""
+    store = await snapshot_store(js)
+    if store is None:
+        return None
+    try:
+        info = await store.get_info(name)
+        return _tag_decoder.decode(info.description or "").plan
+    except (ObjectNotFoundError, msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+async def plan_landed(js: JetStreamContext, bucket: str, revision: int, plan: str) -> bool:
+    """Whether the bucket's message at `revision` is the last write of bulk write `plan`.
+
+    Each write of a bulk write expects the one before it (`write_batched`), so then every
+    one of them landed, in order, just before it. False when that message is another, or
+    gone (its key written again since, or purged): the reader cannot tell, and loads again.
+    """
+    try:
+        msg = await js.get_msg(f"KV_{bucket}", seq=revision)
+    except NotFoundError:
+        return False
+    return (msg.headers or {}).get(PLAN_HEADER) == plan
 
 
 async def snapshot_lag(js: JetStreamContext, bucket: str, name: str = TABLE_OBJECT) -> int | None:
@@ -201,12 +256,19 @@ async def read_snapshot(
     js: JetStreamContext, name: str, timeout: float = READ_TIMEOUT
 ) -> bytearray:
     """The bytes of a snapshot object, read into one buffer; SnapshotError when unusable."""
+    return (await read_tagged_snapshot(js, name, timeout))[0]
+
+
+async def read_tagged_snapshot(
+    js: JetStreamContext, name: str, timeout: float = READ_TIMEOUT
+) -> tuple[bytearray, str]:
+    """A snapshot object's bytes and its tag's plan (empty for none); as `read_snapshot`."""
     lock = _reading.setdefault(asyncio.get_running_loop(), asyncio.Lock())
     async with lock:
         return await _read_snapshot(js, name, timeout)
 
 
-async def _read_snapshot(js: JetStreamContext, name: str, timeout: float) -> bytearray:
+async def _read_snapshot(js: JetStreamContext, name: str, timeout: float) -> tuple[bytearray, str]:
     store = await snapshot_store(js)
     if store is None:
         raise SnapshotError("no snapshot store yet")
@@ -214,6 +276,10 @@ async def _read_snapshot(js: JetStreamContext, name: str, timeout: float) -> byt
         info = await store.get_info(name)
     except ObjectNotFoundError as err:
         raise SnapshotError(f"no snapshot {name!r} yet") from err
+    try:
+        plan = _tag_decoder.decode(info.description or "").plan
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        plan = ""  # untagged: as old as its content says
     size = info.size or 0
     if not size or not info.nuid:
         raise SnapshotError(f"snapshot {name!r} is empty")
@@ -257,4 +323,4 @@ async def _read_snapshot(js: JetStreamContext, name: str, timeout: float) -> byt
     actual = base64.urlsafe_b64encode(digest.digest()).decode()
     if filled != size or expected.rstrip("=") != actual.rstrip("="):
         raise SnapshotError(f"snapshot {name!r} is damaged (size or digest differ)")
-    return buffer
+    return buffer, plan

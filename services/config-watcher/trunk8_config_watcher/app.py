@@ -25,7 +25,7 @@ from .control import serve_reload_requests
 from .filewatch import reconcile_periodically, watch_files
 from .rejections import REJECTIONS, rejected_view
 from .reloader import ConfigLoadError
-from .snapshots import keep_snapshots
+from .snapshots import SnapshotPublisher, keep_snapshots
 from .sync import keep_in_sync
 from .watcher import ConfigWatcher
 
@@ -54,6 +54,8 @@ def setup_config_watcher(app: web.Application, settings: Settings) -> ConfigWatc
     """Add the config-watcher to an application (alone, or beside other services)."""
     bus = setup_bus(app, settings, "trunk8-config-watcher")
     watcher = ConfigWatcher(settings, bus)
+    snapshots = SnapshotPublisher(watcher)
+    watcher.publisher.bulk_snapshot = snapshots.publish_ahead
     app[CONFIG_WATCHER] = watcher
     app[REJECTIONS] = watcher.rejections
     watcher.metrics.registry.register(watcher.lease)
@@ -81,7 +83,7 @@ def setup_config_watcher(app: web.Application, settings: Settings) -> ConfigWatc
             task_ctx("config-sync", lambda: keep_in_sync(watcher)),
             task_ctx("config-watch", lambda: watch_files(watcher)),
             task_ctx("config-control", lambda: serve_reload_requests(watcher)),
-            task_ctx("config-snapshot", lambda: keep_snapshots(watcher)),
+            task_ctx("config-snapshot", lambda: keep_snapshots(watcher, snapshots)),
         ]
     )
     if settings.reconcile_interval > 0:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import operator
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from itertools import islice
 from typing import TypeVar
@@ -53,6 +53,7 @@ from trunk8_shared.records import (
     json_encoder,
     link_decoder,
 )
+from trunk8_shared.snapshot import PLAN_HEADER
 
 from .lease import Lease, NotActiveError
 from .progress import Progress
@@ -80,6 +81,15 @@ async def in_slices(items: Iterable[T]) -> AsyncIterator[list[T]]:
     while chunk := list(islice(iterator, SLICE)):
         yield chunk
         await asyncio.sleep(0)
+
+
+# A full sync writing at least this many keys (an import) publishes a snapshot of its
+# outcome first, so readers load that instead of following the writes one by one.
+EARLY_SNAPSHOT_WRITES = 1000
+
+# Publishes a snapshot of (served records, bucket values, revision, bucket creation time)
+# ahead of the bulk write that brings the bucket there; returns the write's plan mark.
+BulkSnapshot = Callable[[dict[str, LinkRecord], dict[str, bytes], int, str], Awaitable[str]]
 
 
 class PublishError(Exception):
@@ -138,6 +148,7 @@ class BucketWriter:
         self.fenced = False  # `revision` is known: writes may expect it
         self.read_revision = 0  # the stream's last sequence when `known` was read
         self.fresh = False  # `known` was just read back and nothing was written since
+        self.landed_plan = ""  # the mark of the last bulk write that landed whole
 
     async def fence(self) -> None:
         """Make the writes of any earlier writer fail from now on; learn the last sequence.
@@ -158,8 +169,17 @@ class BucketWriter:
         self.revision = await fence_bucket(self.bus.js, self.bucket, last)
         self.fenced = True
 
-    async def write(self, puts: dict[str, bytes], deletes: Iterable[str]) -> int:
-        """Apply puts and deletes; returns the bucket revision after them."""
+    async def write(
+        self,
+        puts: dict[str, bytes],
+        deletes: Iterable[str],
+        before: Callable[[int, dict[str, bytes]], Awaitable[str]] | None = None,
+    ) -> int:
+        """Apply puts and deletes; returns the bucket revision after them.
+
+        `before` is called first with the revision the bucket will have once every write
+        landed, and what it will hold then; its answer marks the last write (`PLAN_HEADER`).
+        """
         self.lease.check()
         if not self.fenced:
             raise UnfencedError(f"{self.bucket}: last sequence unknown until the next full sync")
@@ -172,7 +192,14 @@ class BucketWriter:
         self.fresh = False
         removals = [key for key in deletes if key in self.known]
         writes: list[tuple[str, bytes | None]] = [*puts.items(), *((k, None) for k in removals)]
-        done, failures = await self._write_in_steps(writes)
+        plan = ""
+        if before is not None and writes:
+            outcome = {**self.known, **puts}
+            for key in removals:
+                del outcome[key]
+            plan = await before(self.revision + len(writes), outcome)
+            del outcome
+        done, failures = await self._write_in_steps(writes, plan)
         self.revision += len(done)
         values = dict(writes)
         async for chunk in in_slices(done):
@@ -194,6 +221,7 @@ class BucketWriter:
             self.known, self.created, self.fenced = {}, None, False
             raise BucketReplacedError(f"{self.bucket} was replaced; rewriting it whole")
         self.created = created
+        self.landed_plan = plan or self.landed_plan
         return self.revision
 
     async def _refused(self, kv: KeyValue) -> None:
@@ -207,18 +235,25 @@ class BucketWriter:
         raise NotActiveError(reason)
 
     async def _write_in_steps(
-        self, writes: list[tuple[str, bytes | None]]
+        self, writes: list[tuple[str, bytes | None]], plan: str = ""
     ) -> tuple[list[str], list[tuple[str, BaseException]]]:
-        """`write_batched`, in steps of `PROGRESS_STEP` writes with a progress line between."""
+        """`write_batched`, in steps of `PROGRESS_STEP` writes with a progress line between.
+
+        With a `plan`, the last write carries it (`PLAN_HEADER`).
+        """
+        mark = {PLAN_HEADER: plan} if plan else None
         if len(writes) <= PROGRESS_STEP:
-            return await write_batched(self.bus.nc, self.bucket, writes, self.revision)
+            return await write_batched(self.bus.nc, self.bucket, writes, self.revision, mark)
         progress = Progress(f"publishing to {self.bucket}", len(writes), "writes")
         done: list[str] = []
         failures: list[tuple[str, BaseException]] = []
         for start in range(0, len(writes), PROGRESS_STEP):
             step = writes[start : start + PROGRESS_STEP]
             expected = self.revision + len(done)  # fenced: each step follows the last
-            step_done, failures = await write_batched(self.bus.nc, self.bucket, step, expected)
+            last = mark if start + PROGRESS_STEP >= len(writes) else None
+            step_done, failures = await write_batched(
+                self.bus.nc, self.bucket, step, expected, last
+            )
             done += step_done
             progress.advance(len(step), links=len(step_done))
             if failures:  # NATS is likely away: the rest would only wait for timeouts too
@@ -270,6 +305,7 @@ class Publisher:
         self.links = BucketWriter(bus, LINKS_BUCKET, lease, replicas)
         self.users = BucketWriter(bus, USERS_BUCKET, lease, replicas)
         self.buckets_created = False
+        self.bulk_snapshot: BulkSnapshot | None = None  # set by the snapshot publisher
 
     async def take_over(self) -> None:
         """Start a full sync as the lease holder: create missing buckets, fence both.
@@ -333,7 +369,17 @@ class Publisher:
                     )
         if foreign:
             log.warning("removing %d foreign keys from %s", foreign, self.links.bucket)
-        revision = await self.links.write(puts, deletes)
+        plan_ahead: Callable[[int, dict[str, bytes]], Awaitable[str]] | None = None
+        bulk_snapshot = self.bulk_snapshot
+        if codes is None and bulk_snapshot is not None:
+            if len(puts) + len(deletes) >= EARLY_SNAPSHOT_WRITES:
+                created = str(self.links.created)
+
+                async def plan_ahead(revision: int, outcome: dict[str, bytes]) -> str:
+                    assert bulk_snapshot is not None
+                    return await bulk_snapshot(wanted, outcome, revision, created)
+
+        revision = await self.links.write(puts, deletes, plan_ahead)
         if len(events) > BULK_EVENTS:
             events = [bulk_event(events, revision)]
         await self.emit(events)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 
 from trunk8_shared.background import Backoff
 from trunk8_shared.codes import kv_key
@@ -25,6 +26,7 @@ from trunk8_shared.snapshot import (
     encode_snapshot,
     put_snapshot,
     read_snapshot_tag,
+    settle_snapshot,
 )
 
 from .publisher import PUBLISH_ERRORS
@@ -39,7 +41,10 @@ CHANGED_SHARE = 0.1
 
 
 def encode_snapshots(
-    served: dict[str, LinkRecord], known: dict[str, bytes], revision: int, created: str
+    served: dict[str, LinkRecord],
+    known: dict[str, bytes],
+    revision: int,
+    created: str,
 ) -> tuple[bytes, bytes]:
     """The table and records objects for the served links at `revision`."""
     codes: list[str] = []
@@ -73,10 +78,14 @@ class SnapshotPublisher:
     def __init__(self, watcher: ConfigWatcher) -> None:
         self.watcher = watcher
         self.revision = 0  # revision of the stored snapshot, 0 until known
+        # The plan of a snapshot published ahead of its bulk write, until replaced.
+        self.plan = ""
 
     def due(self) -> bool:
         """Whether enough changed since the stored snapshot to publish another."""
         watcher = self.watcher
+        if self.plan and watcher.publisher.links.landed_plan != self.plan:
+            return True  # its bulk write failed: readers need a snapshot of the bucket
         current = watcher.publisher.links.revision
         if current == self.revision:
             return False
@@ -112,17 +121,59 @@ class SnapshotPublisher:
         # Records first: a reader of the table never needs them, so the table is last.
         await put_snapshot(js, RECORDS_OBJECT, records, revision, created)
         await put_snapshot(js, TABLE_OBJECT, table, revision, created)
-        self.revision = revision
+        self.revision, self.plan = revision, ""
         log.info(
             "published a snapshot of %d links at revision %d (%.1f MB)",
             len(watcher.catalog.served), revision, (len(table) + len(records)) / 1e6,
         )  # fmt: skip
         return True
 
+    async def publish_ahead(
+        self, served: dict[str, LinkRecord], known: dict[str, bytes], revision: int, created: str
+    ) -> str:
+        """Publish the outcome of a bulk write before it starts; returns the write's mark.
 
-async def keep_snapshots(watcher: ConfigWatcher) -> None:
+        Called by the full sync, under the watcher's lock, with the revision the bucket
+        will have once every write landed and the values it will hold. Readers load it
+        at once and check later that the writes landed (`trunk8_shared.kvmirror`).
+        """
+        watcher = self.watcher
+        plan = secrets.token_hex(8)
+        loop = asyncio.get_running_loop()
+        table, records = await loop.run_in_executor(
+            None, encode_snapshots, dict(served), known, revision, created
+        )
+        js = watcher.bus.js
+        await put_snapshot(js, RECORDS_OBJECT, records, revision, created, plan)
+        await put_snapshot(js, TABLE_OBJECT, table, revision, created, plan)
+        self.revision, self.plan = revision, plan
+        watcher.changes_since_snapshot = 0
+        watcher.snapshot_stored.set()  # `trunk8 up` starts its services on it
+        log.info(
+            "published a snapshot of %d links at revision %d ahead of writing them",
+            len(served), revision,
+        )  # fmt: skip
+        return plan
+
+    async def settle(self) -> None:
+        """Once the bulk write of a snapshot published ahead of it landed, say so in its tag.
+
+        Readers then take it as any other snapshot: the message that proved the write
+        landed is replaced when its key next changes.
+        """
+        plan, writer = self.plan, self.watcher.publisher.links
+        if not plan or writer.landed_plan != plan:
+            return
+        created = str(writer.created)
+        js = self.watcher.bus.js
+        await settle_snapshot(js, RECORDS_OBJECT, self.revision, created)
+        await settle_snapshot(js, TABLE_OBJECT, self.revision, created)
+        if self.plan == plan:
+            self.plan = ""
+
+
+async def keep_snapshots(watcher: ConfigWatcher, snapshots: SnapshotPublisher) -> None:
     """Publish a snapshot whenever one is due, until cancelled."""
-    snapshots = SnapshotPublisher(watcher)
     backoff = Backoff()
     await watcher.ready.wait()
     watcher.snapshot_due.set()
@@ -132,6 +183,7 @@ async def keep_snapshots(watcher: ConfigWatcher) -> None:
         watcher.snapshot_due.clear()
         try:
             await watcher.save_memo()
+            await snapshots.settle()
             if snapshots.due():
                 await snapshots.publish()
             watcher.snapshot_stored.set()

@@ -14,10 +14,9 @@ from collections.abc import Iterable
 
 import pytest
 
-from trunk8_admin import linkindex, listing, ownerlinks
+from trunk8_admin import listing, ownerlinks
 from trunk8_admin.linkindex import LinkIndex
 from trunk8_admin.listing import SORTS, TYPE_LABELS, LinkQuery, list_links
-from trunk8_files import links as files_links
 from trunk8_files.links import FileLinks
 from trunk8_shared.codes import kv_key
 from trunk8_shared.records import LinkRecord, json_encoder
@@ -62,21 +61,16 @@ def _counts(records: Iterable[LinkRecord]) -> Counter[str]:
     return Counter(r.type for r in records)
 
 
-@pytest.mark.parametrize("bad_value", [None, b"{not json"], ids=["batches", "one-by-one"])
-def test_index_follows_puts_moves_and_deletes(
-    monkeypatch: pytest.MonkeyPatch, bad_value: bytes | None
-) -> None:
+def test_index_follows_puts_moves_and_deletes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ownerlinks, "CHUNK_BYTES", 2048)  # several chunks per owner
     monkeypatch.setattr(ownerlinks, "MIN_CHANGES", 8)  # folds happen often
-    monkeypatch.setattr(linkindex, "LOAD_BATCH", 64)  # a whole load in several batches
     rng = random.Random(7)
     model = {f"c{i:04d}": _record(rng, f"c{i:04d}") for i in range(600)}
     index = LinkIndex()
     entries = {kv_key(c): json_encoder.encode(r) for c, r in model.items()}
-    if bad_value is not None:  # an unreadable value: loaded value by value, it skipped
-        entries["bad"] = bad_value
+    entries["bad"] = b"{not json"
     index.replace_all(entries)
-    entries.pop("bad", None)
+    del entries["bad"]
     _check(index, model)
     for _round in range(4):
         for _ in range(150):
@@ -146,24 +140,11 @@ def test_list_pages_equal_a_full_sort(monkeypatch: pytest.MonkeyPatch) -> None:
                     assert got.links == full[start : start + 13], query
 
 
-def test_index_refuses_to_batch_a_code_named_twice() -> None:
-    record = LinkRecord(code="twice", owner="alice", type="redirect", url="https://a.example/")
-    value = json_encoder.encode(record)
-    index = LinkIndex()
-    index.replace_all({"twice": value, "other-key": value})  # one code, kept once
-    assert len(index) == 1
-    assert index.count("alice") == 1
-    assert index.records("alice") == [record]
-
-
-def test_files_mirror_keeps_only_the_types_it_serves(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(files_links, "LOAD_BATCH", 16)  # types read in several batches
+def test_files_mirror_keeps_only_the_types_it_serves() -> None:
     rng = random.Random(5)
     model = {f"f{i:03d}": _record(rng, f"f{i:03d}") for i in range(200)}
     links = FileLinks()
-    entries = {kv_key(c): json_encoder.encode(r) for c, r in model.items()}
-    entries["f000-bad"] = b"{not json"  # its batch is decoded record by record, it skipped
-    links.replace_all(entries)
+    links.replace_all({kv_key(c): json_encoder.encode(r) for c, r in model.items()})
     served = {c: r for c, r in model.items() if r.type != "redirect"}
     assert links.records == served
     code = next(c for c, r in model.items() if r.type == "redirect")

@@ -15,8 +15,6 @@ import asyncio
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping
-from itertools import groupby
-from operator import attrgetter, itemgetter
 
 import msgspec
 
@@ -29,11 +27,9 @@ log = logging.getLogger("trunk8.admin")
 
 # Owners with more links than this are decoded anew for each page rather than kept decoded.
 KEEP_DECODED_MAX = 20_000
-# Records decoded in one call while a whole state is loaded.
-LOAD_BATCH = 50_000
 
 
-class LinkHead(msgspec.Struct, kw_only=True, gc=False):
+class LinkHead(msgspec.Struct, kw_only=True):
     """The fields of a link record the index keeps for every code."""
 
     code: str
@@ -43,12 +39,6 @@ class LinkHead(msgspec.Struct, kw_only=True, gc=False):
 
 
 _head_decoder = msgspec.json.Decoder(LinkHead)
-_heads_decoder = msgspec.json.Decoder(list[LinkHead])
-_code_of = attrgetter("code")
-_owner_and_type = attrgetter("owner", "type")
-_expiry_of = attrgetter("expires_at")
-_first = itemgetter(0)
-_second = itemgetter(1)
 
 
 class CodeOwners(Mapping[str, str]):
@@ -156,56 +146,6 @@ class LinkIndex:
     def replace_all(self, entries: dict[str, bytes]) -> None:
         """Swap in a complete snapshot."""
         fresh = LinkIndex()
-        if not fresh._load_at_once(entries):
-            fresh = LinkIndex()
-            fresh._load_one_by_one(entries)
-        self._kinds, self._pairs = fresh._kinds, fresh._pairs
-        self._expiring, self._owners = fresh._expiring, fresh._owners
-        self._decoded = None
-
-    def _load_at_once(self, entries: dict[str, bytes]) -> bool:
-        """Load an empty index a batch of values at a time; False if it cannot.
-
-        It cannot when a value is unreadable or two values name one code: the caller then
-        takes each value alone (`_load_one_by_one`), logging what it skips. At a million
-        links this takes a fifth of the time of that loop; batches bound what is decoded
-        at once (a million heads at once left 200 MB more resident).
-        """
-        kinds, expiring, shared_pairs = self._kinds, self._expiring, self._pairs
-        grouped: dict[str, list[bytes]] = defaultdict(list)
-        per_pair: Counter[tuple[str, str]] = Counter()
-        values = list(entries.values())
-        for start in range(0, len(values), LOAD_BATCH):
-            batch = values[start : start + LOAD_BATCH]
-            try:
-                heads = _heads_decoder.decode(b"[" + b",".join(batch) + b"]")
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                return False
-            codes = list(map(_code_of, heads))
-            pairs = list(map(_owner_and_type, heads))
-            pairs = list(map(shared_pairs.setdefault, pairs, pairs))  # one tuple per pair
-            kinds.update(zip(codes, pairs, strict=True))
-            if len(kinds) != start + len(batch):  # a code named twice
-                return False
-            expiring.update(
-                (code, expires_at)
-                for code, expires_at in zip(codes, map(_expiry_of, heads), strict=True)
-                if expires_at is not None
-            )
-            per_pair.update(pairs)
-            # A snapshot lists each owner's links together: one step per run, not per link.
-            owners = map(_first, pairs)
-            for owner, run in groupby(zip(owners, batch, strict=True), key=_first):
-                grouped[owner].extend(map(_second, run))
-        for owner, owned in grouped.items():
-            types = Counter({kind: n for (who, kind), n in per_pair.items() if who == owner})
-            self._owners[owner] = links = OwnerLinks()
-            links.load_many(owned, types)
-        return True
-
-    def _load_one_by_one(self, entries: dict[str, bytes]) -> None:
-        """Load an empty index value by value, skipping (and logging) unusable ones."""
-        fresh = self
         for key, value in entries.items():
             head = fresh._head(key, value)
             if head is None or head.code in fresh._kinds:
@@ -219,6 +159,9 @@ class LinkIndex:
             links.load(value, head.type)
         for links in fresh._owners.values():
             links.seal()
+        self._kinds, self._pairs = fresh._kinds, fresh._pairs
+        self._expiring, self._owners = fresh._expiring, fresh._owners
+        self._decoded = None
 
     def apply(self, key: str, value: bytes | None) -> None:
         """Apply one change; None deletes the key."""

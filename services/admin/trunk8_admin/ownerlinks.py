@@ -56,21 +56,6 @@ class OwnerLinks:
         if self._gathered >= CHUNK_BYTES:
             self.seal()
 
-    def load_many(self, values: list[bytes], types: Counter[str]) -> None:
-        """Add the records of a bulk load at once (none of their codes held yet).
-
-        Chunked by count, from the average size: no step per record in Python.
-        """
-        self.seal()
-        self.version += 1
-        self.types.update(types)
-        if not values:
-            return
-        per_chunk = max(1, len(values) * CHUNK_BYTES // max(1, sum(map(len, values))))
-        self._chunks += [
-            _chunk(values[start : start + per_chunk]) for start in range(0, len(values), per_chunk)
-        ]
-
     def seal(self) -> None:
         """Compress what a bulk load gathered."""
         if self._gathering:

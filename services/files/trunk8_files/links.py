@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
-from itertools import compress
-from operator import attrgetter
 
 import msgspec
 
@@ -23,37 +20,15 @@ from trunk8_shared.records import LinkRecord, link_decoder
 log = logging.getLogger("trunk8.files")
 
 SERVED_TYPES = frozenset({"file", "markdown", "html"})
-# Records whose types are read in one call while a whole state is loaded.
-LOAD_BATCH = 50_000
 
 
-class LinkType(msgspec.Struct, gc=False):
+class LinkType(msgspec.Struct):
     """A link record's type alone (the decoder skips the other fields)."""
 
     type: str = ""
 
 
 _type_decoder = msgspec.json.Decoder(LinkType)
-_types_decoder = msgspec.json.Decoder(list[LinkType])
-_type_of = attrgetter("type")
-
-
-def _served_keys(entries: dict[str, bytes]) -> Iterator[str]:
-    """The keys whose records may be of a served type (every key of an unreadable batch).
-
-    The types are read a batch per decoder call: at a million redirects, one call per
-    record cost half a second of a warm restart for nothing kept.
-    """
-    keys, values = list(entries), list(entries.values())
-    for start in range(0, len(keys), LOAD_BATCH):
-        batch = keys[start : start + LOAD_BATCH]
-        try:
-            joined = b"[" + b",".join(values[start : start + LOAD_BATCH]) + b"]"
-            types = _types_decoder.decode(joined)
-        except msgspec.DecodeError:  # a bad record: each one is decoded alone, and logged
-            yield from batch
-            continue
-        yield from compress(batch, map(SERVED_TYPES.__contains__, map(_type_of, types)))
 
 
 class FileLinks:
@@ -83,8 +58,7 @@ class FileLinks:
     def replace_all(self, entries: dict[str, bytes]) -> None:
         """Swap in a full snapshot of the links bucket."""
         records: dict[str, LinkRecord] = {}
-        for key in _served_keys(entries):
-            value = entries[key]
+        for key, value in entries.items():
             record = _decode(key, value)
             if record is not None:
                 records[record.code] = record

@@ -349,6 +349,23 @@ def assert_one_line_error(proc: Proc, *needles: str) -> str:
 # --- the tests -------------------------------------------------------------------------
 
 
+def test_a_process_imports_only_the_services_it_runs(tmp_path: Path) -> None:
+    """The serving side of `up` and a redirector never import the watcher's parsing stack."""
+    script = (
+        "import sys\n"
+        "from trunk8.cli import build_app\n"
+        "from trunk8_shared.settings import settings_from\n"
+        f"build_app('redirector', settings_from({{}}, data_dir={str(tmp_path)!r}))\n"
+        "print(' '.join(sorted(sys.modules)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    modules = set(result.stdout.split())
+    assert "trunk8_redirector.app" in modules
+    assert not modules & {"trunk8_config_watcher.app", "tomlkit", "trunk8_admin", "trunk8_files"}
+
+
 def test_up_initialises_an_empty_data_dir(launch: Launch, tmp_path: Path) -> None:
     data = tmp_path / "empty"
     data.mkdir()

@@ -15,6 +15,8 @@ from pathlib import Path
 import test_cli
 from test_cli import Launch, _cmdline, append_link, free_port, get, location, up, wait_for
 
+from trunk8.watcherproc import WATCHER_NICENESS
+
 # The CLI tests' fixtures: a launcher that stops what it started, and a data directory.
 launch = test_cli.launch
 sample_dir = test_cli.sample_dir
@@ -30,10 +32,19 @@ def watcher_children(pid: int) -> list[int]:
     return found
 
 
+def niceness_above(pid: int, parent: int) -> set[int]:
+    """How much nicer than `parent` each thread of `pid` runs."""
+    ours = os.getpriority(os.PRIO_PROCESS, parent)
+    threads = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+    return {os.getpriority(os.PRIO_PROCESS, tid) - ours for tid in threads}
+
+
 def test_up_runs_the_config_watcher_as_a_supervised_child(launch: Launch, sample_dir: Path) -> None:
     port = free_port()
     proc = up(launch, sample_dir, port)
     (child,) = watcher_children(proc.pid)
+    # Loaded at our priority, lowered once ready (every thread, not just the main one).
+    assert niceness_above(child, proc.pid) == {WATCHER_NICENESS}
     assert "TRUNK8_NATS_URL" not in " ".join(_cmdline(child))  # the token is not on a cmdline
     status, _, body = get(port, "/-/ready")
     assert status == 200 and json.loads(body)["services"]["config-watcher"] is True
@@ -43,6 +54,8 @@ def test_up_runs_the_config_watcher_as_a_supervised_child(launch: Launch, sample
 
     os.kill(child, signal.SIGKILL)
     wait_for(lambda: watcher_children(proc.pid) not in ([], [child]), 20, "restarted", proc)
+    (restarted,) = watcher_children(proc.pid)
+    assert niceness_above(restarted, proc.pid) == {WATCHER_NICENESS}  # nice from its start
     append_link(sample_dir, "bob", "after", "https://example.com/after")
     wait_for(
         lambda: location(port, "/after") == "https://example.com/after", 20, "edit served", proc

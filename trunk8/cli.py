@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import uvloop
 
-from trunk8_config_watcher.reloader import ConfigLoadError
+from trunk8_config_watcher.errors import ConfigLoadError
 from trunk8_shared.background import setup_supervision
 from trunk8_shared.datadir import DataDir
 from trunk8_shared.logs import setup_logging

@@ -13,20 +13,45 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from trunk8_admin import Admin, setup_admin, viewer_markdown_theme
-from trunk8_config_watcher import setup_config_watcher
-from trunk8_files import Files, setup_files
-from trunk8_redirector import setup_redirector
 from trunk8_shared.bus import setup_bus
 from trunk8_shared.settings import Settings
 
 from .watcherproc import WatcherLink, WatcherProcess, setup_watcher_child
 
+# Each service's package is imported only when a process runs it: a redirector, or the
+# serving side of `up` (whose config-watcher is a child), never imports the watcher's
+# parsing stack, and the child imports none of the serving services.
+
+
+def _setup_config_watcher(app: web.Application, settings: Settings) -> object:
+    from trunk8_config_watcher.app import setup_config_watcher
+
+    return setup_config_watcher(app, settings)
+
+
+def _setup_redirector(app: web.Application, settings: Settings) -> object:
+    from trunk8_redirector import setup_redirector
+
+    return setup_redirector(app, settings)
+
+
+def _setup_files(app: web.Application, settings: Settings) -> object:
+    from trunk8_files import setup_files
+
+    return setup_files(app, settings)
+
+
+def _setup_admin(app: web.Application, settings: Settings) -> object:
+    from trunk8_admin import setup_admin
+
+    return setup_admin(app, settings)
+
+
 SERVICES: dict[str, Callable[[web.Application, Settings], object]] = {
-    "config-watcher": setup_config_watcher,
-    "redirector": setup_redirector,
-    "files": setup_files,
-    "admin": setup_admin,
+    "config-watcher": _setup_config_watcher,
+    "redirector": _setup_redirector,
+    "files": _setup_files,
+    "admin": _setup_admin,
 }
 TARGETS = (*SERVICES, "all")
 
@@ -58,8 +83,12 @@ def build_app(
             "config-watcher": lambda app, s: setup_watcher_child(app, WatcherProcess(s)),
         }
     built = {name: setup[name](app, settings) for name in names}
-    files, admin = built.get("files"), built.get("admin")
-    if isinstance(files, Files) and isinstance(admin, Admin):
+    if "files" in built and "admin" in built:
+        from trunk8_admin import Admin, viewer_markdown_theme
+        from trunk8_files import Files
+
+        files, admin = built["files"], built["admin"]
+        assert isinstance(files, Files) and isinstance(admin, Admin)
         # Markdown pages use a signed-in viewer's own theme; only the admin reads sessions.
         files.content.themes = viewer_markdown_theme(admin, files.themes)
     return app

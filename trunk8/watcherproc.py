@@ -34,7 +34,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from trunk8_config_watcher.parsememo import MEMO_FILE
-from trunk8_config_watcher.snapshots import MIN_CHANGES
 from trunk8_shared.background import Backoff, task_ctx
 from trunk8_shared.bus import server_list
 from trunk8_shared.datadir import DataDir
@@ -42,7 +41,7 @@ from trunk8_shared.datafiles import DataFileError, check_users
 from trunk8_shared.ops import setup_ops
 from trunk8_shared.records import LINKS_BUCKET
 from trunk8_shared.settings import Settings
-from trunk8_shared.snapshot import snapshot_lag
+from trunk8_shared.snapshot import MIN_CHANGES, snapshot_lag
 
 from .childproc import die_with_parent_fn, terminate
 from .errors import StartupError
@@ -57,17 +56,36 @@ MAX_QUICK_EXITS = 5
 STABLE_AFTER = 60.0
 SNAPSHOT_CHECK_TIMEOUT = 2.0
 # Parsing a large file in the child must not take CPU time from the redirects we answer.
+# Its first load runs at our own priority: nothing is served until both sides have loaded
+# (a warm restart at 1M waits for the slower one), so it is lowered once the child is ready.
 WATCHER_NICENESS = 10
 
 # Seconds between readiness checks of a child that another process started (`--workers`).
 FOLLOW_INTERVAL = 1.0
 
 
-def _child_setup(die_with_parent: Callable[[], None] | None) -> None:
-    """In the child before exec: die with us, and yield the CPU to the serving process."""
+def _child_setup(die_with_parent: Callable[[], None] | None, niceness: int) -> None:
+    """In the child before exec: die with us, at `niceness` above ours."""
     if die_with_parent is not None:
         die_with_parent()
-    os.nice(WATCHER_NICENESS)
+    if niceness:
+        os.nice(niceness)
+
+
+def lower_priority(pid: int, niceness: int) -> None:
+    """Raise the niceness of every thread of `pid` to ours plus `niceness`.
+
+    Linux keeps a niceness per thread and a new thread takes its creator's, so each thread
+    already running is set; threads started later inherit it from the main thread.
+    """
+    target = os.getpriority(os.PRIO_PROCESS, 0) + niceness
+    try:
+        threads = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        threads = [pid]  # no /proc: the main thread only
+    for tid in threads:
+        with contextlib.suppress(ProcessLookupError):  # a thread that just ended
+            os.setpriority(os.PRIO_PROCESS, tid, max(target, os.getpriority(os.PRIO_PROCESS, tid)))
 
 
 async def _quiet(err: Exception) -> None:
@@ -162,6 +180,7 @@ class WatcherProcess(WatcherLink):
         self.process: asyncio.subprocess.Process | None = None
         self.last_error: str | None = None  # the child's one-line error, if it printed one
         self._stderr_task: asyncio.Task[None] | None = None
+        self.starts = 0
 
     def ready(self) -> bool:
         """Published its first full state, and still running."""
@@ -170,6 +189,9 @@ class WatcherProcess(WatcherLink):
     async def start(self) -> None:
         """Start the child and wait for its first load; StartupError if it cannot load."""
         self.is_ready = False
+        # Only the first start is unhurried: a restart happens while we serve.
+        niceness = 0 if self.starts == 0 else WATCHER_NICENESS
+        self.starts += 1
         env = {
             **os.environ,
             "TRUNK8_NATS_URL": self.settings.nats_url,
@@ -189,7 +211,7 @@ class WatcherProcess(WatcherLink):
             stderr=asyncio.subprocess.PIPE,
             env=env,
             start_new_session=True,  # Ctrl-C reaches us; we stop it with the services
-            preexec_fn=functools.partial(_child_setup, die_with_parent_fn()),  # resolved here
+            preexec_fn=functools.partial(_child_setup, die_with_parent_fn(), niceness),
         )
         self._stderr_task = asyncio.create_task(self._forward_stderr(self.process))
         if await self._warm_start():
@@ -273,6 +295,8 @@ class WatcherProcess(WatcherLink):
                 self.is_ready = await self._answers("/-/ready")
                 if not self.is_ready:
                     await asyncio.sleep(POLL_INTERVAL)
+            if self.is_ready:
+                lower_priority(process.pid, WATCHER_NICENESS)
             code = await process.wait()
             self.is_ready = False
             quick_exits = quick_exits + 1 if time.monotonic() - started < STABLE_AFTER else 1

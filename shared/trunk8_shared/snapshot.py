@@ -35,6 +35,9 @@ SNAPSHOT_STORE = "trunk8_snapshots"
 TABLE_OBJECT = "links.table"
 RECORDS_OBJECT = "links.records"
 SNAPSHOT_VERSION = 1
+# The watcher publishes a new snapshot once this many changes (or 10% of the links) arrived
+# since the last; a stored one fewer changes behind is as good as current.
+MIN_CHANGES = 1000
 # Chunks of 512 KiB (half NATS's default max payload, headers included): few messages.
 CHUNK_SIZE = 512 * 1024
 READ_TIMEOUT = 60.0

@@ -33,6 +33,7 @@ from trunk8_shared.records import Event, LinkRecord, UserRecord, json_encoder
 
 from .catalog import Changes, LinkCatalog, link_record, user_records
 from .entrymemo import EntryMemo, check_changed
+from .errors import ConfigLoadError
 from .parsememo import FileMemo, ParseMemo, records_digest, remembered_links
 from .progress import Progress
 from .rejections import Rejections
@@ -51,10 +52,6 @@ def record_size_problem(record: LinkRecord | UserRecord, size: int | None = None
     if size > MAX_RECORD_BYTES:
         return f"too large to publish ({size} bytes; at most {MAX_RECORD_BYTES})"
     return None
-
-
-class ConfigLoadError(Exception):
-    """The first load cannot produce a usable state (users.toml unreadable)."""
 
 
 @dataclass

@@ -18,6 +18,7 @@ from trunk8_shared.codes import kv_key
 from trunk8_shared.location import location_header
 from trunk8_shared.records import LinkRecord
 from trunk8_shared.snapshot import (
+    MIN_CHANGES,
     RECORDS_OBJECT,
     TABLE_OBJECT,
     RecordsSnapshot,
@@ -35,8 +36,7 @@ from .watcher import ConfigWatcher
 log = logging.getLogger("trunk8.config_watcher")
 
 SNAPSHOT_ERRORS: tuple[type[BaseException], ...] = (*PUBLISH_ERRORS, SnapshotError, OSError)
-# A new snapshot once this many changes, or this share of the links, arrived since the last.
-MIN_CHANGES = 1000
+# A new snapshot once MIN_CHANGES changes, or this share of the links, arrived since the last.
 CHANGED_SHARE = 0.1
 
 

@@ -455,10 +455,14 @@ class KvMirror:
             return
         self._reached(revision)
         self.resyncs += 1
+        # Named after the sink: a process runs several mirrors of one bucket.
+        sink = type(self.sink).__name__
         if not self.ready.is_set():
-            log.info("%s: loaded %d keys at revision %d", self.bucket, count, revision)
+            log.info("%s: %s loaded %d keys at revision %d", self.bucket, sink, count, revision)
         else:
-            log.info("%s: resynchronised %d keys at revision %d", self.bucket, count, revision)
+            log.info(
+                "%s: %s resynchronised %d keys at revision %d", self.bucket, sink, count, revision
+            )
         self.ready.set()
 
     def _change(self, key: str, value: bytes | None, revision: int) -> None:

@@ -276,6 +276,25 @@ typedef struct {
 
 static PyObject *ONE;
 
+/* Every field is set from the start (an empty dict, no counters, version None), so that the
+ * methods of an instance whose __init__ never ran raise instead of reading NULL. */
+static PyObject *
+prepared_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    PreparedAnswers *self = (PreparedAnswers *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->answers = PyDict_New();
+    self->outcomes = PyList_New(0);
+    self->version = Py_NewRef(Py_None);
+    self->capacity = 1;
+    if (self->answers == NULL || self->outcomes == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
 static int
 prepared_init(PreparedAnswers *self, PyObject *args, PyObject *kwargs)
 {
@@ -293,21 +312,48 @@ prepared_init(PreparedAnswers *self, PyObject *args, PyObject *kwargs)
     if (answers == NULL)
         return -1;
     Py_XSETREF(self->answers, answers);
-    Py_INCREF(outcomes);
-    Py_XSETREF(self->outcomes, outcomes);
-    Py_INCREF(Py_None);
-    Py_XSETREF(self->version, Py_None);
+    Py_XSETREF(self->outcomes, Py_NewRef(outcomes));
+    Py_XSETREF(self->version, Py_NewRef(Py_None));
     self->capacity = capacity;
+    return 0;
+}
+
+/* GC support: the version and the counters are the caller's objects, which may refer back
+ * to these answers (a cycle the collector must be able to break). */
+static int
+prepared_traverse(PreparedAnswers *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->answers);
+    Py_VISIT(self->outcomes);
+    Py_VISIT(self->version);
+    return 0;
+}
+
+static int
+prepared_clear_refs(PreparedAnswers *self)
+{
+    Py_CLEAR(self->answers);
+    Py_CLEAR(self->outcomes);
+    Py_CLEAR(self->version);
     return 0;
 }
 
 static void
 prepared_dealloc(PreparedAnswers *self)
 {
-    Py_XDECREF(self->answers);
-    Py_XDECREF(self->outcomes);
-    Py_XDECREF(self->version);
+    PyObject_GC_UnTrack(self);
+    prepared_clear_refs(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Whether the fields are there: tp_clear (breaking a cycle) may have emptied them. */
+static int
+check_alive(PreparedAnswers *self)
+{
+    if (self->answers != NULL && self->outcomes != NULL && self->version != NULL)
+        return 0;
+    PyErr_SetString(PyExc_RuntimeError, "PreparedAnswers cleared by the garbage collector");
+    return -1;
 }
 
 /* Make `version` the answers' version, dropping them if it differs; -1 on error. */
@@ -316,7 +362,10 @@ adopt_version(PreparedAnswers *self, PyObject *version)
 {
     if (version == self->version)
         return 0;
-    int same = PyObject_RichCompareBool(version, self->version, Py_EQ);
+    /* Held while compared: an `__eq__` may run code that replaces self->version. */
+    PyObject *current = Py_NewRef(self->version);
+    int same = PyObject_RichCompareBool(version, current, Py_EQ);
+    Py_DECREF(current);
     if (same < 0)
         return -1;
     if (!same)
@@ -340,8 +389,8 @@ count_outcome(PreparedAnswers *self, PyObject *outcome)
     PyObject *count = PyNumber_Add(PyList_GET_ITEM(self->outcomes, index), ONE);
     if (count == NULL)
         return -1;
-    PyList_SetItem(self->outcomes, index, count); /* steals `count`, drops the old one */
-    return 0;
+    /* Steals `count` and drops the old one; fails if the `+` above shrank the list. */
+    return PyList_SetItem(self->outcomes, index, count);
 }
 
 static PyObject *
@@ -351,6 +400,8 @@ prepared_answer(PreparedAnswers *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "answer(data: bytes, version: int)");
         return NULL;
     }
+    if (check_alive(self) < 0)
+        return NULL;
     Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
     const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(args[0]);
     /* One whole head, alone in the read: anything else is the caller's. */
@@ -379,10 +430,13 @@ prepared_answer(PreparedAnswers *self, PyObject *const *args, Py_ssize_t nargs)
         return pair;
     }
     Py_DECREF(key);
-    if (count_outcome(self, PyTuple_GET_ITEM(prepared, 1)) < 0)
+    /* Owned before counting: a counter's `+` (any object in the stats' list) may run code
+     * that drops `prepared` from the dict. */
+    PyObject *response = Py_NewRef(PyTuple_GET_ITEM(prepared, 0));
+    if (count_outcome(self, PyTuple_GET_ITEM(prepared, 1)) < 0) {
+        Py_DECREF(response);
         return NULL;
-    PyObject *response = PyTuple_GET_ITEM(prepared, 0);
-    Py_INCREF(response);
+    }
     return response;
 }
 
@@ -395,6 +449,8 @@ prepared_keep(PreparedAnswers *self, PyObject *const *args, Py_ssize_t nargs)
                         "keep(path: bytes, response: bytes, outcome: int, version: int)");
         return NULL;
     }
+    if (check_alive(self) < 0)
+        return NULL;
     Py_ssize_t outcome = PyLong_AsSsize_t(args[2]);
     if (outcome == -1 && PyErr_Occurred())
         return NULL;
@@ -419,6 +475,8 @@ prepared_keep(PreparedAnswers *self, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 prepared_clear(PreparedAnswers *self, PyObject *unused)
 {
+    if (check_alive(self) < 0)
+        return NULL;
     PyDict_Clear(self->answers);
     Py_RETURN_NONE;
 }
@@ -426,7 +484,7 @@ prepared_clear(PreparedAnswers *self, PyObject *unused)
 static Py_ssize_t
 prepared_len(PreparedAnswers *self)
 {
-    return PyDict_GET_SIZE(self->answers);
+    return self->answers == NULL ? 0 : PyDict_GET_SIZE(self->answers);
 }
 
 static PyMethodDef prepared_methods[] = {
@@ -446,12 +504,15 @@ static PySequenceMethods prepared_sequence = {
 static PyTypeObject PreparedAnswersType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "trunk8_redirector._headscan.PreparedAnswers",
     .tp_basicsize = sizeof(PreparedAnswers),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "PreparedAnswers(outcomes: list[int], capacity: int): whole answers to common\n"
               "GET requests by path, for one table version and one Date line.",
-    .tp_new = PyType_GenericNew,
+    .tp_new = prepared_new,
     .tp_init = (initproc)prepared_init,
     .tp_dealloc = (destructor)prepared_dealloc,
+    .tp_traverse = (traverseproc)prepared_traverse,
+    .tp_clear = (inquiry)prepared_clear_refs,
+    .tp_free = PyObject_GC_Del,
     .tp_methods = prepared_methods,
     .tp_as_sequence = &prepared_sequence,
 };

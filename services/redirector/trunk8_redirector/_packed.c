@@ -47,6 +47,10 @@ utf8_of(PyObject *str, Py_ssize_t *size, PyObject **keep)
     return PyBytes_AS_STRING(*keep);
 }
 
+/* A collection run by an allocation in pack_records (a lone surrogate's error) may run a
+ * finalizer that changes the lists: the second pass must write what the first measured. */
+static const char CHANGED[] = "the columns changed while packed";
+
 static int
 check_list(PyObject *list, Py_ssize_t count, const char *name)
 {
@@ -57,9 +61,10 @@ check_list(PyObject *list, Py_ssize_t count, const char *name)
     return 0;
 }
 
-/* Appends one field to `out` (when not NULL) and adds its size to `*total`. */
+/* Appends one field to `out` (when not NULL, and never past `out_end`) and adds its size
+ * to `*total`. */
 static int
-add_field(PyObject *str, char **out, Py_ssize_t *total)
+add_field(PyObject *str, char **out, const char *out_end, Py_ssize_t *total)
 {
     PyObject *keep;
     Py_ssize_t size;
@@ -71,12 +76,36 @@ add_field(PyObject *str, char **out, Py_ssize_t *total)
         PyErr_SetString(PyExc_ValueError, "a code, type or target holds a NUL or a line feed");
         return -1;
     }
+    if (size > PY_SSIZE_T_MAX - 3 - *total) { /* the same huge str many times over */
+        Py_XDECREF(keep);
+        PyErr_SetString(PyExc_OverflowError, "the records exceed the largest bytes object");
+        return -1;
+    }
+    if (*out != NULL && size > out_end - *out) {
+        Py_XDECREF(keep);
+        PyErr_SetString(PyExc_RuntimeError, CHANGED);
+        return -1;
+    }
     if (*out != NULL) {
         memcpy(*out, data, size);
         *out += size;
     }
     *total += size;
     Py_XDECREF(keep);
+    return 0;
+}
+
+/* Appends a separator to `out` (when not NULL, and never past `out_end`). */
+static int
+add_separator(char c, char **out, const char *out_end)
+{
+    if (*out == NULL)
+        return 0;
+    if (*out == out_end) {
+        PyErr_SetString(PyExc_RuntimeError, CHANGED);
+        return -1;
+    }
+    *(*out)++ = c;
     return 0;
 }
 
@@ -100,21 +129,27 @@ pack_records(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     /* Twice: the sizes first, then the bytes into a buffer of exactly that size. */
     for (int pass = 0; pass < 2; pass++) {
         char *out = blob == NULL ? NULL : PyBytes_AS_STRING(blob);
+        const char *out_end = blob == NULL ? NULL : out + PyBytes_GET_SIZE(blob);
         Py_ssize_t total = 0;
         for (Py_ssize_t i = 0; i < count; i++) {
-            if (add_field(PyList_GET_ITEM(codes, i), &out, &total) < 0)
+            if (PyList_GET_SIZE(codes) != count || PyList_GET_SIZE(targets) != count ||
+                (metas != Py_None && PyList_GET_SIZE(metas) != count)) {
+                PyErr_SetString(PyExc_RuntimeError, CHANGED);
                 goto error;
-            if (out != NULL)
-                *out++ = '\0';
-            if (metas != Py_None && add_field(PyList_GET_ITEM(metas, i), &out, &total) < 0)
+            }
+            if (add_field(PyList_GET_ITEM(codes, i), &out, out_end, &total) < 0 ||
+                add_separator('\0', &out, out_end) < 0 ||
+                (metas != Py_None &&
+                 add_field(PyList_GET_ITEM(metas, i), &out, out_end, &total) < 0) ||
+                add_separator('\0', &out, out_end) < 0 ||
+                add_field(PyList_GET_ITEM(targets, i), &out, out_end, &total) < 0 ||
+                add_separator('\n', &out, out_end) < 0)
                 goto error;
-            if (out != NULL)
-                *out++ = '\0';
-            if (add_field(PyList_GET_ITEM(targets, i), &out, &total) < 0)
-                goto error;
-            if (out != NULL)
-                *out++ = '\n';
             total += 3;
+        }
+        if (out != out_end) { /* shorter fields the second time */
+            PyErr_SetString(PyExc_RuntimeError, CHANGED);
+            goto error;
         }
         if (blob == NULL && (blob = PyBytes_FromStringAndSize(NULL, total)) == NULL)
             return NULL;
@@ -165,7 +200,8 @@ index_records(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t slot_count = slots_view.len / 8;
     const char *blob = blob_view.buf;
     Py_ssize_t size = blob_view.len;
-    if (slots_view.itemsize != 8 || strcmp(slots_view.format, "Q") != 0 || slot_count == 0 ||
+    if (slots_view.itemsize != 8 || slots_view.format == NULL ||
+        strcmp(slots_view.format, "Q") != 0 || slot_count == 0 ||
         (slot_count & (slot_count - 1)) != 0) {
         PyErr_SetString(PyExc_ValueError, "slots must be an array('Q') of a power of 2 items");
         goto done;
@@ -182,17 +218,28 @@ index_records(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             PyErr_SetString(PyExc_ValueError, "fewer records in the blob than codes");
             goto done;
         }
-        Py_hash_t hash = PyObject_Hash(PyList_GET_ITEM(codes, i));
+        /* Exactly str: its hash is the one lookups use, and it runs no Python code that
+         * could change `codes` under this loop (a __hash__ of another type could). */
+        PyObject *code = PyList_GET_ITEM(codes, i);
+        if (!PyUnicode_CheckExact(code)) {
+            PyErr_SetString(PyExc_TypeError, "codes must be str");
+            goto done;
+        }
+        Py_hash_t hash = PyObject_Hash(code);
         if (hash == -1)
             goto done;
         uint64_t value = ((uint64_t)hash & TAG_BITS) | (uint64_t)offset;
-        uint64_t slot = (uint64_t)hash & mask, other;
+        uint64_t slot = (uint64_t)hash & mask, other, probes = 0;
         while ((other = slots[slot]) != EMPTY) {
             /* Records are placed in blob order: a later one of the same code wins. */
             if ((other & TAG_BITS) == (value & TAG_BITS) &&
                 same_code(blob, size, other & OFFSET_MASK, (uint64_t)offset)) {
                 replaced++;
                 break;
+            }
+            if (++probes > mask) { /* every slot looked at: none free, none of this code */
+                PyErr_SetString(PyExc_ValueError, "no free slot: the slots are full");
+                goto done;
             }
             slot = (slot + 1) & mask;
         }

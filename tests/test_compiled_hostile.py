@@ -1,0 +1,153 @@
+"""The C extensions (`_headscan`, `_packed`) against hostile callers: a clear error, never a crash.
+
+Each case runs in a child interpreter with the debug allocator (`PYTHONMALLOC=debug`: freed
+memory is overwritten, so a use after free crashes instead of reading stale bytes), under a
+timeout, so a segfault or an endless loop fails the test instead of killing or stalling
+pytest. The child prints what it saw; the test checks that line.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import subprocess
+import sys
+import textwrap
+import weakref
+from array import array
+
+import pytest
+
+from trunk8_redirector import _headscan, _packed
+
+CHILD_TIMEOUT = 20
+
+
+def run_child(code: str) -> str:
+    """Run `code` in a child interpreter; its last output line (it must exit 0)."""
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env={**os.environ, "PYTHONMALLOC": "debug"},
+        capture_output=True,
+        text=True,
+        timeout=CHILD_TIMEOUT,
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    return done.stdout.strip().splitlines()[-1]
+
+
+def test_prepared_answers_never_initialised_raise_instead_of_crashing() -> None:
+    seen = run_child("""
+        from trunk8_redirector._headscan import PreparedAnswers
+        bare = PreparedAnswers.__new__(PreparedAnswers)
+        head = b"GET /a HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n"
+        print(len(bare), bare.answer(head, 0), bare.clear())
+        try:
+            bare.keep(b"a", b"r", 0, 0)
+        except ValueError as error:
+            print("refused:", error)
+    """)
+    assert seen == "refused: outcome out of the counters' range"
+
+
+def test_a_counter_that_drops_the_answer_while_counted_leaves_no_dangling_answer() -> None:
+    # The outcomes list is the stats' own: a counter is whatever is there. One whose `+`
+    # clears the prepared answers freed the answer `answer` was about to return.
+    seen = run_child("""
+        from trunk8_redirector._headscan import PreparedAnswers
+        class Counter:
+            def __add__(self, other):
+                prepared.clear()
+                return 1
+        prepared = PreparedAnswers([Counter()], 4)
+        prepared.keep(b"a", b"x" * 64 + b"response", 0, 0)
+        print(prepared.answer(b"GET /a HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n", 0)[-8:], len(prepared))
+    """)
+    assert seen == "b'response' 0"
+
+
+def test_a_counters_list_that_shrinks_while_counted_raises_index_error() -> None:
+    class Shrinking:
+        def __add__(self, other: int) -> int:
+            outcomes.clear()
+            return 1
+
+    outcomes: list[object] = [Shrinking()]
+    prepared = _headscan.PreparedAnswers(outcomes, 4)  # type: ignore[arg-type]
+    prepared.keep(b"a", b"response", 0, 0)
+    with pytest.raises(IndexError):  # was SystemError: a result with an exception set
+        prepared.answer(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n", 0)
+
+
+def test_prepared_answers_in_a_reference_cycle_are_collected() -> None:
+    class Version:
+        """A table version that refers back to the answers (a cycle through them)."""
+
+        prepared: object = None
+
+    prepared = _headscan.PreparedAnswers([0], 4)
+    version = Version()
+    version.prepared = prepared
+    prepared.keep(b"a", b"response", 0, version)  # type: ignore[arg-type]
+    gone = weakref.ref(version)
+    del prepared, version
+    gc.collect()
+    assert gone() is None
+
+
+def test_index_records_refuses_codes_that_are_not_str() -> None:
+    # A code's `__hash__` may run Python code: this one empties the list being indexed.
+    seen = run_child("""
+        from array import array
+        from trunk8_redirector._packed import index_records
+        class Code:
+            def __hash__(self):
+                codes.clear()
+                return 1
+        codes = [Code(), "b", "c"]
+        slots = array("Q", [2**64 - 1]) * 8
+        try:
+            index_records(slots, b"a\\0\\0t\\nb\\0\\0t\\nc\\0\\0t\\n", 0, codes)
+        except TypeError as error:
+            print("refused:", error)
+    """)
+    assert seen == "refused: codes must be str"
+    with pytest.raises(TypeError):
+        _packed.index_records(array("Q", [2**64 - 1]) * 2, b"a\0\0t\n", 0, [None])  # type: ignore[list-item]
+
+
+def test_index_records_into_full_slots_raises_instead_of_probing_forever() -> None:
+    seen = run_child("""
+        from array import array
+        from trunk8_redirector._packed import index_records
+        slots = array("Q", [0]) * 4  # every slot taken by another record (offset 0)
+        try:
+            index_records(slots, b"a\\0\\0t\\nbb\\0\\0t\\n", 0, ["a", "bb"])
+        except ValueError as error:
+            print("refused:", error)
+    """)
+    assert seen == "refused: no free slot: the slots are full"
+
+
+def test_pack_records_refuses_columns_changed_while_packed() -> None:
+    # A finalizer run by a collection in the middle of packing (the error of a lone
+    # surrogate allocates) lengthens a target already measured: the buffer sized for the
+    # old one must not be overrun.
+    seen = run_child("""
+        import gc
+        from trunk8_redirector._packed import pack_records
+        codes, targets = ["a", "b\\udcff"], ["t", "u"]
+        class Grow:
+            def __del__(self):
+                targets[0] = "x" * 100_000
+        gc.collect()
+        gc.set_threshold(1)
+        cycle = Grow()
+        cycle.me = cycle
+        del cycle
+        try:
+            print(len(pack_records(codes, None, targets)), targets[0] == "t")
+        except RuntimeError as error:
+            print("refused:", error)
+    """)
+    assert seen in ("refused: the columns changed while packed", "12 True")

@@ -101,6 +101,15 @@ def test_both_steps_refuse_a_separator_and_a_broken_blob() -> None:
         packed.COMPILED.index_records(array("Q", [2**64 - 1]) * 8, b"a\0\0x", 0, ["a"])
 
 
+def test_both_steps_refuse_more_records_than_slots() -> None:
+    for compiled in (True, False):
+        builder = packed.Builder(4, compiled=compiled)  # 8 slots
+        deque(builder.allocate(), maxlen=0)
+        codes = [f"code{i}" for i in range(9)]
+        with pytest.raises(ValueError, match="slots are full"):
+            builder.add_columns(codes, ["https://a/"] * 9)
+
+
 def record(code: str, url: str) -> bytes:
     return msgspec.json.encode(LinkRecord(code=code, owner="u", type="redirect", url=url))
 

@@ -292,6 +292,8 @@ class Builder:
                             slots[slot] = value
                         break
                 slot = (slot + 1) & mask
+                if slot == homes[row]:  # round the whole table: more records than slots
+                    raise ValueError("no free slot: the slots are full")
             else:
                 slots[slot] = value
         return replaced

@@ -353,10 +353,10 @@ class Publisher:
                 if record is None:
                     if before is not None:
                         deletes.append(key)
-                        old = decode_link(before)
                         if code is None:
                             foreign += 1
                         else:
+                            old = decode_link(before)
                             events.append(LinkDeleted(code=code, owner=old.owner if old else ""))
                     continue
                 if before is not None and code is not None and same.get(code) is record:

@@ -252,9 +252,9 @@ async def test_mirrors_starting_together_share_one_read_of_the_records(
     )
     assert reads == [RECORDS_OBJECT]
     assert revision == at
-    assert first.entries == second.entries and first.entries
-    assert first.entries is not second.entries  # each mirror changes its own
-    first.apply(next(iter(first.entries)), None)
-    assert len(second.entries) == len(first.entries) + 1
+    assert first.snapshot is second.snapshot  # shared, and never changed...
+    assert first.entries() == second.entries() and first.entries()
+    first.apply(next(iter(first.entries())), None)  # ...each mirror's changes beside it
+    assert len(second.entries()) == len(first.entries()) + 1
     await kvmirror.records_start(js, LINKS_BUCKET)  # asked later: read again, not kept
     assert reads == [RECORDS_OBJECT, RECORDS_OBJECT]

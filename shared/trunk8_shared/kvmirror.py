@@ -25,7 +25,6 @@ import weakref
 from collections.abc import Callable
 from typing import NamedTuple, Protocol, cast
 
-import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
@@ -41,6 +40,7 @@ from .snapshot import (
     decode_records,
     plan_landed,
     read_tagged_snapshot,
+    records_entries,
     stored_plan,
 )
 
@@ -118,7 +118,8 @@ class StagedState(Protocol):
 class SnapshotSink(MirrorSink, Protocol):
     """A sink that builds its state from its own snapshot object (the redirector's table).
 
-    Sinks without `stage` are given the records snapshot through `replace_all`.
+    Other sinks start from the records snapshot: through `replace_records` when they have
+    it (`RecordsSink`), else through `replace_all` with every key's value split out.
     """
 
     snapshot_object: str
@@ -130,18 +131,40 @@ class SnapshotSink(MirrorSink, Protocol):
         """
 
 
-class RecordsStage:
-    """The plain sinks' staging: key -> value, handed over whole to `replace_all`."""
+class RecordsSink(MirrorSink, Protocol):
+    """A sink that loads the records snapshot per owner, as it is laid out."""
 
-    def __init__(self, entries: dict[str, bytes] | None = None) -> None:
-        self.entries = entries if entries is not None else {}
+    def __len__(self) -> int:
+        """How many links it holds."""
+
+    def replace_records(self, records: RecordsSnapshot) -> None:
+        """Swap in a records snapshot whole; the changes after it follow through `apply`."""
+
+
+class RecordsStage:
+    """The records snapshot a load starts from (or none), and the changes after it by key.
+
+    The snapshot is shared by the mirrors that read it together and never changed: the
+    changes (None = deleted) are kept beside it, each key's last one.
+    """
+
+    def __init__(self, snapshot: RecordsSnapshot | None = None) -> None:
+        self.snapshot = snapshot
+        self.changes: dict[str, bytes | None] = {}
 
     def apply(self, key: str, value: bytes | None) -> None:
-        """Apply one change to the entries."""
-        if value is None:
-            self.entries.pop(key, None)
-        else:
-            self.entries[key] = value
+        """Note one change (the last one of a key wins)."""
+        self.changes[key] = value
+
+    def entries(self) -> dict[str, bytes]:
+        """Every key with its value: the snapshot's (split per key) with the changes applied."""
+        entries = records_entries(self.snapshot) if self.snapshot is not None else {}
+        for key, value in self.changes.items():
+            if value is None:
+                entries.pop(key, None)
+            else:
+                entries[key] = value
+        return entries
 
 
 def _is_removal(msg: Msg) -> bool:
@@ -260,7 +283,7 @@ class _SharedRead:
 
 
 # Per event loop: the files and admin mirrors of one process start together, and each read
-# and decode of the records object costs about 2 s at a million links.
+# of the records object is about 115 MB at a million links.
 _records_reads: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _SharedRead]] = (
     weakref.WeakKeyDictionary()
 )
@@ -274,8 +297,8 @@ async def _read_records(js: JetStreamContext) -> tuple[RecordsSnapshot, str]:
 async def shared_records(js: JetStreamContext) -> tuple[RecordsSnapshot, str]:
     """The records snapshot and its plan, read once for the callers that ask meanwhile.
 
-    Each caller gets entries of its own to change: the last one to take the shared result
-    its dict, the others a copy (the values themselves are shared). Forgotten once taken.
+    The callers share it: nobody changes a snapshot (`RecordsStage` keeps the changes
+    beside it). Forgotten once every caller took it.
     """
     reads = _records_reads.setdefault(asyncio.get_running_loop(), {})
     read = reads.get(RECORDS_OBJECT)
@@ -285,20 +308,17 @@ async def shared_records(js: JetStreamContext) -> tuple[RecordsSnapshot, str]:
         read.task.add_done_callback(lambda task: task.cancelled() or task.exception())
     read.waiting += 1
     try:
-        records, plan = await asyncio.shield(read.task)
+        return await asyncio.shield(read.task)
     finally:
         read.waiting -= 1
         if not read.waiting and reads.get(RECORDS_OBJECT) is read:
             del reads[RECORDS_OBJECT]
-    if read.waiting:
-        return msgspec.structs.replace(records, entries=dict(records.entries)), plan
-    return records, plan
 
 
 async def records_start(
     js: JetStreamContext, bucket: str, allow_ahead: bool = False
 ) -> tuple[RecordsStage, int, Pending | None]:
-    """The records snapshot as a staging dict, its revision, and whether it is ahead.
+    """A staging on the records snapshot, its revision, and whether it is ahead.
 
     SnapshotError if unusable (ahead of the bucket too, unless `allow_ahead`).
     """
@@ -308,7 +328,7 @@ async def records_start(
         js, bucket, revision, records.bucket_created, plan, allow_ahead
     )
     pending = Pending(RECORDS_OBJECT, revision, plan) if ahead else None
-    return RecordsStage(records.entries), revision, pending
+    return RecordsStage(records), revision, pending
 
 
 async def read_bucket(
@@ -330,10 +350,14 @@ async def read_bucket(
     sub = await follow_bucket(js, bucket, staging.apply, caught_up, lambda *_: None, after)
     try:
         await asyncio.wait_for(done, timeout)
-        return staging.entries
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
+    try:
+        return staging.entries()
+    except SnapshotError as err:  # a snapshot whose values do not split: read it all
+        log.warning("%s: unusable snapshot (%s); reading the bucket", bucket, err)
+        return await read_bucket(js, bucket, timeout)
 
 
 class _Loading:
@@ -360,7 +384,7 @@ class _Loading:
         state, self.state = self.state, None
         self.mirror._seen = self.seen  # a failing install forgets it again
         if isinstance(state, RecordsStage):
-            self.mirror._snapshot(state.entries, revision)
+            self.mirror._install_records(state, revision)
         elif state is not None:
             self.mirror._install(state.install, revision)
 
@@ -386,6 +410,8 @@ class KvMirror:
         self.snapshot_fallbacks = 0  # ones that found none usable and read the bucket
         self._restart = asyncio.Event()  # set after a reconnect or a failed update
         self._failure: Exception | None = None
+        # After a sink failure the next load reads the bucket: the snapshot may be the cause.
+        self._skip_snapshot = False
         self._foreign = 0
         # The stream the state came from; None until loaded, and after a sink failure.
         self._seen: StreamMark | None = None
@@ -396,7 +422,10 @@ class KvMirror:
         """The state to build on and the revision it reflects: a snapshot's, or empty."""
         sink = self.sink
         staged_sink = sink if hasattr(sink, "stage") else None
-        if self.use_snapshot:
+        skip, self._skip_snapshot = self._skip_snapshot, False
+        if skip and self.use_snapshot:
+            log.info("%s: reading the bucket (the last load failed)", self.bucket)
+        elif self.use_snapshot:
             try:
                 return await self._load_snapshot(staged_sink)
             except SnapshotError as err:
@@ -435,9 +464,21 @@ class KvMirror:
         self.snapshot_loads += 1
         return state, revision
 
-    def _snapshot(self, entries: dict[str, bytes], revision: int) -> None:
-        """Install a complete state in a plain sink (key -> value)."""
-        self._install(lambda: self._replace_all(entries), revision)
+    def _install_records(self, stage: RecordsStage, revision: int) -> None:
+        """Install a records snapshot and the changes after it (or the bucket's values)."""
+        sink, records = self.sink, stage.snapshot
+        if records is not None and hasattr(sink, "replace_records"):
+            records_sink = cast(RecordsSink, sink)
+
+            def install() -> int:
+                records_sink.replace_records(records)
+                for key, value in stage.changes.items():
+                    records_sink.apply(key, value)
+                return len(records_sink)
+
+            self._install(install, revision)
+        else:
+            self._install(lambda: self._replace_all(stage.entries()), revision)
 
     def _replace_all(self, entries: dict[str, bytes]) -> int:
         self.sink.replace_all(entries)
@@ -487,6 +528,7 @@ class KvMirror:
         log.error("%s: applying an update failed; reloading the bucket", self.bucket, exc_info=err)
         self._failure = err
         self._seen = None  # the sink's state is in doubt: the next subscription loads whole
+        self._skip_snapshot = True
         self._restart.set()
 
     async def _until_stale(self, sub: JetStreamContext.PushSubscription) -> None:

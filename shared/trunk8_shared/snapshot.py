@@ -2,14 +2,18 @@
 
 The config-watcher publishes two objects after a full sync (and after large changes): the
 *table* (per code: the normalised Location of a redirect, or the type of another link, and
-its expiry), which is all a redirector needs, and the *records* (every key with the value
-the bucket holds), for mirrors that keep whole records. Both are compact msgpack, carry a
-format version and are tagged with the bucket revision they reflect and the bucket's
-creation time, so a reader loads one and follows the bucket from revision + 1: only later
-changes go through per-message handling. A snapshot that is missing, corrupt, of another
-format version or from an earlier incarnation of the bucket is refused (`SnapshotError`)
-and the reader loads the bucket instead. Objects are read chunk by chunk into one buffer
-(nats-py's `ObjectStore.get` concatenates bytes, quadratic in the object's size).
+its expiry), which is all a redirector needs, and the *records*, laid out per owner: each
+owner's codes in the order of its links file and their values, exactly as the bucket holds
+them, joined into one blob, so a reader pays per owner rather than per record (the admin
+keeps an owner's blob as it is, the config-watcher hashes and decodes one per file), plus
+the few non-redirect values by key for the files service and the expiries. Both are compact
+msgpack, carry a format version and are tagged with the bucket revision they reflect and
+the bucket's creation time, so a reader loads one and follows the bucket from revision + 1:
+only later changes go through per-message handling. A snapshot that is missing, corrupt, of
+another format version or from an earlier incarnation of the bucket is refused
+(`SnapshotError`) and the reader loads the bucket instead. Objects are read chunk by chunk
+into one buffer (nats-py's `ObjectStore.get` concatenates bytes, quadratic in the object's
+size).
 """
 
 from __future__ import annotations
@@ -31,10 +35,13 @@ from nats.js.errors import (
     ObjectNotFoundError,
 )
 
+from .codes import kv_key
+
 SNAPSHOT_STORE = "trunk8_snapshots"
 TABLE_OBJECT = "links.table"
 RECORDS_OBJECT = "links.records"
-SNAPSHOT_VERSION = 1
+# 2: the records laid out per owner (1 held one map of a million keys to values).
+SNAPSHOT_VERSION = 2
 # The watcher publishes a new snapshot once this many changes (or 10% of the links) arrived
 # since the last; a stored one fewer changes behind is as good as current.
 MIN_CHANGES = 1000
@@ -76,13 +83,35 @@ class TableSnapshot(msgspec.Struct, kw_only=True):
     expiring: dict[str, float]
 
 
+class OwnerRecords(msgspec.Struct, array_like=True, gc=False):
+    """One owner's served links: codes in the order of its links file, and their values.
+
+    `records` is each code's value as the bucket holds it (`records.json_encoder`'s JSON),
+    joined by commas in the order of `codes`: bracketed, it is one JSON array, and its
+    SHA-256 is the config-watcher's digest of that file's records (`records_digest`).
+    """
+
+    codes: list[str]
+    records: bytes
+
+
 class RecordsSnapshot(msgspec.Struct, kw_only=True):
-    """Every key of the bucket with its value, for mirrors that keep whole records."""
+    """Every served link's value, per owner, for mirrors that keep whole records.
+
+    `others` repeats, by KV key, the values of the file, markdown and html links (few:
+    the files service reads nothing else); `expiring` maps the codes that expire to their
+    expiry; a code listed in no `others` is a redirect.
+    """
 
     v: int = SNAPSHOT_VERSION
     revision: int
     bucket_created: str
-    entries: dict[str, bytes]
+    owners: dict[str, OwnerRecords]
+    others: dict[str, bytes]
+    expiring: dict[str, float]
+
+    def __len__(self) -> int:
+        return sum(len(owner.codes) for owner in self.owners.values())
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -120,7 +149,43 @@ def decode_table(payload: bytes | bytearray | memoryview) -> TableSnapshot:
 def decode_records(payload: bytes | bytearray | memoryview) -> RecordsSnapshot:
     """A records snapshot; raises SnapshotError for a corrupt or other-format one."""
     records: RecordsSnapshot = _decode(payload, _records_decoder)
+    for owner, links in records.owners.items():
+        blob = links.records
+        # Cheap checks of the shape (the object's digest already vouches for its bytes).
+        if bool(links.codes) != bool(blob) or (blob and (blob[:1], blob[-1:]) != (b"{", b"}")):
+            raise SnapshotError(f"records snapshot: the records of {owner!r} are malformed")
     return records
+
+
+_raw_list = msgspec.json.Decoder(list[msgspec.Raw])
+
+
+def owner_values(links: OwnerRecords) -> list[bytes]:
+    """Each code's value, split out of the owner's blob; SnapshotError if they differ in count."""
+    if not links.records:
+        values: list[bytes] = []
+    else:
+        try:
+            values = list(map(bytes, _raw_list.decode(b"[" + links.records + b"]")))
+        except msgspec.DecodeError as err:
+            raise SnapshotError(f"records snapshot: unreadable records ({err})") from err
+    if len(values) != len(links.codes):
+        raise SnapshotError("records snapshot: an owner's codes and records differ in count")
+    return values
+
+
+def records_entries(records: RecordsSnapshot) -> dict[str, bytes]:
+    """Every KV key of the snapshot with its value, as the bucket holds them."""
+    entries: dict[str, bytes] = {}
+    for links in records.owners.values():
+        entries.update(zip(kv_keys(links.codes), owner_values(links), strict=True))
+    return entries
+
+
+def kv_keys(codes: list[str]) -> list[str]:
+    """The KV keys of `codes`: the codes themselves when all are plain (checked at once)."""
+    joined = "".join(codes)
+    return codes if kv_key(joined) == joined else [kv_key(code) for code in codes]
 
 
 async def snapshot_store(js: JetStreamContext, create: bool = False, replicas: int = 1) -> Any:

@@ -2,9 +2,10 @@
 
 A `MirrorSink` filled from KV `trunk8_links` by a `KvMirror`; redirect records are left to
 the redirector, and skipped while decoding: only a record's `type` is read for them, so a
-million redirects cost this service nothing to hold. `link_type` is this service's finder
-for the `/{code}` dispatcher, and `live` is what a handler serves: both check expiry at
-the moment they are asked.
+million redirects cost this service nothing to hold; from the records snapshot it reads
+only the values of the other links (`RecordsSnapshot.others`). `link_type` is this
+service's finder for the `/{code}` dispatcher, and `live` is what a handler serves: both
+check expiry at the moment they are asked.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import msgspec
 
 from trunk8_shared.codes import from_kv_key
 from trunk8_shared.records import LinkRecord, link_decoder
+from trunk8_shared.snapshot import RecordsSnapshot
 
 log = logging.getLogger("trunk8.files")
 
@@ -64,6 +66,10 @@ class FileLinks:
                 records[record.code] = record
         self.records = records
         self.updates += 1
+
+    def replace_records(self, records: RecordsSnapshot) -> None:
+        """Swap in a records snapshot: its file, markdown and html links alone."""
+        self.replace_all(records.others)
 
     def apply(self, key: str, value: bytes | None) -> None:
         """Apply one put (value) or delete (None)."""

@@ -192,9 +192,13 @@ def test_error_paths_leak_nothing() -> None:
             ),
             lambda: _packed.index_records(array("Q", [0]) * 2, blob, 0, ["a"]),
             lambda: _packed.kept_records(blob, 0, len(blob) - bad, {"b": None}),
+            lambda: _packed.reserve(-1 if bad else 64),
+            lambda: _packed.index_records(  # a fold's slots: room set aside, cast to 'Q'
+                memoryview(_packed.reserve(64)).cast("Q") if bad else b"\0" * 64, blob, 0, []
+            ),
         )
         for call in calls:
-            with contextlib.suppress(TypeError, ValueError):
+            with contextlib.suppress(TypeError, ValueError, BufferError):
                 call()  # type: ignore[no-untyped-call]
 
     for i in range(2_000):  # caches and free lists warmed up

@@ -110,6 +110,43 @@ def test_both_steps_refuse_more_records_than_slots() -> None:
             builder.add_columns(codes, ["https://a/"] * 9)
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+def test_a_fold_step_copies_only_its_own_records(
+    compiled: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Room for the new table is set aside once: no step copies what earlier steps wrote
+    (a buffer regrown and copied whole), each copies at most a step's worth of bytes."""
+    monkeypatch.setattr(packed, "FOLD_STEP_SLOTS", 16 * 1024)  # 16 steps of slots
+    rng = random.Random(3)
+    count = 100_000
+    codes = [f"c{i}" for i in range(count)]
+    targets = [f"https://t.example/{'x' * rng.randrange(80)}/{i}" for i in range(count)]
+    base = PackedLinks(codes, targets, compiled=compiled)
+    changes: dict[str, Link | None] = {f"c{i}": None for i in range(0, count, 7)}
+    changes.update({f"n{i}": ("redirect", f"https://n.example/{i}", None) for i in range(9000)})
+    longest = max(len(line) + 1 for line in bytes(base.blob).split(b"\n"))
+    bound = max(
+        8 * packed.FOLD_STEP_SLOTS,
+        packed.FOLD_STEP_BYTES[compiled] + longest,
+        packed.FOLD_STEP_CHANGES[compiled] * longest,
+    )
+    fold = Fold(base, changes, compiled=compiled)
+    builder, copied, allocations, steps = fold.builder, 0, set(), 0
+    for _ in fold.steps():
+        steps += 1
+        assert builder.copied - copied <= bound, f"step {steps} copied {builder.copied - copied}"
+        copied = builder.copied
+        if isinstance(builder.blob, bytearray):  # set aside: its allocation never changes
+            allocations.add(builder.blob.__alloc__())
+    assert builder.regrown == 0 and len(allocations) == 1
+    assert copied > 20 * bound  # the bound is far below the whole (about 8 MB)
+    result = fold.result()
+    assert len(result.blob) == builder.length  # the room left over is handed back
+    assert len(result) == count - len(range(0, count, 7)) + 9000
+    assert result.get("n8999") == ("redirect", "https://n.example/8999", None)
+    assert result.get("c7") is None and result.get("c8") == base.get("c8")
+
+
 def record(code: str, url: str) -> bytes:
     return msgspec.json.encode(LinkRecord(code=code, owner="u", type="redirect", url=url))
 

@@ -13,3 +13,6 @@ def kept_records(
     blob: bytes | bytearray, start: int, stop: int, drop: dict[str, object]
 ) -> tuple[list[str], bytes]:
     """(codes, bytes) of the records in blob[start:stop] whose code is not a key of drop."""
+
+def reserve(size: int) -> bytearray:
+    """A bytearray of `size` bytes, not initialised (write before reading)."""

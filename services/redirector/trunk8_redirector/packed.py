@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import accumulate, chain, compress, islice, repeat
 from operator import add, and_, ne, not_, or_
 from types import ModuleType
+from typing import NamedTuple, TypeAlias
 
 try:
     from . import _packed
@@ -46,13 +47,15 @@ LOAD_INVERSE = 2
 _OFFSET_MASK = (1 << 40) - 1
 _TAG_BITS = ((1 << 64) - 1) ^ _OFFSET_MASK
 _EMPTY = (1 << 64) - 1  # no record is that far into a blob
-# A fold's steps, each well under 2 ms on a slow core (measured: docs/benchmarks.md): blob
-# bytes of records kept, changes added, empty slots allocated. Python's steps do less.
+# A fold's steps, each under 2 ms on a slow core (measured: docs/benchmarks.md): blob bytes
+# of records kept, changes packed or added, empty slots filled. Python's steps do less.
 FOLD_STEP_BYTES = {True: 64 * 1024, False: 16 * 1024}
 FOLD_STEP_CHANGES = {True: 1024, False: 256}
-FOLD_STEP_SLOTS = 256 * 1024
+FOLD_STEP_SLOTS = 128 * 1024  # 1 MB of fresh pages: the kernel maps each on first write
 
 Link = tuple[str, str, float | None]  # (type, normalised Location or "", expiry or None)
+# An array built at once, or room set aside and filled a step at a time (a fold's).
+Slots: TypeAlias = "array[int] | memoryview"
 
 
 def packable(code: str, link_type: str, target: str) -> bool:
@@ -83,7 +86,7 @@ class PackedLinks:
     blob: bytes | bytearray
     mask: int
     size: int
-    slots: array[int]
+    slots: Slots
 
     def __init__(
         self,
@@ -161,37 +164,70 @@ class PackedLinks:
         return fold.result()
 
 
+class Records(NamedTuple):
+    """Records packed and not added yet: their codes, bytes, and sizes (Python steps only)."""
+
+    codes: list[str]
+    records: bytes
+    sizes: list[int] | None  # None: the compiled steps find each record's end themselves
+
+
+def set_aside(size: int, compiled: ModuleType | None) -> bytearray:
+    """`size` bytes of room, allocated once; a fold then copies into it, never regrows it.
+
+    The compiled `reserve` leaves them unwritten (their pages are mapped as the fold first
+    writes them); `bytearray(size)` zero-fills them at once, the Python steps' one long one.
+    """
+    return compiled.reserve(size) if compiled is not None else bytearray(size)
+
+
 class Builder:
     """A `PackedLinks` being built: slots allocated, then records added a batch at a time.
 
     Records are appended to one blob in the order added and indexed as they come; a code
-    added again replaces its earlier record (which stays in the blob, unreachable).
+    added again replaces its earlier record (which stays in the blob, unreachable). A fold
+    sets room aside first (`allocate` in steps, `reserve`), so that every later step copies
+    only its own records: `copied` counts the bytes written, `regrown` the times the blob
+    outgrew its room and was copied whole (never, in a fold).
     """
 
     def __init__(self, capacity: int, compiled: bool = True) -> None:
         self.compiled = COMPILED if compiled else None
         self.size = slot_count(capacity)
-        self.slots = array("Q")
+        self.slots: Slots = array("Q")
         self.blob: bytes | bytearray = b""
+        self.length = 0  # bytes of records in the blob (room set aside may follow)
         self.count = 0  # records added
         self.replaced = 0  # of which replaced by a later one of the same code
+        self.copied = 0  # bytes written into the slots and the blob, so far
+        self.regrown = 0
 
-    def allocate(self, step: int = FOLD_STEP_SLOTS) -> Iterator[None]:
-        """Allocate the empty slots, `step` at a time (yields after each step)."""
-        block = array("Q", [_EMPTY]) * min(step, self.size)  # sizes are powers of 2
+    def allocate(self, step: int | None = None) -> Iterator[None]:
+        """Allocate the empty slots, `step` (or `FOLD_STEP_SLOTS`) at a time, yielding after
+        each step."""
+        block = array("Q", [_EMPTY]) * min(step or FOLD_STEP_SLOTS, self.size)  # powers of 2
         if len(block) == self.size:
             self.slots = block  # at once: no copy (freed copies leave the heap fragmented)
-        while len(self.slots) < self.size:
-            self.slots.extend(block)
-            yield
-
-    def add_columns(
-        self, codes: list[str], targets: list[str], metas: list[str] | None = None
-    ) -> None:
-        """Add the records `codes[i]` -> `targets[i]` with `metas[i]` ("" when None)."""
-        if self.compiled is not None:
-            self._add(codes, self.compiled.pack_records(codes, metas, targets), None)
             return
+        # The whole array set aside first: an array grown a step at a time is copied whole
+        # each time it outgrows its allocation (12-15 ms at a million links).
+        slots = memoryview(set_aside(8 * self.size, self.compiled)).cast("Q")
+        for start in range(0, self.size, len(block)):
+            slots[start : start + len(block)] = block
+            self.copied += 8 * len(block)
+            yield
+        self.slots = slots
+
+    def reserve(self, size: int) -> None:
+        """Set aside room for `size` bytes of records, before any is added."""
+        if self.length:
+            raise RuntimeError("room is set aside before the first records")
+        self.blob = set_aside(size, self.compiled)
+
+    def pack(self, codes: list[str], targets: list[str], metas: list[str] | None = None) -> Records:
+        """The records `codes[i]` -> `targets[i]` with `metas[i]` ("" when None), unadded."""
+        if self.compiled is not None:
+            return Records(codes, self.compiled.pack_records(codes, metas, targets), None)
         meta_column: Sequence[str] = metas or [""] * len(codes)
         # One join of the columns interleaved with the separators: no string per record.
         text = "".join(
@@ -206,7 +242,13 @@ class Builder:
                 lengths = map(add, lengths, map(measure, meta_column))
             return map(add, lengths, repeat(3))  # + two NULs and a LF
 
-        self._add_text(codes, text, sizes)
+        return _encoded(codes, text, sizes)
+
+    def add_columns(
+        self, codes: list[str], targets: list[str], metas: list[str] | None = None
+    ) -> None:
+        """Add the records `codes[i]` -> `targets[i]` with `metas[i]` ("" when None)."""
+        self.add(self.pack(codes, targets, metas))
 
     def add_kept(
         self, blob: bytes | bytearray, start: int, stop: int, drop: dict[str, Link | None]
@@ -214,7 +256,7 @@ class Builder:
         """Add the records of blob[start:stop] (whole ones) whose code `drop` does not hold."""
         if self.compiled is not None:
             codes, records = self.compiled.kept_records(blob, start, stop, drop)
-            self._add(codes, records, None)
+            self.add(Records(codes, records, None))
             return
         text = blob[start:stop].decode(_ENCODING, _ERRORS)
         codes = _CODE.findall(text)
@@ -228,38 +270,34 @@ class Builder:
         def sizes(measure: Callable[[str], int]) -> Iterator[int]:
             return map(add, map(measure, lines), repeat(1))  # + a LF
 
-        self._add_text(codes, "\n".join(lines) + "\n" if lines else "", sizes)
+        self.add(_encoded(codes, "\n".join(lines) + "\n" if lines else "", sizes))
 
-    def _add_text(
-        self,
-        codes: list[str],
-        text: str,
-        sizes: Callable[[Callable[[str], int]], Iterator[int]],
-    ) -> None:
-        """Add `text` (one record a line, of `codes`); `sizes(measure)` gives each size."""
-        count = len(codes)
-        if text.count("\n") != count or text.count("\0") != 2 * count:
-            raise ValueError("a code, type or target holds a NUL or a line feed")
-        records = text.encode(_ENCODING, _ERRORS)
-        ascii_only = len(records) == len(text)  # then a character is a byte
-        del text
-        self._add(codes, records, sizes(len if ascii_only else _utf8_size))
-
-    def _add(self, codes: list[str], records: bytes, sizes: Iterable[int] | None) -> None:
-        """Append `records` (of `codes`, sized by `sizes` unless compiled) and index them."""
-        start = len(self.blob)
-        if start + len(records) >= _OFFSET_MASK:
+    def add(self, packed: Records) -> None:
+        """Append packed records to the blob and index them."""
+        codes, records, sizes = packed
+        start, end = self.length, self.length + len(records)
+        if end >= _OFFSET_MASK:
             raise ValueError("over a terabyte of links")
-        if not start:
+        blob = self.blob
+        if not blob:
             self.blob = records  # a table built at once keeps these bytes: no copy
-        else:
-            if isinstance(self.blob, bytes):
-                self.blob = bytearray(self.blob)  # grows in place (realloc) from now on
-            self.blob += records
+        elif isinstance(blob, bytearray) and end <= len(blob):
+            blob[start:end] = records  # into the room set aside: these records only
+            self.copied += len(records)
+        else:  # no room set aside: the blob grows, copied whole whenever it is reallocated
+            grown = blob if isinstance(blob, bytearray) else bytearray(blob)
+            del grown[start:]
+            grown += records
+            self.blob = grown
+            self.copied += len(records)
+            self.regrown += 1
+        self.length = end
         self.count += len(codes)
         if sizes is None:
             assert self.compiled is not None
-            self.replaced += self.compiled.index_records(self.slots, self.blob, start, codes)
+            written = memoryview(self.blob)[:end]  # not the room after: never written yet
+            self.replaced += self.compiled.index_records(self.slots, written, start, codes)
+            written.release()
         else:
             self.replaced += self._index(codes, accumulate(sizes, initial=start))
 
@@ -302,6 +340,10 @@ class Builder:
         """The table built (the slots must have been allocated)."""
         if len(self.slots) != self.size:
             raise RuntimeError("slots not allocated")
+        if len(self.blob) > self.length and isinstance(self.blob, bytearray):
+            # Room set aside for records that were dropped: never written, so the pages
+            # were never mapped; a bytearray over half used keeps its allocation (no copy).
+            del self.blob[self.length :]
         links = object.__new__(PackedLinks)
         links.blob, links.slots, links.mask = self.blob, self.slots, self.size - 1
         links.size = self.count - self.replaced
@@ -333,6 +375,17 @@ class Fold:
         builder, blob, changes = self.builder, self.base.blob, self.changes
         fast = builder.compiled is not None
         yield from builder.allocate()
+        # The changes are packed first, so the new blob's room is known and set aside at
+        # once (the records kept take at most the old blob's bytes): no step regrows it.
+        packed: deque[Records] = deque()
+        live = ((code, link) for code, link in changes.items() if link is not None)
+        while batch := list(islice(live, FOLD_STEP_CHANGES[fast])):
+            codes = [code for code, _ in batch]
+            targets = [link[1] for _, link in batch]
+            metas = [link_meta(link[0], link[2]) for _, link in batch]
+            packed.append(builder.pack(codes, targets, metas))
+            yield
+        builder.reserve(len(blob) + sum(len(records.records) for records in packed))
         step, start = FOLD_STEP_BYTES[fast], 0
         while start < len(blob):
             stop = blob.find(b"\n", min(start + step, len(blob)) - 1) + 1
@@ -341,12 +394,8 @@ class Fold:
             builder.add_kept(blob, start, stop, changes)
             start = stop
             yield
-        live = ((code, link) for code, link in changes.items() if link is not None)
-        while batch := list(islice(live, FOLD_STEP_CHANGES[fast])):
-            codes = [code for code, _ in batch]
-            targets = [link[1] for _, link in batch]
-            metas = [link_meta(link[0], link[2]) for _, link in batch]
-            builder.add_columns(codes, targets, metas)
+        while packed:
+            builder.add(packed.popleft())
             yield
 
     def result(self) -> PackedLinks:
@@ -356,6 +405,19 @@ class Fold:
 
 def _listed(column: Sequence[str]) -> list[str]:
     return column if isinstance(column, list) else list(column)
+
+
+def _encoded(
+    codes: list[str], text: str, sizes: Callable[[Callable[[str], int]], Iterator[int]]
+) -> Records:
+    """The records of `text` (one a line, of `codes`); `sizes(measure)` gives each size."""
+    count = len(codes)
+    if text.count("\n") != count or text.count("\0") != 2 * count:
+        raise ValueError("a code, type or target holds a NUL or a line feed")
+    records = text.encode(_ENCODING, _ERRORS)
+    ascii_only = len(records) == len(text)  # then a character is a byte
+    del text
+    return Records(codes, records, list(sizes(len if ascii_only else _utf8_size)))
 
 
 def _utf8_size(text: str) -> int:

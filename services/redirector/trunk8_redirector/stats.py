@@ -137,6 +137,24 @@ class RedirectorCollector(Collector):
         yield GaugeMetricFamily(
             f"{prefix}_links_revision", "Links bucket revision applied.", value=self.mirror.revision
         )
+        yield CounterMetricFamily(
+            f"{prefix}_folds",
+            "Folds of the live changes into new packed rows, completed.",
+            value=self.table.folds,
+        )
+        yield CounterMetricFamily(
+            f"{prefix}_folded_changes",
+            "Changes taken into new packed rows by those folds.",
+            value=self.table.folded_changes,
+        )
+        yield GaugeMetricFamily(
+            f"{prefix}_fold_longest_step_seconds",
+            "CPU seconds of the longest step of the last fold (the serving loop waits on it).",
+            value=self.table.longest_fold_step,
+        )
+        yield self.table.fold_step_seconds.family(
+            f"{prefix}_fold_step_seconds", "CPU seconds of each fold step."
+        )
 
 
 def redirector_registry(

@@ -1,8 +1,9 @@
 """The config-watcher's lease while its loop is busy: a lapse waited out, a long import kept.
 
 Against a real nats-server with a short lease TTL: when the renewal cannot run and the
-lease runs out locally, the sync loop backs off (a handful of attempts, little CPU) instead
-of spinning on `NotActiveError`, and publishes again once the lease is back; and a first
+lease runs out locally, `/-/ready` says so at once and no write goes out, the sync loop
+backs off (a handful of attempts, little CPU) instead of spinning on `NotActiveError`, and
+publishes again once the lease is back; and a first
 import whose every step is slow keeps the lease throughout, because its long steps yield
 to the renewal.
 """
@@ -23,9 +24,11 @@ from test_watcher_scale import links_toml
 from trunk8.embedded_nats import EmbeddedNats
 from trunk8_config_watcher import publisher
 from trunk8_config_watcher.app import CONFIG_WATCHER
+from trunk8_config_watcher.lease import VALID_SHARE, NotActiveError
 from trunk8_config_watcher.sync import keep_in_sync
 from trunk8_config_watcher.watcher import ConfigWatcher
 from trunk8_shared.bus import Bus
+from trunk8_shared.codes import kv_key
 from trunk8_shared.settings import Settings
 
 TTL = 1.0  # the smallest a setting allows is 0.5 s; renewals every third of it
@@ -133,3 +136,40 @@ async def test_a_long_first_import_keeps_the_lease_throughout(
     assert "config.lease_lost" not in caplog.text
     assert (lease.losses, lease.acquisitions) == (0, 1) and lease.held()
     assert "c1999" in system.app[CONFIG_WATCHER].publisher.links.known
+
+
+async def test_readiness_and_writes_follow_the_lease_running_out_locally(
+    start_system: StartSystem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The renewal stops (its task cannot run) and nothing calls `lose()`: `/-/ready` turns
+    503 when the lease runs out locally, no write goes out, and all is back once renewed."""
+    system = await start_system("config-watcher", lease_ttl=TTL)
+    watcher = system.app[CONFIG_WATCHER]
+    lease = watcher.lease
+
+    async def ready() -> bool:
+        return (await system.get("/-/ready"))[0] == 200
+
+    await wait_until(ready, timeout=10)
+    renew, resumed = lease._renew, asyncio.Event()
+
+    async def stalled_renewal(kv: object) -> None:
+        await resumed.wait()
+        await renew(kv)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(lease, "_renew", stalled_renewal)
+    # At most one renewal more (one under way), then none: 503 within the lease's validity.
+    await wait_until(lambda: asyncio.sleep(0, lease.valid_until < time.monotonic()), TTL * 2)
+    assert not await ready()
+    assert lease.active and lease.losses == 0  # the lease loop gave nothing up yet
+    last_renewal = lease.valid_until - TTL * VALID_SHARE
+    record = b'{"code":"late","owner":"bob","type":"redirect","url":"https://late/"}'
+    with pytest.raises(NotActiveError):
+        await watcher.publisher.links.write({kv_key("late"): record}, [])
+    assert kv_key("late") not in watcher.publisher.links.known
+    assert time.monotonic() - last_renewal < TTL + 1.0  # still the same lapse
+
+    resumed.set()  # renewed: the lapsed lease is given up, taken back, the state published
+    await wait_until(lambda: asyncio.sleep(0, lease.held() and watcher.ready.is_set()), 10)
+    assert await ready()
+    assert (lease.losses, lease.acquisitions) == (1, 2)

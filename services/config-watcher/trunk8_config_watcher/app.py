@@ -6,7 +6,8 @@ its own cleanup context: the lease loop decides whether this watcher is the acti
 (`lease.py`; standbys keep their catalog current and publish nothing), the sync loop keeps
 NATS in step with the catalog, the file watch and the periodic reconcile follow the files,
 and the control responder answers `trunk8.control.reload`. `/-/ready` answers 200 for the
-active watcher once it published its state, and for a standby once it looked at the lease.
+active watcher once it published its state and while its lease is valid, and for a standby
+once it looked at the lease.
 `/-/rejected` lists what is currently refused.
 """
 
@@ -61,7 +62,7 @@ def setup_config_watcher(app: web.Application, settings: Settings) -> ConfigWatc
     watcher.metrics.registry.register(watcher.lease)
     setup_ops(app).add_service(
         "config-watcher",
-        lambda: watcher.ready.is_set() or watcher.lease.standing_by,
+        lambda: watcher.lease.ready(watcher.ready.is_set()),
         watcher.metrics.registry,
     )
     app.router.add_get("/-/snapshot", snapshot_view)

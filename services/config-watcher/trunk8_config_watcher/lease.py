@@ -9,9 +9,10 @@ somebody else's) or not confirmed in time makes it stand by.
 
 Validity is counted locally from when the last renewal was *sent*, so it runs out before
 the key can expire on the server: a watcher that was paused (SIGSTOP, a partition) knows it
-lost the lease before any standby can take it, and refuses to write from then on
-(`check`). Writes that were already on their way are refused by NATS itself: each one
-expects the bucket's last sequence, and a new active fences every bucket before it writes
+lost the lease before any standby can take it, and from then on refuses to write (`check`)
+and answers `/-/ready` with a 503 (`ready`), even before its lease loop gives it up. Writes
+that were already on their way are refused by NATS itself: each one expects the bucket's
+last sequence, and a new active fences every bucket before it writes
 (`trunk8_shared.buckets.fence_bucket`, see `publisher.BucketWriter`).
 """
 
@@ -105,6 +106,12 @@ class Lease:
     def held(self) -> bool:
         """True while this watcher may write: active and within its local validity."""
         return self.active and time.monotonic() < self.valid_until
+
+    def ready(self, published: bool) -> bool:
+        """Readiness: a standby's once it looked at the lease; the holder's once its state
+        is `published`, and only while its lease is valid locally, so a lease that ran out
+        shows at once, not when the lease loop next runs and gives it up."""
+        return published and self.held() if self.active else self.standing_by
 
     def check(self) -> None:
         """Raise NotActiveError unless this watcher may write now."""

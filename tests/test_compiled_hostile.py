@@ -193,6 +193,7 @@ def test_error_paths_leak_nothing() -> None:
             lambda: _packed.index_records(array("Q", [0]) * 2, blob, 0, ["a"]),
             lambda: _packed.kept_records(blob, 0, len(blob) - bad, {"b": None}),
             lambda: _packed.reserve(-1 if bad else 64),
+            lambda: _packed.release_pages(bytearray(64), 9 if bad else 0, 8),
             lambda: _packed.index_records(  # a fold's slots: room set aside, cast to 'Q'
                 memoryview(_packed.reserve(64)).cast("Q") if bad else b"\0" * 64, blob, 0, []
             ),

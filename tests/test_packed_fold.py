@@ -147,6 +147,35 @@ def test_a_fold_step_copies_only_its_own_records(
     assert result.get("c7") is None and result.get("c8") == base.get("c8")
 
 
+def test_old_rows_held_elsewhere_keep_their_records_after_a_fold(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fold hands the old rows' pages back only when nothing else holds them."""
+    monkeypatch.setattr(packed, "RELEASE_STEP", 4096)  # many release steps, if any
+    count = 20_000
+    codes = [f"c{i}" for i in range(count)]
+    table = LinkTable()
+    state = TableState(
+        table, PackedLinks(codes, [f"https://old/{'o' * 40}{i}" for i in range(count)])
+    )
+    held = state.rows
+    expected = contents(held)
+    for i in range(count // 2):
+        state.apply(f"c{i}", record(f"c{i}", f"https://new/{i}"))
+    deque(state.fold_steps(), maxlen=0)
+    assert state.rows is not held and not state.changes
+    assert contents(held) == expected  # still readable: not handed back
+    assert state.rows.get("c1") == ("redirect", "https://new/1", None)
+
+
+def test_released_pages_read_as_zeros() -> None:
+    assert packed.COMPILED is not None
+    blob = bytearray(b"x" * (1 << 20))
+    packed.COMPILED.release_pages(blob, 0, len(blob))
+    assert blob.count(0) >= len(blob) - 2 * 4096  # all but the partial pages at each end
+    assert not blob.strip(b"x").strip(b"\0")  # one run of zeros, inside the range
+
+
 def record(code: str, url: str) -> bytes:
     return msgspec.json.encode(LinkRecord(code=code, owner="u", type="redirect", url=url))
 

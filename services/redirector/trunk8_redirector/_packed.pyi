@@ -16,3 +16,6 @@ def kept_records(
 
 def reserve(size: int) -> bytearray:
     """A bytearray of `size` bytes, not initialised (write before reading)."""
+
+def release_pages(blob: bytes | bytearray, start: int, stop: int) -> None:
+    """Hand the whole pages of blob[start:stop] back to the kernel (they read as zeros)."""

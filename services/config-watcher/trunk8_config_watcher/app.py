@@ -24,6 +24,7 @@ from trunk8_shared.settings import Settings
 
 from .control import serve_reload_requests
 from .filewatch import reconcile_periodically, watch_files
+from .memosaver import keep_memo_saved, memo_saved_on_stop_ctx
 from .rejections import REJECTIONS, rejected_view
 from .reloader import ConfigLoadError
 from .snapshots import SnapshotPublisher, keep_snapshots
@@ -80,11 +81,13 @@ def setup_config_watcher(app: web.Application, settings: Settings) -> ConfigWatc
         [
             data_dir_ctx,
             lease_release_ctx,
+            memo_saved_on_stop_ctx(watcher),  # unwound after the tasks, before the release
             task_ctx("config-lease", watcher.lease.run),
             task_ctx("config-sync", lambda: keep_in_sync(watcher)),
             task_ctx("config-watch", lambda: watch_files(watcher)),
             task_ctx("config-control", lambda: serve_reload_requests(watcher)),
             task_ctx("config-snapshot", lambda: keep_snapshots(watcher, snapshots)),
+            task_ctx("config-memo", lambda: keep_memo_saved(watcher)),
         ]
     )
     if settings.reconcile_interval > 0:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Set
 from dataclasses import dataclass, field
 from itertools import compress, repeat
-from operator import ne
+from operator import is_not
 
 from trunk8_shared.datafiles import LinkEntry, UserEntry
 from trunk8_shared.expiry import expiry_timestamp
@@ -111,14 +111,20 @@ class LinkCatalog:
                 owners[code] = holders
                 self._add_owner(code, owner)
             return set(links)
-        removed = previous.keys() - links.keys()
-        for code in removed:
-            self._remove_owner(code, owner)
-        for code in links.keys() - previous.keys():
-            self._add_owner(code, owner)
-        # Compared in C: a re-read of a 100,000-link file usually changes a few.
+        removed: set[str] = set()
+        if links.keys() != previous.keys():  # compared in C, without building a set
+            removed = previous.keys() - links.keys()
+            for code in removed:
+                self._remove_owner(code, owner)
+            for code in links.keys() - previous.keys():
+                self._add_owner(code, owner)
+        # A re-read of a 100,000-link file usually changes a few, and keeps the very record
+        # objects of the others (`entrymemo`): an identity test in C passes those over,
+        # and only the rest are compared field by field.
         codes = list(links)
-        return set(compress(codes, map(ne, map(previous.get, codes), links.values()))) | removed
+        other = compress(codes, map(is_not, map(previous.get, codes), links.values()))
+        changed = {code for code in other if previous.get(code) != links[code]}
+        return changed | removed
 
     def update_links(self, owner: str, put: dict[str, LinkRecord], gone: Iterable[str]) -> set[str]:
         """Change some of one user's links (a save); returns the codes that changed.

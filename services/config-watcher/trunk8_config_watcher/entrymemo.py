@@ -59,25 +59,41 @@ def check_changed(
     """The records and refusals of `table`'s entries, in file order, and the new memo.
 
     `check` is given the entries new or changed since `before` and returns what each
-    became; the others keep what they became then. Each step is a pass in C.
+    became; the others keep what they became then (the very objects, so comparing them
+    later is an identity test). Each step is a pass in C.
     """
     codes = tuple(table)
     hashes = entry_hashes(table.values())
-    merged: dict[str, Any] = dict.fromkeys(codes)  # file order, whatever is checked again
-    kept: set[str] = set()  # unchanged entries refused before
     if before is None or before.hashes is None or hashes is None:
-        fresh = table
-    else:
+        checked = check(table) if table else {}
+        results = list(map(checked.__getitem__, codes))
+        refused_codes = {code for code, result in checked.items() if isinstance(result, str)}
+    elif codes == before.codes:
+        # The usual hand edit: the same codes in the same order, a few tables changed.
+        # Compared position by position: no dict of the previous entries is built.
+        results = list(before.results)
+        changed = [*compress(range(len(codes)), map(ne, hashes, before.hashes))]
+        checked = check({codes[i]: table[codes[i]] for i in changed}) if changed else {}
+        refused_codes = set(before.refused)
+        for i in changed:
+            code = codes[i]
+            results[i] = result = checked[code]
+            if isinstance(result, str):
+                refused_codes.add(code)
+            else:
+                refused_codes.discard(code)
+    else:  # links added, removed, renamed or moved: matched by code
         hashed_before = dict(zip(before.codes, before.hashes, strict=True))
-        changed = compress(codes, map(ne, map(hashed_before.get, codes), hashes))
-        fresh = {code: table[code] for code in changed}
+        fresh = compress(codes, map(ne, map(hashed_before.get, codes), hashes))
+        checked = check({code: table[code] for code in fresh})
         results_before = dict(zip(before.codes, before.results, strict=True))
-        merged.update(zip(codes, map(results_before.get, codes), strict=True))
-        kept = {code for code in before.refused if code in merged and code not in fresh}
-    checked = check(fresh) if fresh else {}
-    merged.update(checked)
-    refused_codes = kept | {code for code, result in checked.items() if isinstance(result, str)}
-    memo = EntryMemo(codes, hashes, tuple(merged.values()), frozenset(refused_codes))
+        results_before.update(checked)
+        results = list(map(results_before.__getitem__, codes))
+        kept = {code for code in before.refused if code not in checked}
+        refused_codes = {code for code, result in checked.items() if isinstance(result, str)}
+        refused_codes |= kept & table.keys()
+    memo = EntryMemo(codes, hashes, tuple(results), frozenset(refused_codes))
+    merged: dict[str, Any] = dict(zip(codes, results, strict=True))  # in C, file order
     refused: dict[str, str] = {}
     if refused_codes:
         refused = {code: merged.pop(code) for code in codes if code in refused_codes}

@@ -34,7 +34,7 @@ from trunk8_shared.records import Event, LinkRecord, UserRecord, json_encoder
 from .catalog import Changes, LinkCatalog, link_record, user_records
 from .entrymemo import EntryMemo, check_changed
 from .errors import ConfigLoadError
-from .parsememo import FileMemo, ParseMemo, records_digest, remembered_links
+from .parsememo import FileMemo, ParseMemo, digest_of, remembered_links
 from .progress import Progress
 from .rejections import Rejections
 
@@ -72,7 +72,6 @@ class ParsedLinks:
     digest: str
     links: dict[str, LinkRecord]
     refused: dict[str, str]
-    records: str  # digest of the records as published (for the parse memo)
     saves_seen: int  # `Reloader.saves_applied` when the file was read
 
 
@@ -104,6 +103,10 @@ class Reloader:
         self._hashes: dict[Path, str | None] = {}
         self.memo = ParseMemo()  # what each links file was parsed into
         self.memo_changed = False  # since it was last saved
+        # Files parsed since the memo was last saved, with the links they produced: the
+        # digest of those records is taken when the memo is saved (`memo_to_save`), not
+        # in every re-parse (encoding 100,000 records to hash them costs 0.1 s).
+        self._undigested: dict[str, dict[str, LinkRecord]] = {}
         # The published bucket (key -> value) while a warm start may reuse it, else None.
         self.published: dict[str, bytes] | None = None
         self.loading = False  # in the first load (which logs its progress)
@@ -178,10 +181,10 @@ class Reloader:
                 digest = hashlib.sha256(content).hexdigest()
                 if self._hashes.get(path) == digest:
                     continue  # unchanged: `reload` skips it for a hash
-                links, refused, records = self._parse_links(content, path, file, owner)
+                links, refused = self._parse_links(content, path, file, owner)
             except Exception:  # `reload` reads it again and says why
                 continue
-            parsed[path] = ParsedLinks(digest, links, refused, records, saves_seen)
+            parsed[path] = ParsedLinks(digest, links, refused, saves_seen)
         return parsed
 
     def apply_entries(
@@ -205,7 +208,7 @@ class Reloader:
         result = Reload()
         links, refused = self._records(check_link_entries(entries, file), file, owner)
         self._hashes.pop(path, None)
-        self.memo_changed |= self.memo.files.pop(file, None) is not None
+        self._forget_memo(file)
         still = self.rejections.entries.get(file, {})
         changed = entries.keys() | set(removed)
         kept = {code: reason for code, reason in still.items() if code not in changed}
@@ -319,7 +322,7 @@ class Reloader:
             if content is None:
                 self.entry_memos.pop(path, None)
                 self.rejections.forget(file)
-                self.memo_changed |= self.memo.files.pop(file, None) is not None
+                self._forget_memo(file)
                 return self.catalog.set_links(owner, {})  # no file: no links, as in Trunk8
             if not content:
                 # Truncate-then-write caught half way; `[links]` alone means "no links".
@@ -333,9 +336,9 @@ class Reloader:
                 self.remembered_files += 1
                 self.remembered.update(links)
             elif ahead is not None and ahead.digest == digest:
-                links, refused = dict(ahead.links), dict(ahead.refused)
-                self.memo.files[file] = FileMemo(digest, list(links), refused, ahead.records)
-                self.memo_changed = True
+                # Taken as they are: `prepared` is dropped once this reload is done.
+                links, refused = ahead.links, ahead.refused
+                self._remember(file, digest, links, refused)
             elif ahead is not None and len(self.saves) <= MAX_REPLAYED_SAVES:
                 # Saved again since it was prepared: that read plus the saves made since
                 # (each one's write is in the file by the time it is applied). Parsing it
@@ -344,9 +347,8 @@ class Reloader:
                 self._hashes.pop(path, None)
                 self.unsettled.add(path)
             else:
-                links, refused, published = self._parse_links(content, path, file, owner)
-                self.memo.files[file] = FileMemo(digest, list(links), refused, published)
-                self.memo_changed = True
+                links, refused = self._parse_links(content, path, file, owner)
+                self._remember(file, digest, links, refused)
         except Exception as err:
             self._reject(result, path, file, err)
             return set()
@@ -373,11 +375,35 @@ class Reloader:
             refused.update(save.refused)
         return links, refused
 
+    def _remember(
+        self, file: str, digest: str, links: dict[str, LinkRecord], refused: dict[str, str]
+    ) -> None:
+        """Note in the parse memo what a file's bytes produced (its records digested later)."""
+        self.memo.files[file] = FileMemo(digest, list(links), refused, "")
+        self._undigested[file] = links
+        self.memo_changed = True
+
+    def _forget_memo(self, file: str) -> None:
+        """Drop a file from the parse memo: its last good state is not its bytes' any more."""
+        self._undigested.pop(file, None)
+        self.memo_changed |= self.memo.files.pop(file, None) is not None
+
+    def memo_to_save(self) -> ParseMemo:
+        """The parse memo, every file's records digested: to save, under the watcher's lock.
+
+        A file is digested from the links its bytes produced, which the catalog may have
+        changed in place since (a save's entries): that file left the memo then.
+        """
+        for file, links in self._undigested.items():
+            self.memo.files[file].records = digest_of(links)
+        self._undigested = {}
+        self.memo_changed = False
+        return self.memo
+
     def _parse_links(
         self, content: bytes, path: Path, file: str, owner: str
-    ) -> tuple[dict[str, LinkRecord], dict[str, str], str]:
-        """Parse and validate one links file: its links, the ones refused alone, and the
-        digest of its records as they will be published.
+    ) -> tuple[dict[str, LinkRecord], dict[str, str]]:
+        """Parse and validate one links file: its links and the ones refused alone.
 
         Only entries changed since the file was last parsed are checked (`entrymemo`).
         """
@@ -391,7 +417,7 @@ class Reloader:
 
         links, refused, memo = check_changed(table, self.entry_memos.get(path), check)
         self.entry_memos[path] = memo
-        return links, refused, records_digest(map(json_encoder.encode, links.values()))
+        return links, refused
 
     def _records(
         self, checked: Checked[LinkEntry], file: str, owner: str

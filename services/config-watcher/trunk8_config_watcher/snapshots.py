@@ -216,7 +216,6 @@ async def keep_snapshots(watcher: ConfigWatcher, snapshots: SnapshotPublisher) -
         await watcher.ready.wait()  # only the active watcher publishes snapshots
         watcher.snapshot_due.clear()
         try:
-            await watcher.save_memo()
             await snapshots.settle()
             if snapshots.due():
                 await snapshots.publish()

@@ -65,6 +65,7 @@ class ConfigWatcher:
         self.lock = asyncio.Lock()  # one reload, sync or snapshot encoding at a time
         self.snapshot_due = asyncio.Event()  # the snapshot task checks whether one is due
         self.snapshot_stored = asyncio.Event()  # a snapshot of a published state exists
+        self.memo_due = asyncio.Event()  # the parse memo changed since it was last saved
         self.changes_since_snapshot = 0
         # Files whose saver's entries were applied without reading them: read them soon.
         self.saved_files: set[Path] = set()
@@ -118,9 +119,16 @@ class ConfigWatcher:
         if not self.reloader.memo_changed:
             return
         async with self.lock:
-            self.reloader.memo_changed = False
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(None, save_memo, self.memo_path, self.reloader.memo)
+            await loop.run_in_executor(None, self._save_memo_now)
+
+    def _save_memo_now(self) -> None:
+        memo = self.reloader.memo_to_save()
+        try:
+            save_memo(self.memo_path, memo)
+        except BaseException:
+            self.reloader.memo_changed = True  # still to save
+            raise
 
     async def reload(
         self, paths: set[Path] | None = None, *, join_saved: bool = True
@@ -238,3 +246,5 @@ class ConfigWatcher:
     def _record(self, result: Reload) -> None:
         self.metrics.record(result, self.catalog, self.rejections)
         self.outbox.add(result.events)
+        if self.reloader.memo_changed:
+            self.memo_due.set()

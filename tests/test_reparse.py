@@ -2,9 +2,11 @@
 
 The config-watcher re-checks only the entries that changed and keeps the record objects of
 the others (`entrymemo`), diffs by identity first (`LinkCatalog.set_links`), and digests
-the parse memo only when it saves it. Each test edits real files in a temporary data
-directory, re-reads them with one long-lived `Reloader` (as the service does, `prepare`
-ahead of `reload`) and compares its state with a new `Reloader` that parsed everything once.
+the parse memo only when it saves it; a large file has only the tables whose text changed
+parsed (`tablesplice`). Each test edits real files in a temporary data directory, re-reads
+them with one long-lived `Reloader` (as the service does, `prepare` ahead of `reload`) and
+compares its state with a new `Reloader` that parsed everything once; with the `splicing`
+fixture's second value every file is spliced, whatever its size.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from trunk8_config_watcher import memosaver
+from trunk8_config_watcher import reloader as reloader_module
 from trunk8_config_watcher.app import CONFIG_WATCHER
 from trunk8_config_watcher.catalog import LinkCatalog
 from trunk8_config_watcher.parsememo import digest_of, load_memo, save_memo
@@ -84,8 +87,20 @@ def reparse(reloader: Reloader, path: Path) -> None:
         reloader.prepared = {}
 
 
+@pytest.fixture(params=["whole", "splicing"])
+def splicing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Run a test as is, and with every links file spliced whatever its size."""
+    if request.param == "splicing":
+        monkeypatch.setattr(reloader_module, "LAYOUT_MIN_BYTES", 0)
+    return bool(request.param == "splicing")
+
+
 def assert_as_fresh(reloader: Reloader, root: Path) -> None:
     fresh = new_reloader(root)
+    file = "users/bob/links.toml"
+    assert reloader.rejections.files.get(file) == fresh.rejections.files.get(file)
+    if file in fresh.rejections.files:
+        return  # rejected whole: the long-lived one keeps its last good links, by design
     assert reloader.catalog.served == fresh.catalog.served
     for owner, links in fresh.catalog.links_by_user.items():
         assert list(reloader.catalog.links_by_user[owner].items()) == list(links.items())
@@ -128,7 +143,7 @@ EDITS: dict[str, LinksFile] = {
 
 
 @pytest.mark.parametrize("edit", list(EDITS), ids=list(EDITS))
-def test_each_kind_of_edit_matches_a_fresh_parse(tmp_path: Path, edit: str) -> None:
+def test_each_kind_of_edit_matches_a_fresh_parse(tmp_path: Path, edit: str, splicing: bool) -> None:
     root = tmp_path / "data"
     path = start_files(root, BASE)
     reloader = new_reloader(root)
@@ -140,7 +155,9 @@ def test_each_kind_of_edit_matches_a_fresh_parse(tmp_path: Path, edit: str) -> N
     assert_as_fresh(reloader, root)
 
 
-def test_an_unchanged_rewrite_and_a_rejected_file_then_fixed(tmp_path: Path) -> None:
+def test_an_unchanged_rewrite_and_a_rejected_file_then_fixed(
+    tmp_path: Path, splicing: bool
+) -> None:
     root = tmp_path / "data"
     path = start_files(root, BASE)
     reloader = new_reloader(root)
@@ -230,7 +247,9 @@ _FILE = st.lists(st.tuples(_CODE, _ENTRY), max_size=9, unique_by=lambda entry: e
 )
 @given(versions=st.lists(_FILE, min_size=1, max_size=5))
 def test_any_sequence_of_edits_matches_a_fresh_parse(
-    tmp_path_factory: pytest.TempPathFactory, versions: list[list[tuple[str, dict[str, Any]]]]
+    tmp_path_factory: pytest.TempPathFactory,
+    splicing: bool,
+    versions: list[list[tuple[str, dict[str, Any]]]],
 ) -> None:
     root = tmp_path_factory.mktemp("reparse") / "data"
     path = start_files(root, LinksFile(versions[0]))
@@ -238,4 +257,95 @@ def test_any_sequence_of_edits_matches_a_fresh_parse(
     for version in versions[1:]:
         write(path, LinksFile(version).render())
         reparse(reloader, path)
+        assert_as_fresh(reloader, root)
+
+
+CLEAN = BASE.render()
+# Lines that start with `[` inside strings and arrays, a preamble, indented and quoted headers.
+TRICKY = '''# links of bob
+[links]
+
+[links.a]
+type = "redirect"
+url = "https://e.x/a"
+note = """
+[links.fake]
+type = "redirect"
+"""
+
+[links.b]
+type = "redirect"
+url = "https://e.x/b"
+tags = [
+  [1, 2],
+]
+
+  [links.c]
+type = "redirect"
+url = 'https://e.x/c'
+
+[links."d.e"]
+type = "redirect"
+url = "https://e.x/d"
+'''
+SNIPPETS = [
+    "", "\n", "\r\n", "[links.zz]\n", "[links.a]\n", "[[links.q]]\n", "[links.b.sub]\nx = 1\n",
+    '"""\n', "'''\n", "[", "]", "#", "x = [\n[1],\n]\n", 'type = "redirect"\n',
+    'url = "https://e.x/new"\n', "a", "[users.x]\n", "[links]\n", 'url = "javascript:1"\n',
+]  # fmt: skip
+_MUTATION = st.tuples(st.floats(0, 1), st.integers(0, 40), st.sampled_from(SNIPPETS), st.booleans())
+
+
+def mutated(text: str, where: float, cut: int, snippet: str, whole_lines: bool) -> str:
+    """`text` with `cut` characters at `where` replaced by `snippet`; with `whole_lines`,
+    whole lines replaced at a line start (edits that keep the file valid more often)."""
+    at = int(where * len(text))
+    if whole_lines:
+        at = text.rfind("\n", 0, at) + 1
+        lines = text[at:].splitlines(keepends=True)
+        return text[:at] + snippet + "".join(lines[cut % 4 :])
+    return text[:at] + snippet + text[at + cut :]
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(base=st.sampled_from([CLEAN, TRICKY]), mutations=st.lists(_MUTATION, max_size=4))
+def test_any_text_edit_spliced_matches_a_fresh_parse(
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    base: str,
+    mutations: list[tuple[float, int, str, bool]],
+) -> None:
+    """Edits of the text itself: a splice is taken only where it equals a full parse."""
+    monkeypatch.setattr(reloader_module, "LAYOUT_MIN_BYTES", 0)
+    root = tmp_path_factory.mktemp("splice") / "data"
+    path = start_files(root, LinksFile())
+    write(path, base)
+    reloader = new_reloader(root)
+    text = base
+    for mutation in mutations:
+        text = mutated(text, *mutation) or "[links]\n"
+        write(path, text)
+        reparse(reloader, path)
+        assert_as_fresh(reloader, root)
+
+
+def test_a_one_link_edit_of_a_clean_file_is_spliced_and_a_tricky_one_is_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(reloader_module, "LAYOUT_MIN_BYTES", 0)
+    root = tmp_path / "data"
+    path = start_files(root, BASE)
+    reloader = new_reloader(root)
+    for base, spliced in ((CLEAN, 1), (TRICKY, 0)):
+        write(path, base)
+        reparse(reloader, path)
+        before = reloader.files_spliced
+        write(path, base.replace("https://e.x/a", "https://e.x/A"))
+        reparse(reloader, path)
+        assert reloader.files_spliced - before == spliced
+        assert reloader.catalog.served["a"].url == "https://e.x/A"
         assert_as_fresh(reloader, root)

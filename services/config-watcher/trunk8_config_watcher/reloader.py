@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +32,12 @@ from trunk8_shared.datafiles import (
 from trunk8_shared.records import Event, LinkRecord, UserRecord, json_encoder
 
 from .catalog import Changes, LinkCatalog, link_record, user_records
-from .entrymemo import EntryMemo, check_changed
+from .entrymemo import EntryMemo, check_changed, check_spliced
 from .errors import ConfigLoadError
 from .parsememo import FileMemo, ParseMemo, digest_of, remembered_links
 from .progress import Progress
 from .rejections import Rejections
+from .tablesplice import LAYOUT_MIN_BYTES, spliced, table_layout
 
 log = logging.getLogger("trunk8.config_watcher")
 
@@ -116,6 +117,7 @@ class Reloader:
         # need not encode them to learn they are published as they are (`take_remembered`).
         self.remembered: dict[str, LinkRecord] = {}
         self.files_parsed = 0  # links files parsed, ahead of a reload or in it
+        self.files_spliced = 0  # of those, parsed only where their text changed
         # Links files parsed by `prepare` outside the watcher's lock, used by the next
         # `reload` when the file still has those bytes.
         self.prepared: dict[Path, ParsedLinks] = {}
@@ -408,14 +410,25 @@ class Reloader:
         Only entries changed since the file was last parsed are checked (`entrymemo`).
         """
         self.files_parsed += 1
-        table = load_links_table(content, file, dates_as_text=False)
 
         def check(entries: dict[str, Any]) -> dict[str, LinkRecord | str]:
             checked = check_link_entries(entries_as_text(entries, file), file)
             links, refused, _ = self._encoded_records(checked, file, owner)
             return {**links, **refused}
 
-        links, refused, memo = check_changed(table, self.entry_memos.get(path), check)
+        before = self.entry_memos.get(path)
+        splice = None
+        if before is not None and before.layout is not None:
+            splice = spliced(before.layout, content)
+        outcome = check_spliced(before, splice, check) if before and splice else None
+        if outcome is not None:
+            self.files_spliced += 1
+        else:
+            table = load_links_table(content, file, dates_as_text=False)
+            outcome = check_changed(table, before, check)
+            if len(content) >= LAYOUT_MIN_BYTES and (layout := table_layout(content, table)):
+                outcome = (*outcome[:2], replace(outcome[2], layout=layout))
+        links, refused, memo = outcome
         self.entry_memos[path] = memo
         return links, refused
 

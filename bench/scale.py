@@ -7,14 +7,16 @@
 
 1. cold `trunk8 up` (first import): seconds until `/-/ready` and the last link served,
    and the resident memory (RSS) of the serving process and of its config-watcher child;
-2. a hand edit of one link in the first user's file: seconds until it is served;
+2. a hand edit of one link in the first user's file: seconds until it is served, and the
+   CPU seconds the config-watcher child spent on it (from `/proc`, until a second after);
 3. redirect latency while that file is re-parsed, idle first, then while the file is
    rewritten three times, two ways (skipped when wrk is missing): `wrk -t1 -c32
    --latency` on a hit, which saturates the machine (its p99 is mostly queueing: on 2
    cores wrk and the server already take both, so any other work lengthens the queue),
    and a paced load, `wrk -t1 -c4` whose connections each wait a millisecond after every
    answer (about 3,000 requests/s, far below capacity): with spare CPU its p99 shows
-   what the re-parse itself costs a request;
+   what the re-parse itself costs a request; the watcher child's CPU seconds in each
+   window are reported beside;
 4. a redirector joining the running system (`trunk8 run --target redirector`): seconds
    until it is ready and serves the last link, and its RSS;
 5. a warm restart of `trunk8 up` on the unchanged directory: seconds until ready.
@@ -86,6 +88,17 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User plus system CPU time of one process so far (0 when it is gone or unknown)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def children(pid: int) -> list[int]:
@@ -239,6 +252,7 @@ def main() -> int:
             "cold start",
         )
         watcher = [p for p in children(up.pid) if "config-watcher" in cmdline(p)]
+        watcher_pid = watcher[0] if watcher else None
         figures["cold_start_s"] = round(cold, 2)
         figures["serving_rss_mb"] = round(rss_mb(up.pid), 1)
         figures["watcher_rss_mb"] = round(rss_mb(watcher[0]), 1) if watcher else None
@@ -252,12 +266,19 @@ def main() -> int:
         text = edited.read_text()
         first_code = f"u000c{0:07d}"
         new_url = "https://edited.example/1"
+        cpu_before = cpu_seconds(watcher_pid)
         edited.write_text(
             text.replace(f"https://example.com/{edited_user}/0?src=bench", new_url, 1)
         )
         edit = wait_until(lambda: served(port, first_code, new_url), 60, "hand edit")
         figures["hand_edit_s"] = round(edit, 3)
-        print(f"hand edit in a {counts[0]}-link file served after {edit:.3f} s")
+        time.sleep(1.0)  # what the watcher does right after publishing counts too
+        edit_cpu = cpu_seconds(watcher_pid) - cpu_before
+        figures["hand_edit_watcher_cpu_s"] = round(edit_cpu, 3)
+        print(
+            f"hand edit in a {counts[0]}-link file served after {edit:.3f} s "
+            f"(the watcher's CPU for it: {edit_cpu:.3f} s)"
+        )
 
         # 3. redirect p99 idle, then while the file is re-parsed (rewritten three times),
         # under a saturating load, then under a paced one
@@ -278,14 +299,18 @@ def main() -> int:
         for label, script in (("", None), ("paced_", paced)):
             edits: list[float] = []
             idle = wrk_p99(port, last, args.wrk_seconds, lambda: None, script)
+            cpu_before = cpu_seconds(watcher_pid)
             busy = wrk_p99(port, last, args.wrk_seconds, functools.partial(reparse, edits), script)
+            window_cpu = cpu_seconds(watcher_pid) - cpu_before
+            figures[f"{label}watcher_cpu_during_reparse_s"] = round(window_cpu, 3)
             figures[f"{label}p99_idle_ms"] = idle
             figures[f"{label}p99_during_reparse_ms"] = busy
             figures[f"{label}hand_edits_under_load_s"] = [round(e, 3) for e in edits]
             print(
                 f"redirect p99 ({'paced' if script else 'saturating'} load) idle {idle} ms, "
                 f"while re-parsing that file {busy} ms; edits served after "
-                f"{figures[f'{label}hand_edits_under_load_s']} s"
+                f"{figures[f'{label}hand_edits_under_load_s']} s; the watcher's CPU in "
+                f"that window {window_cpu:.2f} s"
             )
 
         # 4. a redirector joining

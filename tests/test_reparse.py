@@ -28,6 +28,7 @@ from trunk8_config_watcher.catalog import LinkCatalog
 from trunk8_config_watcher.parsememo import digest_of, load_memo, save_memo
 from trunk8_config_watcher.rejections import Rejections
 from trunk8_config_watcher.reloader import Reloader
+from trunk8_shared import datafiles
 from trunk8_shared.datadir import DataDir
 
 USERS = "[users.alice]\nis_admin = true\n[users.bob]\nis_admin = false\n"
@@ -349,3 +350,28 @@ def test_a_one_link_edit_of_a_clean_file_is_spliced_and_a_tricky_one_is_not(
         assert reloader.files_spliced - before == spliced
         assert reloader.catalog.served["a"].url == "https://e.x/A"
         assert_as_fresh(reloader, root)
+
+
+def test_a_half_written_file_gets_the_reference_verdict_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, splicing: bool
+) -> None:
+    """Parsing ahead never asks tomllib (seconds on a large file); the reload does, once."""
+    root = tmp_path / "data"
+    path = start_files(root, BASE)
+    reloader = new_reloader(root)
+    verdicts: list[str] = []
+    reference = datafiles.tomllib.loads
+
+    def counted(text: str) -> dict[str, Any]:
+        verdicts.append(text)
+        return reference(text)
+
+    monkeypatch.setattr(datafiles.tomllib, "loads", counted)
+    write(path, CLEAN[: CLEAN.index("[links.c]") + 7])  # cut inside a header
+    reloader.prepared = reloader.prepare({path})
+    assert reloader.prepared == {} and verdicts == []
+    reloader.reload({path})
+    assert len(verdicts) == 1
+    reason = reloader.rejections.files["users/bob/links.toml"]
+    assert reason.startswith("TOML syntax error: ") and "rtoml" not in reason
+    assert reloader.catalog.links_by_user["bob"]["a"].url == "https://e.x/a"  # kept

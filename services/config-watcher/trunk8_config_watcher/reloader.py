@@ -183,8 +183,10 @@ class Reloader:
                 digest = hashlib.sha256(content).hexdigest()
                 if self._hashes.get(path) == digest:
                     continue  # unchanged: `reload` skips it for a hash
-                links, refused = self._parse_links(content, path, file, owner)
-            except Exception:  # `reload` reads it again and says why
+                # Without tomllib's verdict on a refused file (a second or more for a large
+                # one caught half written): `reload` reads it again and says why.
+                links, refused = self._parse_links(content, path, file, owner, verdict=False)
+            except Exception:
                 continue
             parsed[path] = ParsedLinks(digest, links, refused, saves_seen)
         return parsed
@@ -403,7 +405,7 @@ class Reloader:
         return self.memo
 
     def _parse_links(
-        self, content: bytes, path: Path, file: str, owner: str
+        self, content: bytes, path: Path, file: str, owner: str, *, verdict: bool = True
     ) -> tuple[dict[str, LinkRecord], dict[str, str]]:
         """Parse and validate one links file: its links and the ones refused alone.
 
@@ -424,7 +426,7 @@ class Reloader:
         if outcome is not None:
             self.files_spliced += 1
         else:
-            table = load_links_table(content, file, dates_as_text=False)
+            table = load_links_table(content, file, dates_as_text=False, verdict=verdict)
             outcome = check_changed(table, before, check)
             if len(content) >= LAYOUT_MIN_BYTES and (layout := table_layout(content, table)):
                 outcome = (*outcome[:2], replace(outcome[2], layout=layout))

@@ -101,7 +101,7 @@ def _tables_of_run(run: bytes) -> tuple[dict[str, Any], array[int]] | None:
     if _LINKS_HEADER.match(run) is None or _OTHER_BRACKET_LINE.search(run) is not None:
         return None
     try:
-        document = parse_toml(run.decode("utf-8"))
+        document = parse_toml(run.decode("utf-8"), verdict=False)
     except Exception:  # the whole file's parse says what is wrong, in its own words
         return None
     tables = document.get("links")
@@ -129,7 +129,7 @@ def _bare_preamble(text: bytes) -> bool:
     if not text.strip():
         return True
     try:
-        document = parse_toml(text.decode("utf-8"))
+        document = parse_toml(text.decode("utf-8"), verdict=False)
     except Exception:
         return False
     return document in ({}, {"links": {}})

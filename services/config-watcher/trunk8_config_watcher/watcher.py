@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -123,12 +124,17 @@ class ConfigWatcher:
             await loop.run_in_executor(None, self._save_memo_now)
 
     def _save_memo_now(self) -> None:
+        started = time.process_time()
         memo = self.reloader.memo_to_save()
         try:
             save_memo(self.memo_path, memo)
         except BaseException:
             self.reloader.memo_changed = True  # still to save
             raise
+        log.info(
+            "saved the parse memo of %d files (%.2f s of CPU)",
+            len(memo.files), time.process_time() - started,
+        )  # fmt: skip
 
     async def reload(
         self, paths: set[Path] | None = None, *, join_saved: bool = True

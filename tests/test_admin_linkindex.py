@@ -8,11 +8,13 @@ The list's partial sort and owner skipping are compared with sorting everything.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections import Counter
 from collections.abc import Iterable
 
 import pytest
+from conftest import wait_until
 
 from trunk8_admin import listing, ownerlinks
 from trunk8_admin.linkindex import LinkIndex
@@ -20,6 +22,7 @@ from trunk8_admin.listing import SORTS, TYPE_LABELS, LinkQuery, list_links
 from trunk8_files.links import FileLinks
 from trunk8_shared.codes import kv_key
 from trunk8_shared.records import LinkRecord, json_encoder
+from trunk8_shared.snapshot import OwnerRecords, RecordsSnapshot, SnapshotError
 
 OWNERS = ["alice", "bob", "carol", "ghost"]  # ghost is not in users.toml
 TYPES = list(TYPE_LABELS)
@@ -82,6 +85,66 @@ def test_index_follows_puts_moves_and_deletes(monkeypatch: pytest.MonkeyPatch) -
                 model[code] = _record(rng, code)
                 index.apply(kv_key(code), json_encoder.encode(model[code]))
         _check(index, model)
+
+
+def _snapshot(model: dict[str, LinkRecord]) -> RecordsSnapshot:
+    """The records snapshot of `model`, laid out per owner as the config-watcher does."""
+    owners: dict[str, OwnerRecords] = {}
+    for code, record in model.items():
+        links = owners.setdefault(record.owner, OwnerRecords([], b""))
+        links.codes.append(code)
+        links.records += (b"," if links.records else b"") + json_encoder.encode(record)
+    return RecordsSnapshot(
+        revision=1,
+        bucket_created="c",
+        owners=owners,
+        others={
+            kv_key(c): json_encoder.encode(r) for c, r in model.items() if r.type != "redirect"
+        },
+        expiring={c: r.expires_at for c, r in model.items() if r.expires_at is not None},
+    )
+
+
+async def test_index_loaded_per_owner_follows_changes_while_it_packs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ownerlinks, "MIN_CHANGES", 8)  # folds happen often
+    rng = random.Random(11)
+    model = {f"c{i:04d}": _record(rng, f"c{i:04d}") for i in range(600)}
+    model["ünï"] = _record(rng, "ünï")
+    index = LinkIndex()
+    index.replace_records(_snapshot(model))
+    _check(index, model)
+    packing = asyncio.ensure_future(index.pack_adopted())
+    try:
+        for _round in range(4):
+            for _ in range(60):
+                code = f"c{rng.randrange(800):04d}"
+                if rng.random() < 0.3:
+                    model.pop(code, None)
+                    index.apply(kv_key(code), None)
+                else:
+                    model[code] = _record(rng, code)
+                    index.apply(kv_key(code), json_encoder.encode(model[code]))
+            _check(index, model)
+            await asyncio.sleep(0.01)  # packing goes on between the rounds
+        await wait_until(lambda: _packed(index))
+        _check(index, model)
+    finally:
+        packing.cancel()
+
+
+async def _packed(index: LinkIndex) -> bool:
+    return all(links.raw is None for links in index._owners.values())
+
+
+def test_a_code_under_two_owners_is_refused() -> None:
+    snapshot = _snapshot({"a": LinkRecord(code="a", owner="x", type="redirect", url="https://a/")})
+    snapshot.owners["y"] = snapshot.owners["x"]
+    index = LinkIndex()
+    with pytest.raises(SnapshotError):
+        index.replace_records(snapshot)
+    assert len(index) == 0
 
 
 def _reference(records: list[LinkRecord], query: LinkQuery, order: dict[str, int]) -> list:

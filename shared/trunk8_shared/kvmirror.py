@@ -35,7 +35,7 @@ from .bus import Bus
 from .codes import code_of_key
 from .snapshot import (
     RECORDS_OBJECT,
-    RecordsSnapshot,
+    RecordsView,
     SnapshotError,
     decode_records,
     plan_landed,
@@ -137,7 +137,7 @@ class RecordsSink(MirrorSink, Protocol):
     def __len__(self) -> int:
         """How many links it holds."""
 
-    def replace_records(self, records: RecordsSnapshot) -> None:
+    def replace_records(self, records: RecordsView) -> None:
         """Swap in a records snapshot whole; the changes after it follow through `apply`."""
 
 
@@ -148,7 +148,7 @@ class RecordsStage:
     changes (None = deleted) are kept beside it, each key's last one.
     """
 
-    def __init__(self, snapshot: RecordsSnapshot | None = None) -> None:
+    def __init__(self, snapshot: RecordsView | None = None) -> None:
         self.snapshot = snapshot
         self.changes: dict[str, bytes | None] = {}
 
@@ -277,7 +277,7 @@ class Pending(NamedTuple):
 class _SharedRead:
     """One read and decode of the records snapshot, for every mirror asking meanwhile."""
 
-    def __init__(self, task: asyncio.Future[tuple[RecordsSnapshot, str]]) -> None:
+    def __init__(self, task: asyncio.Future[tuple[RecordsView, str]]) -> None:
         self.task = task
         self.waiting = 0
 
@@ -289,12 +289,12 @@ _records_reads: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _
 )
 
 
-async def _read_records(js: JetStreamContext) -> tuple[RecordsSnapshot, str]:
+async def _read_records(js: JetStreamContext) -> tuple[RecordsView, str]:
     payload, plan = await read_tagged_snapshot(js, RECORDS_OBJECT)
     return decode_records(payload), plan
 
 
-async def shared_records(js: JetStreamContext) -> tuple[RecordsSnapshot, str]:
+async def shared_records(js: JetStreamContext) -> tuple[RecordsView, str]:
     """The records snapshot and its plan, read once for the callers that ask meanwhile.
 
     The callers share it: nobody changes a snapshot (`RecordsStage` keeps the changes

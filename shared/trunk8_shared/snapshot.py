@@ -23,7 +23,7 @@ import base64
 import contextlib
 import hashlib
 import weakref
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import msgspec
 from nats.aio.msg import Msg
@@ -83,7 +83,13 @@ class TableSnapshot(msgspec.Struct, kw_only=True):
     expiring: dict[str, float]
 
 
-class OwnerRecords(msgspec.Struct, array_like=True, gc=False):
+# An owner's joined values: `bytes` when built (the encoder), `memoryview` when read: a
+# view into the object's buffer, so loading copies nothing and the buffer (one allocation,
+# given back to the system whole) goes once the last view is dropped.
+Blob = TypeVar("Blob", bytes, memoryview)
+
+
+class OwnerRecords(msgspec.Struct, Generic[Blob], array_like=True, gc=False):
     """One owner's served links: codes in the order of its links file, and their values.
 
     `records` is each code's value as the bucket holds it (`records.json_encoder`'s JSON),
@@ -92,21 +98,22 @@ class OwnerRecords(msgspec.Struct, array_like=True, gc=False):
     """
 
     codes: list[str]
-    records: bytes
+    records: Blob
 
 
-class RecordsSnapshot(msgspec.Struct, kw_only=True):
+class RecordsSnapshot(msgspec.Struct, Generic[Blob], kw_only=True):
     """Every served link's value, per owner, for mirrors that keep whole records.
 
     `others` repeats, by KV key, the values of the file, markdown and html links (few:
     the files service reads nothing else); `expiring` maps the codes that expire to their
-    expiry; a code listed in no `others` is a redirect.
+    expiry; a code listed in no `others` is a redirect. `decode_records` gives a
+    `RecordsSnapshot[memoryview]` (`RecordsView`).
     """
 
     v: int = SNAPSHOT_VERSION
     revision: int
     bucket_created: str
-    owners: dict[str, OwnerRecords]
+    owners: dict[str, OwnerRecords[Blob]]
     others: dict[str, bytes]
     expiring: dict[str, float]
 
@@ -114,13 +121,16 @@ class RecordsSnapshot(msgspec.Struct, kw_only=True):
         return sum(len(owner.codes) for owner in self.owners.values())
 
 
+RecordsView = RecordsSnapshot[memoryview]
+
+
 _encoder = msgspec.msgpack.Encoder()
 _head_decoder = msgspec.msgpack.Decoder(SnapshotHead)
 _table_decoder = msgspec.msgpack.Decoder(TableSnapshot)
-_records_decoder = msgspec.msgpack.Decoder(RecordsSnapshot)
+_records_decoder = msgspec.msgpack.Decoder(RecordsView)
 
 
-def encode_snapshot(snapshot: TableSnapshot | RecordsSnapshot) -> bytes:
+def encode_snapshot(snapshot: TableSnapshot | RecordsSnapshot[bytes]) -> bytes:
     """The object's bytes."""
     return _encoder.encode(snapshot)
 
@@ -146,9 +156,9 @@ def decode_table(payload: bytes | bytearray | memoryview) -> TableSnapshot:
     return table
 
 
-def decode_records(payload: bytes | bytearray | memoryview) -> RecordsSnapshot:
-    """A records snapshot; raises SnapshotError for a corrupt or other-format one."""
-    records: RecordsSnapshot = _decode(payload, _records_decoder)
+def decode_records(payload: bytes | bytearray | memoryview) -> RecordsView:
+    """A records snapshot, its blobs views into `payload`; SnapshotError if unusable."""
+    records: RecordsView = _decode(payload, _records_decoder)
     for owner, links in records.owners.items():
         blob = links.records
         # Cheap checks of the shape (the object's digest already vouches for its bytes).
@@ -160,7 +170,7 @@ def decode_records(payload: bytes | bytearray | memoryview) -> RecordsSnapshot:
 _raw_list = msgspec.json.Decoder(list[msgspec.Raw])
 
 
-def owner_values(links: OwnerRecords) -> list[bytes]:
+def owner_values(links: OwnerRecords[Any]) -> list[bytes]:
     """Each code's value, split out of the owner's blob; SnapshotError if they differ in count."""
     if not links.records:
         values: list[bytes] = []
@@ -174,7 +184,7 @@ def owner_values(links: OwnerRecords) -> list[bytes]:
     return values
 
 
-def records_entries(records: RecordsSnapshot) -> dict[str, bytes]:
+def records_entries(records: RecordsSnapshot[Any]) -> dict[str, bytes]:
     """Every KV key of the snapshot with its value, as the bucket holds them."""
     entries: dict[str, bytes] = {}
     for links in records.owners.values():

@@ -6,7 +6,10 @@ its revision tells a save when its change is live (read-your-writes).
 
 It stays small at a million links: per code only its owner and type (one shared pair per
 owner and type) and, for links that expire, the expiry; the records themselves are packed
-per owner (`OwnerLinks`) and decoded when a page shows that owner's links.
+per owner (`OwnerLinks`) and decoded when a page shows that owner's links. A load from the
+records snapshot decodes no record of a redirect: each owner's codes and values come as
+they are laid out (`replace_records`), and `pack_adopted` compresses the values afterwards
+in a thread.
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ import asyncio
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping
+from itertools import repeat
 
 import msgspec
 
 from trunk8_shared.codes import from_kv_key
 from trunk8_shared.records import LinkRecord
+from trunk8_shared.snapshot import RecordsView, SnapshotError
 
 from .ownerlinks import OwnerLinks
 
@@ -70,6 +75,7 @@ class LinkIndex:
         self._decoded: tuple[str, int, list[LinkRecord]] | None = None
         self.revision = 0
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self.adopted = asyncio.Event()  # set when owners hold values still to compress
 
     def __contains__(self, code: object) -> bool:
         return code in self._kinds
@@ -181,6 +187,51 @@ class LinkIndex:
         self._kinds, self._pairs = fresh._kinds, fresh._pairs
         self._expiring, self._owners = fresh._expiring, fresh._owners
         self._decoded = None
+
+    def replace_records(self, records: RecordsView) -> None:
+        """Swap in a records snapshot, per owner: no record of a redirect is decoded.
+
+        A code listed under no `others` is a redirect; the few others are decoded for
+        their type. Each owner adopts its values as one blob, compressed later.
+        """
+        fresh = LinkIndex()
+        kinds = fresh._kinds
+        listed = 0
+        for owner, links in records.owners.items():
+            kinds.update(zip(links.codes, repeat(fresh._pair(owner, "redirect"))))
+            listed += len(links.codes)
+        if len(kinds) != listed:
+            raise SnapshotError("records snapshot: a code is listed under two owners")
+        types = {
+            owner: Counter(redirect=len(links.codes)) for owner, links in records.owners.items()
+        }
+        for key, value in records.others.items():
+            head = self._head(key, value)
+            kind = kinds.get(head.code) if head is not None else None
+            if head is None or kind is None or kind[0] != head.owner:
+                continue
+            kinds[head.code] = fresh._pair(head.owner, head.type)
+            types[head.owner].update({"redirect": -1, head.type: 1})
+        fresh._expiring = {code: at for code, at in records.expiring.items() if code in kinds}
+        for owner, links in records.owners.items():
+            fresh._owners[owner] = owner_links = OwnerLinks()
+            owner_links.adopt(links.records, +types[owner])
+        self._kinds, self._pairs = fresh._kinds, fresh._pairs
+        self._expiring, self._owners = fresh._expiring, fresh._owners
+        self._decoded = None
+        self.adopted.set()
+
+    async def pack_adopted(self) -> None:
+        """Compress the values adopted at a load, an owner at a time, in a worker thread.
+
+        zlib releases the GIL: the event loop keeps serving while an owner is compressed.
+        Runs for as long as the index lives (a supervised task).
+        """
+        while True:
+            await self.adopted.wait()
+            self.adopted.clear()
+            for links in list(self._owners.values()):
+                await links.pack()
 
     def apply(self, key: str, value: bytes | None) -> None:
         """Apply one change; None deletes the key."""

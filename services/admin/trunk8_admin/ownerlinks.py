@@ -4,11 +4,14 @@ A million decoded `LinkRecord`s cost about 450 MB; the same records as zlib-comp
 JSON arrays cost a few tens of MB, and one owner's 10,000 records decode in a few
 milliseconds when a page asks for them. Changes go to a small dict on top of the chunks
 and are folded in once it grows past an eighth of the owner's links, so a put costs O(1)
-amortised and never re-encodes the owner's links one by one.
+amortised and never re-encodes the owner's links one by one. A load from the records
+snapshot adopts the owner's values as they come (`adopt`: one blob, no step per record)
+and compresses them later, off the event loop (`pack`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from collections import Counter
 from collections.abc import Iterator
@@ -30,7 +33,12 @@ _encoder = msgspec.json.Encoder()
 
 def _chunk(values: list[bytes]) -> bytes:
     """A JSON array of the raw record values, compressed (level 1: fast, most of the gain)."""
-    return zlib.compress(b"[" + b",".join(values) + b"]", 1)
+    return compress(b",".join(values))
+
+
+def compress(joined: bytes | memoryview) -> bytes:
+    """Values joined by commas as one compressed JSON array (zlib releases the GIL)."""
+    return zlib.compress(b"[" + joined + b"]", 1)
 
 
 class OwnerLinks:
@@ -38,6 +46,9 @@ class OwnerLinks:
 
     def __init__(self) -> None:
         self._chunks: list[bytes] = []
+        # Values adopted from a snapshot, joined by commas, until compressed into a chunk: a
+        # view into the snapshot's buffer, which goes once every owner is compressed.
+        self.raw: bytes | memoryview | None = None
         self._changes: dict[str, bytes | None] = {}
         self.types: Counter[str] = Counter()  # live links by type
         self.version = 0  # changes with every change: tells a decoded copy still current
@@ -58,6 +69,26 @@ class OwnerLinks:
         self._chunks = [
             _chunk(values[start : start + size]) for start in range(0, len(values), size)
         ]
+
+    def adopt(self, joined: bytes | memoryview, types: Counter[str]) -> None:
+        """A bulk load into an empty owner: its values joined by commas, as a snapshot has them."""
+        self.version += 1
+        self.types = types
+        self.raw = joined or None
+
+    async def pack(self) -> None:
+        """Compress the adopted values in a worker thread (zlib releases the GIL).
+
+        Nothing here keeps a view of them afterwards: the snapshot's buffer goes with the
+        last one.
+        """
+        raw = self.raw
+        if raw is None:
+            return
+        chunk = await asyncio.get_running_loop().run_in_executor(None, compress, raw)
+        if self.raw is raw:  # not folded or replaced meanwhile
+            self._chunks.append(chunk)
+            self.raw = None
 
     def put(self, code: str, value: bytes, link_type: str, old_type: str | None) -> None:
         """Add or replace the record of `code` (`old_type`: its type if it was held)."""
@@ -92,13 +123,15 @@ class OwnerLinks:
         return records
 
     def _packed(self) -> Iterator[LinkRecord]:
+        if self.raw is not None:
+            yield from _records_decoder.decode(b"[" + self.raw + b"]")
         for chunk in self._chunks:
             yield from _records_decoder.decode(zlib.decompress(chunk))
 
     def _maybe_fold(self) -> None:
         if len(self._changes) > max(MIN_CHANGES, len(self) // CHANGES_SHARE):
             records = self.records()
-            self._chunks, self._changes = [], {}
+            self._chunks, self._changes, self.raw = [], {}, None
             for start in range(0, len(records), 4096):
                 part = records[start : start + 4096]
                 self._chunks.append(zlib.compress(_encoder.encode(part), 1))

@@ -77,7 +77,7 @@ def encode_snapshots(
         others=others,
         expiring=expiring,
     )
-    records = RecordsSnapshot(
+    records = RecordsSnapshot[bytes](
         revision=revision,
         bucket_created=created,
         owners={owner: owner_records(links, served, known) for owner, links in by_owner.items()},
@@ -89,7 +89,7 @@ def encode_snapshots(
 
 def owner_records(
     links: dict[str, LinkRecord], served: dict[str, LinkRecord], known: dict[str, bytes]
-) -> OwnerRecords:
+) -> OwnerRecords[bytes]:
     """One owner's codes that it serves and the bucket holds, in file order, and their values.
 
     Compared in C, code by code: a million at a time.

@@ -17,7 +17,7 @@ import msgspec
 
 from trunk8_shared.codes import from_kv_key
 from trunk8_shared.records import LinkRecord, link_decoder
-from trunk8_shared.snapshot import RecordsSnapshot
+from trunk8_shared.snapshot import RecordsView
 
 log = logging.getLogger("trunk8.files")
 
@@ -67,7 +67,7 @@ class FileLinks:
         self.records = records
         self.updates += 1
 
-    def replace_records(self, records: RecordsSnapshot) -> None:
+    def replace_records(self, records: RecordsView) -> None:
         """Swap in a records snapshot: its file, markdown and html links alone."""
         self.replace_all(records.others)
 

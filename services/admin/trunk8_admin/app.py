@@ -173,7 +173,7 @@ def setup_admin(
     # Its own folder set (not the shared one): Bootswatch stays the files service's route.
     StaticFiles(app).add_folder(ICONS_PREFIX, ICONS_DIR, IMMUTABLE)
     app.cleanup_ctx.append(task_ctx("admin-link-index", mirror.run))
-    app.cleanup_ctx.append(task_ctx("admin-index-pack", index.pack_adopted))
+    app.cleanup_ctx.append(task_ctx("admin-index-settle", index.settle_load))
     app.cleanup_ctx.append(task_ctx("admin-expiry-purge", partial(purge_forever, admin)))
     if admin_settings.default_password:
         log.warning(

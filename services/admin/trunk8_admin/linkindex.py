@@ -8,8 +8,8 @@ It stays small at a million links: per code only its owner and type (one shared 
 owner and type) and, for links that expire, the expiry; the records themselves are packed
 per owner (`OwnerLinks`) and decoded when a page shows that owner's links. A load from the
 records snapshot decodes no record of a redirect: each owner's codes and values come as
-they are laid out (`replace_records`), and `pack_adopted` compresses the values afterwards
-in a thread.
+they are laid out (`replace_records`); its codes are indexed and its values compressed
+afterwards (`settle_load`), and anything asking for a code before that indexes it first.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import msgspec
 
 from trunk8_shared.codes import from_kv_key
 from trunk8_shared.records import LinkRecord
-from trunk8_shared.snapshot import RecordsView, SnapshotError
+from trunk8_shared.snapshot import RecordsView
 
 from .ownerlinks import OwnerLinks
 
@@ -75,22 +75,26 @@ class LinkIndex:
         self._decoded: tuple[str, int, list[LinkRecord]] | None = None
         self.revision = 0
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
-        self.adopted = asyncio.Event()  # set when owners hold values still to compress
+        # Owners a records snapshot brought whose codes are not in `_kinds` yet: their codes
+        # and the types of those that are not redirects. Indexed a step at a time after the
+        # load (`settle_load`), and at once by anything that reads `_kinds` before that.
+        self._unindexed: dict[str, tuple[list[str], dict[str, str]]] = {}
+        self.adopted = asyncio.Event()  # set when a load left owners to index and compress
 
     def __contains__(self, code: object) -> bool:
-        return code in self._kinds
+        return code in self._indexed()
 
     def __len__(self) -> int:
-        return len(self._kinds)
+        return len(self._indexed())
 
     def owner_of(self, code: str) -> str | None:
         """The owner of a served code, or None."""
-        kind = self._kinds.get(code)
+        kind = self._indexed().get(code)
         return kind[0] if kind is not None else None
 
     def get(self, code: str) -> LinkRecord | None:
         """The record of a served code, or None."""
-        kind = self._kinds.get(code)
+        kind = self._indexed().get(code)
         return self._owners[kind[0]].get(code) if kind is not None else None
 
     def count(self, owner: str) -> int:
@@ -128,14 +132,15 @@ class LinkIndex:
 
     def code_owners(self) -> Mapping[str, str]:
         """A live read-only view: code -> owner (no copy of a million codes)."""
-        return CodeOwners(self._kinds)
+        return CodeOwners(self._indexed())
 
     def expired(self, now: float) -> dict[str, set[str]]:
         """Owner -> codes of the served links past their expiry at `now`."""
         found: dict[str, set[str]] = defaultdict(set)
+        kinds = self._indexed()
         for code, expires_at in self._expiring.items():
-            if expires_at < now:
-                found[self._kinds[code][0]].add(code)
+            if expires_at < now and code in kinds:
+                found[kinds[code][0]].add(code)
         return found
 
     def _head(self, key: str, value: bytes) -> LinkHead | None:
@@ -184,52 +189,69 @@ class LinkIndex:
             fresh._owners[owner] = links = OwnerLinks()
             links.load(values, types[owner])
         del gathered
-        self._kinds, self._pairs = fresh._kinds, fresh._pairs
+        self._kinds, self._pairs, self._unindexed = fresh._kinds, fresh._pairs, {}
         self._expiring, self._owners = fresh._expiring, fresh._owners
         self._decoded = None
 
     def replace_records(self, records: RecordsView) -> None:
         """Swap in a records snapshot, per owner: no record of a redirect is decoded.
 
-        A code listed under no `others` is a redirect; the few others are decoded for
-        their type. Each owner adopts its values as one blob, compressed later.
+        Each owner adopts its values as they are (compressed later); a code listed under
+        no `others` is a redirect, and the few others are decoded for their type. Codes
+        are indexed after the load (`settle_load`): a million dict entries are a third of
+        a second that nothing waits for, unless it asks first.
         """
         fresh = LinkIndex()
-        kinds = fresh._kinds
-        listed = 0
-        for owner, links in records.owners.items():
-            kinds.update(zip(links.codes, repeat(fresh._pair(owner, "redirect"))))
-            listed += len(links.codes)
-        if len(kinds) != listed:
-            raise SnapshotError("records snapshot: a code is listed under two owners")
-        types = {
-            owner: Counter(redirect=len(links.codes)) for owner, links in records.owners.items()
-        }
+        other_types: dict[str, dict[str, str]] = {owner: {} for owner in records.owners}
         for key, value in records.others.items():
             head = self._head(key, value)
-            kind = kinds.get(head.code) if head is not None else None
-            if head is None or kind is None or kind[0] != head.owner:
-                continue
-            kinds[head.code] = fresh._pair(head.owner, head.type)
-            types[head.owner].update({"redirect": -1, head.type: 1})
-        fresh._expiring = {code: at for code, at in records.expiring.items() if code in kinds}
+            if head is not None and head.owner in other_types:
+                other_types[head.owner][head.code] = head.type
         for owner, links in records.owners.items():
+            types = Counter(other_types[owner].values())
+            types["redirect"] = len(links.codes) - types.total()
             fresh._owners[owner] = owner_links = OwnerLinks()
-            owner_links.adopt(links.records, +types[owner])
-        self._kinds, self._pairs = fresh._kinds, fresh._pairs
+            owner_links.adopt(links.records, +types)
+            fresh._unindexed[owner] = (links.codes, other_types[owner])
+        fresh._expiring = dict(records.expiring)
+        self._kinds, self._pairs, self._unindexed = fresh._kinds, fresh._pairs, fresh._unindexed
         self._expiring, self._owners = fresh._expiring, fresh._owners
         self._decoded = None
         self.adopted.set()
 
-    async def pack_adopted(self) -> None:
-        """Compress the values adopted at a load, an owner at a time, in a worker thread.
+    def _indexed(self) -> dict[str, tuple[str, str]]:
+        """Code -> (owner, type) of every link, indexing what a load left to index."""
+        while self._unindexed:
+            self._index_next()
+        return self._kinds
 
-        zlib releases the GIL: the event loop keeps serving while an owner is compressed.
-        Runs for as long as the index lives (a supervised task).
+    def _index_next(self) -> None:
+        """Index the codes of one owner a load brought (the first listed keeps a code)."""
+        owner, (codes, other_types) = next(iter(self._unindexed.items()))
+        del self._unindexed[owner]
+        kinds = self._kinds
+        mine = dict(zip(codes, repeat(self._pair(owner, "redirect"))))
+        for code, link_type in other_types.items():
+            if code in mine:
+                mine[code] = self._pair(owner, link_type)
+        if not kinds.keys().isdisjoint(mine):  # a damaged snapshot: never from the watcher
+            log.warning("records snapshot: codes of %r listed under another owner too", owner)
+            for code in kinds.keys() & mine.keys():
+                self._owners[owner].remove(code, mine.pop(code)[1])
+        kinds.update(mine)
+
+    async def settle_load(self) -> None:
+        """Index what a load brought, an owner per step, then compress the adopted values.
+
+        Compression runs in a worker thread (zlib releases the GIL), an owner at a time:
+        the event loop keeps serving meanwhile. Runs for as long as the index lives.
         """
         while True:
             await self.adopted.wait()
             self.adopted.clear()
+            while self._unindexed:
+                self._index_next()
+                await asyncio.sleep(0)
             for links in list(self._owners.values()):
                 await links.pack()
 
@@ -237,7 +259,7 @@ class LinkIndex:
         """Apply one change; None deletes the key."""
         code = from_kv_key(key)
         head = self._head(key, value) if value is not None else None
-        old = self._kinds.get(code)
+        old = self._indexed().get(code)
         if old is not None and (head is None or head.owner != old[0]):
             self._owners[old[0]].remove(code, old[1])
             del self._kinds[code]

@@ -10,6 +10,7 @@ the bucket read instead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from pathlib import Path
 
@@ -19,19 +20,23 @@ import pytest
 from conftest import RunningSystem, StartSystem, wait_until, write
 from test_snapshot import reload, snapshot_at
 
+from trunk8.embedded_nats import EmbeddedNats
 from trunk8_admin import ADMIN
 from trunk8_config_watcher.app import CONFIG_WATCHER
 from trunk8_config_watcher.catalog import LinkCatalog
 from trunk8_config_watcher.parsememo import records_digest
 from trunk8_config_watcher.snapshots import encode_snapshots
 from trunk8_files.app import FILES
+from trunk8_files.links import FileLinks
+from trunk8_shared.bus import Bus
 from trunk8_shared.codes import kv_key
-from trunk8_shared.kvmirror import RecordsStage, read_bucket
+from trunk8_shared.kvmirror import KvMirror, RecordsStage, read_bucket
 from trunk8_shared.records import LINKS_BUCKET, LinkRecord, UserRecord, json_encoder
 from trunk8_shared.snapshot import (
     RECORDS_OBJECT,
     OwnerRecords,
     RecordsSnapshot,
+    RecordsView,
     SnapshotError,
     decode_records,
     decode_table,
@@ -229,3 +234,41 @@ async def test_an_unusable_records_snapshot_falls_back_to_the_bucket(
     mirror = joined.files.mirror
     assert (mirror.snapshot_loads, mirror.snapshot_fallbacks) == (0, 1)
     assert await joined.hold(main)
+
+
+class FailingOnce(FileLinks):
+    """A records sink whose first snapshot load fails (a damaged snapshot, say)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.snapshot_loads = 0
+
+    def replace_records(self, records: RecordsView) -> None:
+        self.snapshot_loads += 1
+        if self.snapshot_loads == 1:
+            raise ValueError("damaged")
+        super().replace_records(records)
+
+
+@pytest.mark.allow_logged_errors("applying an update failed")
+async def test_after_a_failed_load_a_mirror_reads_the_bucket(
+    start_system: StartSystem, bus_client: nats.NATS, nats_server: EmbeddedNats
+) -> None:
+    """The snapshot may be what failed: the next load must not take it again."""
+    main = await start_system("config-watcher")
+    await snapshot_at(main, bus_client)
+    bus = Bus(nats_server.url, "test-mirror", reconnect_wait=0.1)
+    sink = FailingOnce()
+    mirror = KvMirror(bus, LINKS_BUCKET, sink)
+    bus.start()
+    task = asyncio.create_task(mirror.run())
+    try:
+        await asyncio.wait_for(mirror.ready.wait(), 10)
+        served = main.app[CONFIG_WATCHER].catalog.served
+        assert sink.records == {c: r for c, r in served.items() if r.type != "redirect"}
+        assert (sink.snapshot_loads, mirror.snapshot_loads, mirror.resyncs) == (1, 1, 1)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await bus.close()

@@ -29,6 +29,7 @@ from .errors import ServiceFailed, StartupError
 from .server import HttpServer, bind, drain_period
 from .tap import DEFAULT_SUBJECT, tap
 from .targets import TARGETS, build_app
+from .watcherproc import WatcherLink, WatcherProcess
 from .workers import serve_workers, worker_count
 
 log = logging.getLogger("trunk8")
@@ -108,14 +109,21 @@ async def _serve(
     sock = bind(settings.host, settings.port, shared=worker is not None)
     stop = asyncio.Event()
     supervisor: asyncio.Task[None] | None = None
+    child: WatcherProcess | None = None
     try:
         if embedded is not None:
             settings = await start_for(embedded, settings)
             supervisor = asyncio.create_task(embedded.supervise(), name="nats-supervisor")
             supervisor.add_done_callback(lambda _: stop.set())  # it ends only when it gives up
-        app = build_app(
-            target, settings, watcher_process=watcher_process, watcher_port=watcher_port
-        )
+        watcher: WatcherLink | None = None
+        if watcher_port is not None:
+            watcher = WatcherLink(watcher_port)
+        elif watcher_process:
+            # Before our services are imported and set up: the child's first load (the
+            # longer of the two at a warm restart) starts beside theirs, not after.
+            watcher = child = WatcherProcess(settings)
+            await child.spawn()
+        app = build_app(target, settings, watcher)
         supervision = setup_supervision(app)
         watchdog = asyncio.create_task(_stop_when_set(supervision.gave_up, stop))
         name = None if worker is None else f"{worker}/{os.getpid()}"
@@ -148,6 +156,8 @@ async def _serve(
             raise ServiceFailed(supervision.failure)
     finally:
         sock.close()
+        if child is not None:
+            await child.stop()  # stopped with the application; here if it never started
         if supervisor is not None:
             supervisor.cancel()  # before stop(), so no restart races it
             await asyncio.wait([supervisor])

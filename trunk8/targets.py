@@ -1,10 +1,10 @@
 """The module map: each target name and the function that adds that service to an app.
 
 `all` is every service in one application and one process; the order below is the
-order of their startup (the config-watcher publishes, the redirector follows). With
-`watcher_process`, `all` runs the config-watcher as a child process instead (what
-`trunk8 up` does, so parsing never holds the serving interpreter); with `watcher_port`, it
-links to the one child of a `--workers` parent.
+order of their startup (the config-watcher publishes, the redirector follows). Given a
+`watcher`, `all` runs the config-watcher as a child process instead (what `trunk8 up`
+does, so parsing never holds the serving interpreter), or links to the one child of a
+`--workers` parent.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from aiohttp import web
 from trunk8_shared.bus import setup_bus
 from trunk8_shared.settings import Settings
 
-from .watcherproc import WatcherLink, WatcherProcess, setup_watcher_child
+from .watcherproc import WatcherLink, setup_watcher_child
 
 # Each service's package is imported only when a process runs it: a redirector, or the
 # serving side of `up` (whose config-watcher is a child), never imports the watcher's
@@ -57,31 +57,20 @@ TARGETS = (*SERVICES, "all")
 
 
 def build_app(
-    target: str,
-    settings: Settings,
-    watcher_process: bool = False,
-    watcher_port: int | None = None,
+    target: str, settings: Settings, watcher: WatcherLink | None = None
 ) -> web.Application:
     """One application running `target` (a service name, or `all`).
 
-    `watcher_port`: the config-watcher is a child of another process (the parent of `up
-    --workers`), answering on that loopback port.
+    `watcher`: the config-watcher runs as a child process instead, ours (`WatcherProcess`,
+    `up`) or another process's followed on its loopback port (a worker of `up --workers`).
     """
     names = list(SERVICES) if target == "all" else [target]
     app = web.Application()
     setup_bus(app, settings, f"trunk8-{target}")  # one connection, named after the process
     setup = SERVICES
-    if watcher_port is not None:
-        port = watcher_port
-        setup = {
-            **SERVICES,
-            "config-watcher": lambda app, _: setup_watcher_child(app, WatcherLink(port)),
-        }
-    elif watcher_process:
-        setup = {
-            **SERVICES,
-            "config-watcher": lambda app, s: setup_watcher_child(app, WatcherProcess(s)),
-        }
+    if watcher is not None:
+        child = watcher
+        setup = {**SERVICES, "config-watcher": lambda app, _: setup_watcher_child(app, child)}
     built = {name: setup[name](app, settings) for name in names}
     if "files" in built and "admin" in built:
         from trunk8_admin import Admin, viewer_markdown_theme

@@ -181,13 +181,17 @@ class WatcherProcess(WatcherLink):
         self.last_error: str | None = None  # the child's one-line error, if it printed one
         self._stderr_task: asyncio.Task[None] | None = None
         self.starts = 0
+        self._spawned = False  # by `spawn`, not waited for by `start` yet
 
     def ready(self) -> bool:
         """Published its first full state, and still running."""
         return self.is_ready and self.process is not None and self.process.returncode is None
 
-    async def start(self) -> None:
-        """Start the child and wait for its first load; StartupError if it cannot load."""
+    async def spawn(self) -> None:
+        """Start the child now; the next `start` waits for this one instead of another.
+
+        `up` spawns it before importing its own services, so both load at once.
+        """
         self.is_ready = False
         # Only the first start is unhurried: a restart happens while we serve.
         niceness = 0 if self.starts == 0 else WATCHER_NICENESS
@@ -214,6 +218,17 @@ class WatcherProcess(WatcherLink):
             preexec_fn=functools.partial(_child_setup, die_with_parent_fn(), niceness),
         )
         self._stderr_task = asyncio.create_task(self._forward_stderr(self.process))
+        self._spawned = True
+
+    async def start(self) -> None:
+        """Start the child (unless spawned just before) and wait for its first load.
+
+        StartupError if it cannot load.
+        """
+        if not self._spawned:
+            await self.spawn()
+        self._spawned = False
+        assert self.process is not None and self._stderr_task is not None
         if await self._warm_start():
             return
         # Answers once its state and a snapshot of it are published: our services then

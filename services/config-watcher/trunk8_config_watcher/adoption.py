@@ -20,9 +20,7 @@ def adopt_published(
     catalog: LinkCatalog, rejected: Callable[[str], bool], published: Iterable[LinkRecord]
 ) -> None:
     """Give each listed owner without links and with a rejected file its published links."""
-    orphans = {
-        owner for owner in catalog.users if owner not in catalog.links_by_user and rejected(owner)
-    }
+    orphans = {owner for owner in catalog.users if not catalog.has_links(owner) and rejected(owner)}
     if not orphans:
         return
     adopted: dict[str, dict[str, LinkRecord]] = {owner: {} for owner in orphans}

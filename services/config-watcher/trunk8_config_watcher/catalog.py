@@ -1,7 +1,9 @@
 """The link catalog: every user's last good links, and which owner serves each code.
 
 Pure state, no I/O. Codes present in several users' files go to the first user in
-users.toml order, as in Trunk8 (T8-034); the catalog reports such duplicates.
+users.toml order, as in Trunk8 (T8-034); the catalog reports such duplicates. A warm start
+gives it the links of unchanged files undecoded (`RememberedLinks`, the records exactly
+as published): such an owner's records are decoded only when something needs them.
 """
 
 from __future__ import annotations
@@ -11,9 +13,28 @@ from dataclasses import dataclass, field
 from itertools import compress, repeat
 from operator import is_not
 
+import msgspec
+
 from trunk8_shared.datafiles import LinkEntry, UserEntry
 from trunk8_shared.expiry import expiry_timestamp
 from trunk8_shared.records import LinkRecord, UserRecord
+
+_records_decoder = msgspec.json.Decoder(list[LinkRecord])
+
+
+class RememberedLinks(msgspec.Struct, frozen=True):
+    """One user's links as published, verified against the unchanged file, not decoded.
+
+    `records` is each code's record (the bucket's bytes) joined by commas, in file order.
+    """
+
+    codes: list[str]
+    records: bytes
+
+    def decode(self) -> dict[str, LinkRecord]:
+        """The links, decoded in one call (the records joined by commas are a JSON array)."""
+        records = _records_decoder.decode(b"[" + self.records + b"]")
+        return dict(zip(self.codes, records, strict=True))
 
 
 def link_record(code: str, owner: str, entry: LinkEntry) -> LinkRecord:
@@ -74,14 +95,81 @@ class LinkCatalog:
     steps as it has owners, whatever the number of users. A code of one user (nearly all)
     maps to that user's name, a set only for codes several users define: a million
     one-name sets cost about 200 MB and a second of a warm start.
+
+    A user taken from a warm start (`remember_links`) sits in `remembered` instead of
+    `links_by_user` until something needs its records (a change of its links, a code it
+    serves being resolved, `decode_all`); its codes are in `owners` from the start, and
+    `served` lacks the codes it serves until then (`link_count` counts them).
     """
 
     def __init__(self) -> None:
         self.users: dict[str, UserRecord] = {}
         self.links_by_user: dict[str, dict[str, LinkRecord]] = {}
+        self.remembered: dict[str, RememberedLinks] = {}
         self.owners: dict[str, str | set[str]] = {}
         self.served: dict[str, LinkRecord] = {}
         self.duplicates: dict[str, Duplicate] = {}
+
+    def has_links(self, owner: str) -> bool:
+        """Whether the user's links are known (decoded or remembered)."""
+        return owner in self.links_by_user or owner in self.remembered
+
+    def link_count(self, owner: str | None = None) -> int:
+        """Links served (every code someone defines), or the links of one user."""
+        if owner is None:
+            return len(self.owners)  # after `resolve`, each code of `owners` is served
+        remembered = self.remembered.get(owner)
+        if remembered is not None:
+            return len(remembered.codes)
+        return len(self.links_by_user.get(owner, ()))
+
+    def remember_links(self, owner: str, remembered: RememberedLinks) -> set[str]:
+        """Take a user's links as published, undecoded (a warm start's unchanged file).
+
+        Only for a user whose links are not known yet; returns the codes it defines.
+        """
+        if self.has_links(owner):
+            raise ValueError(f"the links of {owner!r} are known already")
+        self.remembered[owner] = remembered
+        self._index_new(owner, remembered.codes)
+        return set(remembered.codes)
+
+    def links_of(self, owner: str) -> dict[str, LinkRecord]:
+        """One user's links, decoded now if they were remembered undecoded."""
+        if owner in self.remembered:
+            self._decode(owner)
+        return self.links_by_user.get(owner, {})
+
+    def decode_all(self) -> None:
+        """Decode every remembered user's links (a full diff or a snapshot needs them)."""
+        for owner in list(self.remembered):
+            self._decode(owner)
+
+    def _decode(self, owner: str) -> None:
+        """Decode a remembered user's links; serve those of its codes it wins."""
+        links = self.remembered[owner].decode()
+        del self.remembered[owner]
+        self.links_by_user[owner] = links
+        owners, served = self.owners, self.served
+        if not any(isinstance(owners.get(code), set) for code in links):
+            served.update(links)  # nearly always: every code its own
+            return
+        for code, record in links.items():
+            holders = owners.get(code)
+            if holders == owner or (
+                isinstance(holders, set) and min(holders, key=self._position) == owner
+            ):
+                served[code] = record
+
+    def _index_new(self, owner: str, codes: Iterable[str]) -> None:
+        """Add a user with no links so far as a holder of each of `codes`."""
+        owners = self.owners
+        codes = list(codes)
+        shared = {code: owners[code] for code in owners.keys() & codes}
+        owners.update(zip(codes, repeat(owner), strict=False))  # in C: a million at a start
+        for code, holders in shared.items():
+            owners[code] = holders
+            self._add_owner(code, owner)
 
     def set_users(self, users: dict[str, UserRecord]) -> set[str]:
         """Replace the account list; returns the codes whose owner may have changed.
@@ -92,7 +180,8 @@ class LinkCatalog:
         before = [name for name in self.users if name in users]
         self.users = users
         touched: set[str] = set()
-        for name in [name for name in self.links_by_user if name not in users]:
+        known = [*self.links_by_user, *self.remembered]
+        for name in [name for name in known if name not in users]:
             touched |= self.set_links(name, {})
             del self.links_by_user[name]
         if before != [name for name in users if name in before]:
@@ -101,15 +190,10 @@ class LinkCatalog:
 
     def set_links(self, owner: str, links: dict[str, LinkRecord]) -> set[str]:
         """Replace one user's links; returns the codes whose owner may have changed."""
-        previous = self.links_by_user.get(owner, {})
+        previous = self.links_of(owner)
         self.links_by_user[owner] = links
         if not previous:  # a first load: every code is new (a million at a start)
-            owners = self.owners
-            shared = {code: owners[code] for code in links.keys() & owners.keys()}
-            owners.update(zip(links, repeat(owner), strict=False))  # in C: a million at a start
-            for code, holders in shared.items():
-                owners[code] = holders
-                self._add_owner(code, owner)
+            self._index_new(owner, links)
             return set(links)
         removed: set[str] = set()
         if links.keys() != previous.keys():  # compared in C, without building a set
@@ -131,7 +215,8 @@ class LinkCatalog:
 
         Costs as many steps as there are changed codes, whatever the size of the file.
         """
-        links = self.links_by_user.setdefault(owner, {})
+        links = self.links_of(owner)
+        self.links_by_user[owner] = links
         touched: set[str] = set()
         for code in gone:
             if links.pop(code, None) is not None:
@@ -165,6 +250,8 @@ class LinkCatalog:
     def resolve(self, codes: Iterable[str] | None = None) -> Changes:
         """Recompute the served owner of `codes` (all codes when None) and return the diff."""
         if codes is None:
+            if not self.served:
+                return self._resolve_first()
             codes = self.served.keys() | self.owners.keys()
         if not self.served and isinstance(codes, Set) and self.owners.keys() <= codes:
             return self._resolve_first()
@@ -187,7 +274,7 @@ class LinkCatalog:
             else:
                 first, *shadowed = sorted(holders, key=self._position)
                 self.duplicates[code] = Duplicate(code, first, tuple(shadowed))
-            winner = self.links_by_user[first][code]
+            winner = self.links_of(first)[code]
             if winner != current:
                 served[code] = winner
                 changes.put[code] = winner
@@ -197,12 +284,23 @@ class LinkCatalog:
         """Resolve every code while none is served yet (a first load), a file at a time.
 
         Files are laid over each other from the last user to the first, so a code defined
-        twice ends up with its first user's record, as `resolve` would choose.
+        twice ends up with its first user's record, as `resolve` would choose. A remembered
+        user's codes are taken out instead: it serves them once decoded.
         """
         served = self.served
-        for owner in sorted(self.links_by_user, key=self._position, reverse=True):
-            served.update(self.links_by_user[owner])
+        every = [*self.links_by_user, *self.remembered]
+        for owner in sorted(every, key=self._position, reverse=True):
+            remembered = self.remembered.get(owner)
+            if remembered is None:
+                served.update(self.links_by_user[owner])
+            elif served:
+                for code in remembered.codes:
+                    served.pop(code, None)
         self.duplicates = {}
+        defined = sum(map(len, self.links_by_user.values()))
+        defined += sum(len(remembered.codes) for remembered in self.remembered.values())
+        if defined == len(self.owners):
+            return Changes(put=dict(served))  # no code of two users: no duplicate to find
         for code, holders in self.owners.items():
             if isinstance(holders, set):
                 first, *shadowed = sorted(holders, key=self._position)

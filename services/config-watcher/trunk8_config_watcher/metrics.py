@@ -62,6 +62,6 @@ class WatcherMetrics:
         self.rejected_files.set(len(rejections.files))
         self.rejected_entries.set(rejections.entry_count)
         self.last_reload_successful.set(0 if rejections.files else 1)
-        self.links.set(len(catalog.served))
+        self.links.set(catalog.link_count())
         self.users.set(len(catalog.users))
         self.duplicate_codes.set(len(catalog.duplicates))

@@ -2,9 +2,9 @@
 
 Per file: the SHA-256 of its bytes, its codes in file order, its refused links with their
 reasons, and the SHA-256 of its records as published. At a warm start a file whose bytes
-are unchanged takes its links from the published state (the records snapshot) instead
-of being parsed, but only when the published records of its codes hash to what the file
-produced: a code served from another user's file, or a publication that never happened,
+are unchanged takes its links from the published state (the records snapshot), undecoded,
+instead of being parsed, but only when the published records of its codes hash to what
+the file produced: a code served from another user's file, or a publication that never happened,
 makes that file parsed again. The memo is a cache: a missing, unreadable or other-version
 memo only means every file is parsed, as on a first start.
 """
@@ -14,15 +14,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Iterable
-from operator import attrgetter
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import cast
 
 import msgspec
 
 from trunk8_shared.codes import kv_key
 from trunk8_shared.records import LinkRecord, json_encoder
+
+from .catalog import RememberedLinks
 
 log = logging.getLogger("trunk8.config_watcher")
 
@@ -49,7 +49,6 @@ class ParseMemo(msgspec.Struct, kw_only=True):
 
 _decoder = msgspec.msgpack.Decoder(ParseMemo)
 _encoder = msgspec.msgpack.Encoder()
-_records_decoder = msgspec.json.Decoder(list[LinkRecord])
 
 
 def records_digest(encoded: Iterable[bytes]) -> str:
@@ -57,7 +56,7 @@ def records_digest(encoded: Iterable[bytes]) -> str:
 
     Each record is a JSON object, so the records joined by commas parse back as one JSON
     array in exactly one way: hashing that text needs no per-record framing, and a warm
-    start decodes the same bytes in one call (`remembered_links`).
+    start keeps the same bytes and decodes them in one call when needed (`RememberedLinks`).
     """
     return hashlib.sha256(b",".join(encoded)).hexdigest()
 
@@ -88,30 +87,30 @@ def save_memo(path: Path, memo: ParseMemo) -> None:
 
 
 def remembered_links(
-    memo: FileMemo | None, digest: str, owner: str, published: dict[str, bytes] | None
-) -> dict[str, LinkRecord] | None:
-    """The file's links from the published state when its bytes and records match, else None."""
+    memo: FileMemo | None, digest: str, published: Mapping[str, bytes] | None
+) -> RememberedLinks | None:
+    """The file's links as published, undecoded, when its bytes and records match; else None."""
     if memo is None or published is None or memo.digest != digest:
         return None
-    values = list(map(published.get, _keys(memo.codes)))
-    if None in values:
+    try:  # `[]` rather than `.get`: no pass over the values looking for a None
+        joined = b",".join(map(published.__getitem__, kv_keys(memo.codes)))
+    except KeyError:
         return None
-    joined = b",".join(cast(list[bytes], values))
-    if hashlib.sha256(joined).hexdigest() != memo.records:
-        return None
-    try:
-        records = _records_decoder.decode(b"[" + joined + b"]")
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return None
-    if not all(map(owner.__eq__, map(_owner_of, records))):
-        return None
-    return dict(zip(memo.codes, records, strict=True))
+    return verified(memo, RememberedLinks(memo.codes, joined))
 
 
-_owner_of = attrgetter("owner")
+def verified(memo: FileMemo, links: RememberedLinks) -> RememberedLinks | None:
+    """`links` when they are what the file produced (its codes, records of the memo's digest).
+
+    The digest is of the records this watcher made from the file, each naming its code and
+    owner, so a match proves both without decoding a record.
+    """
+    if links.codes != memo.codes or hashlib.sha256(links.records).hexdigest() != memo.records:
+        return None
+    return links
 
 
-def _keys(codes: list[str]) -> list[str]:
+def kv_keys(codes: list[str]) -> list[str]:
     """The KV keys of `codes`: the codes themselves when all are plain (checked at once)."""
     joined = "".join(codes)
     return codes if kv_key(joined) == joined else [kv_key(code) for code in codes]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import operator
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from itertools import islice
@@ -272,19 +271,6 @@ class BucketWriter:
         return self.known
 
 
-def _all_published_as(
-    wanted: dict[str, LinkRecord], same: dict[str, LinkRecord], known: dict[str, bytes]
-) -> bool:
-    """Whether every wanted record is its `same` record and the bucket holds no other key.
-
-    Each `same` record was decoded from the bucket's value of its code, so then the bucket
-    already holds exactly `wanted`; checked in C-speed passes, not a loop in Python.
-    """
-    if not same or not len(same) == len(wanted) == len(known):
-        return False
-    return all(map(operator.is_, map(wanted.get, same.keys()), same.values()))
-
-
 def bulk_event(events: Sequence[Event], revision: int) -> LinksBulkChanged:
     """One event standing for many link events (counts by kind, and the revision)."""
     kinds = [type(event) for event in events]
@@ -323,18 +309,12 @@ class Publisher:
         self,
         wanted: dict[str, LinkRecord],
         codes: Iterable[str] | None = None,
-        published_as: dict[str, LinkRecord] | None = None,
     ) -> int:
         """Make the bucket hold `wanted` for `codes` (all codes when None); emit events.
 
-        A full sync (codes None) also removes keys that name none of our codes. A wanted
-        record that is the very object `published_as` holds for its code was decoded from
-        the value the bucket holds (a warm start): it is not encoded again to compare.
+        A full sync (codes None) also removes keys that name none of our codes.
         """
-        same = published_as or {}
         known = self.links.known
-        if codes is None and _all_published_as(wanted, same, known):
-            return self.links.revision  # a warm start with nothing changed: nothing to write
         keys: dict[str, str | None] = {}
         # Listed first: the catalog is iterated across yields (changed only under the
         # watcher's lock, which the caller holds, but a list cannot change at all).
@@ -358,8 +338,6 @@ class Publisher:
                         else:
                             old = decode_link(before)
                             events.append(LinkDeleted(code=code, owner=old.owner if old else ""))
-                    continue
-                if before is not None and code is not None and same.get(code) is record:
                     continue
                 encoded = json_encoder.encode(record)
                 if encoded != before:

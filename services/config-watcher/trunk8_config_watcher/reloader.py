@@ -6,7 +6,7 @@ is that file's rejection: its last good links stay in the catalog, a `ConfigErro
 is returned, and every other file of the batch is applied. An invalid link or account is
 refused alone, the rest of its file applies. A file whose bytes did not change is skipped;
 at a warm start, one whose bytes match the parse memo takes its links from the published
-state instead of being parsed (`parsememo`).
+state instead of being parsed (`parsememo`), kept undecoded until needed (`catalog`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from trunk8_shared.datafiles import (
 )
 from trunk8_shared.records import Event, LinkRecord, UserRecord, json_encoder
 
-from .catalog import Changes, LinkCatalog, link_record, user_records
+from .catalog import Changes, LinkCatalog, RememberedLinks, link_record, user_records
 from .entrymemo import EntryMemo, check_changed, check_spliced
 from .errors import ConfigLoadError
 from .parsememo import FileMemo, ParseMemo, digest_of, remembered_links
@@ -113,9 +113,6 @@ class Reloader:
         self.loading = False  # in the first load (which logs its progress)
         self.remembered_files = 0  # files taken from the memo instead of parsed
         self.entry_memos: dict[Path, EntryMemo] = {}  # what each file's entries became
-        # Records decoded from the published values at a warm start: the first full sync
-        # need not encode them to learn they are published as they are (`take_remembered`).
-        self.remembered: dict[str, LinkRecord] = {}
         self.files_parsed = 0  # links files parsed, ahead of a reload or in it
         self.files_spliced = 0  # of those, parsed only where their text changed
         # Links files parsed by `prepare` outside the watcher's lock, used by the next
@@ -207,7 +204,7 @@ class Reloader:
         if owner is None or path != self.data.links_file(owner):
             return None
         file = self.data.relative(path)
-        if self.rejections.is_rejected(file) or owner not in self.catalog.links_by_user:
+        if self.rejections.is_rejected(file) or not self.catalog.has_links(owner):
             return None
         result = Reload()
         links, refused = self._records(check_link_entries(entries, file), file, owner)
@@ -223,11 +220,6 @@ class Reloader:
         touched = self.catalog.update_links(owner, links, [*removed, *refused])
         self._merge(result.links, self.catalog.resolve(touched))
         return result
-
-    def take_remembered(self) -> dict[str, LinkRecord]:
-        """The records a warm start decoded from the published values; forgotten now."""
-        remembered, self.remembered = self.remembered, {}
-        return remembered
 
     def owner_rejected(self, owner: str) -> bool:
         """Whether the owner's links file is currently rejected whole."""
@@ -296,6 +288,7 @@ class Reloader:
         result.events += self.rejections.refuse_users(file, checked.rejected)
         result.files_applied += 1
         before = self.catalog.users
+        first = not before  # a first load resolves every code at once, without listing them
         touched = self.catalog.set_users(users)
         result.users_changed = result.users_changed or before != users
         for owner in before.keys() - users.keys():  # forget what we knew of removed accounts
@@ -307,10 +300,12 @@ class Reloader:
         for owner in users:
             if owner not in before:
                 self._hashes.pop(self.data.links_file(owner), None)  # read it whatever its hash
-            touched |= self._reload_links(owner, result)
+            codes = self._reload_links(owner, result)
+            if not first:
+                touched |= codes
             if progress is not None:
-                progress.advance(links=len(self.catalog.links_by_user.get(owner, ())))
-        self._merge(result.links, self.catalog.resolve(touched))
+                progress.advance(links=self.catalog.link_count(owner))
+        self._merge(result.links, self.catalog.resolve(None if first else touched))
         if progress is not None:
             progress.finish()
         return True
@@ -333,12 +328,13 @@ class Reloader:
                 raise DataFileError(file, EMPTY_LINKS_FILE)
             digest = self._hashes[path] or ""
             memo = self.memo.files.get(file)
-            links_or_none = remembered_links(memo, digest, owner, self.published)
             ahead = self.prepared.get(path)
-            if memo is not None and links_or_none is not None:
-                links, refused = links_or_none, dict(memo.refused)
+            first = not self.catalog.has_links(owner)
+            remembered = remembered_links(memo, digest, self.published) if first else None
+            links: dict[str, LinkRecord] | RememberedLinks
+            if memo is not None and remembered is not None:
+                links, refused = remembered, dict(memo.refused)
                 self.remembered_files += 1
-                self.remembered.update(links)
             elif ahead is not None and ahead.digest == digest:
                 # Taken as they are: `prepared` is dropped once this reload is done.
                 links, refused = ahead.links, ahead.refused
@@ -361,6 +357,8 @@ class Reloader:
         result.files_applied += 1
         if path not in self.unsettled:
             self.saves = [save for save in self.saves if save.path != path]  # all in the file
+        if isinstance(links, RememberedLinks):
+            return self.catalog.remember_links(owner, links)
         return self.catalog.set_links(owner, links)
 
     def _replayed(

@@ -121,7 +121,7 @@ class SnapshotPublisher:
             return False
         if not self.revision:
             return True
-        threshold = max(MIN_CHANGES, CHANGED_SHARE * len(watcher.catalog.served))
+        threshold = max(MIN_CHANGES, CHANGED_SHARE * watcher.catalog.link_count())
         return watcher.changes_since_snapshot >= threshold
 
     async def publish(self) -> bool:
@@ -141,10 +141,12 @@ class SnapshotPublisher:
                     return False
         async with watcher.lock:
             revision, created = writer.revision, str(writer.created)
+            loop = asyncio.get_running_loop()
+            # The snapshot holds every record: remembered users' are needed decoded now.
+            await loop.run_in_executor(None, watcher.catalog.decode_all)
             served, known = dict(watcher.catalog.served), writer.known
             by_owner = dict(watcher.catalog.links_by_user)
             watcher.changes_since_snapshot = 0
-            loop = asyncio.get_running_loop()
             table, records = await loop.run_in_executor(
                 None, encode_snapshots, served, by_owner, known, revision, created
             )
@@ -156,7 +158,7 @@ class SnapshotPublisher:
         self.revision, self.plan = revision, ""
         log.info(
             "published a snapshot of %d links at revision %d (%.1f MB)",
-            len(watcher.catalog.served), revision, (len(table) + len(records)) / 1e6,
+            watcher.catalog.link_count(), revision, (len(table) + len(records)) / 1e6,
         )  # fmt: skip
         return True
 

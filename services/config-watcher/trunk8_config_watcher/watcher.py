@@ -30,6 +30,7 @@ from .parsememo import MEMO_FILE, load_memo, save_memo
 from .publisher import PUBLISH_ERRORS, Publisher
 from .rejections import Rejections
 from .reloader import Reload, Reloader
+from .remembered import codes_to_diff, decode_unpublished
 
 log = logging.getLogger("trunk8.config_watcher")
 
@@ -71,6 +72,9 @@ class ConfigWatcher:
         # Files whose saver's entries were applied without reading them: read them soon.
         self.saved_files: set[Path] = set()
         self.follow_up_due = asyncio.Event()
+        # The links bucket as a warm start read it, while its remembered users are known to
+        # match it (until the first full sync).
+        self.warm_published: dict[str, bytes] | None = None
 
     def _lease_changed(self, active: bool) -> None:
         """Reconcile fully on becoming active; stop publishing on standing by."""
@@ -92,12 +96,14 @@ class ConfigWatcher:
             reloader.published = await self._published_for_warm_start()
         try:
             result = await loop.run_in_executor(None, reloader.load_all)
+            if self.catalog.remembered:
+                self.warm_published = reloader.published
         finally:
             reloader.published = None  # a warm start's only: never reused later
         self._record(result)
         log.info(
             "loaded %d links of %d users from %s (%d files unchanged since the last run)",
-            len(self.catalog.served), len(self.catalog.users), self.data.root,
+            self.catalog.link_count(), len(self.catalog.users), self.data.root,
             reloader.remembered_files,
         )  # fmt: skip
 
@@ -221,26 +227,34 @@ class ConfigWatcher:
 
     async def sync_all(self) -> int:
         """Read both buckets back and write every difference from the catalog."""
+        loop = asyncio.get_running_loop()
         async with self.lock:
             self.out_of_sync.clear()  # a failure from here on sets it again
-            # Valid only against the values a warm start read: never kept past one attempt.
-            remembered = self.reloader.take_remembered()
+            # What a warm start verified the remembered users against: never kept past one
+            # attempt, and only good while nothing was written since it was read.
+            verified, self.warm_published = self.warm_published, None
             await self.publisher.take_over()
-            if not self.publisher.links.fresh:  # the bucket is read again: other values
-                remembered = {}
+            if not self.publisher.links.fresh:
+                verified = None
             await self.publisher.read_back()
+            known = self.publisher.links.known
+            if self.catalog.remembered and known is not verified:
+                await loop.run_in_executor(None, decode_unpublished, self.catalog, known)
             adopt_published(
                 self.catalog, self.reloader.owner_rejected, self.publisher.published_links()
             )
+            codes = await loop.run_in_executor(None, codes_to_diff, self.catalog, known)
+            if codes is None and self.catalog.remembered:
+                await loop.run_in_executor(None, self.catalog.decode_all)
             await self.publisher.sync_users(self.catalog.users)
-            revision = await self.publisher.sync_links(self.catalog.served, published_as=remembered)
+            revision = await self.publisher.sync_links(self.catalog.served, codes)
             await self._flush_events()
             self._record(Reload())
             self.metrics.revision.set(revision)
             self.snapshot_due.set()
         log.info(
             "published %d links of %d users at revision %d",
-            len(self.catalog.served), len(self.catalog.users), revision,
+            self.catalog.link_count(), len(self.catalog.users), revision,
         )  # fmt: skip
         return revision
 

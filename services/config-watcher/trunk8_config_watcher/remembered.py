@@ -44,9 +44,9 @@ def codes_to_diff(catalog: LinkCatalog, published: Mapping[str, bytes]) -> list[
     """
     if not catalog.remembered:
         return None
-    decoded = list(chain.from_iterable(catalog.links_by_user.values()))
+    decoded = list(set(chain.from_iterable(catalog.links_by_user.values())))  # distinct
     present = sum(map(published.__contains__, kv_keys(decoded))) if decoded else 0
-    remembered = len(catalog.owners) - len(set(decoded))  # remembered users' codes: all present
+    remembered = len(catalog.owners) - len(decoded)  # only remembered users': all present
     codes = list(catalog.served)
     if len(published) == remembered + present:
         return codes  # no other key

@@ -116,7 +116,12 @@ class ConfigWatcher:
         """The links bucket as published (records snapshot + later changes), or None."""
         try:
             await asyncio.wait_for(self.bus.wait_connected(), WARM_START_WAIT)
-            return await self.publisher.links.read_back(from_snapshot=True)
+            started = time.monotonic()
+            published = await self.publisher.links.read_back(from_snapshot=True)
+            log.info(
+                "read %d published links in %.1f s", len(published), time.monotonic() - started
+            )
+            return published
         except WARM_START_ERRORS as err:
             log.info("starting without the published state (%s); parsing every file", err)
             return None

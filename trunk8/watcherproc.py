@@ -10,7 +10,8 @@ than follow a first import one message at a time (a million messages into the se
 process made NATS drop it as a slow consumer); a users.toml it cannot load ends `up` with
 the watcher's one-line error. Later it is supervised like a background task, restarted
 when it exits. Its log lines go to our stderr. The NATS URL (with its token) travels in
-the environment, not on a command line.
+the environment, not on a command line. `up` spawns it before importing its own services
+(`spawn`), so at a warm restart its first load runs beside theirs.
 """
 
 from __future__ import annotations

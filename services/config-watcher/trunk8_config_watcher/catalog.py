@@ -8,7 +8,7 @@ as published): such an owner's records are decoded only when something needs the
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Set
+from collections.abc import Collection, Iterable, Set
 from dataclasses import dataclass, field
 from itertools import compress, repeat
 from operator import is_not
@@ -109,6 +109,7 @@ class LinkCatalog:
         self.owners: dict[str, str | set[str]] = {}
         self.served: dict[str, LinkRecord] = {}
         self.duplicates: dict[str, Duplicate] = {}
+        self._shared_codes = False  # a code of two users was seen: index with care
 
     def has_links(self, owner: str) -> bool:
         """Whether the user's links are known (decoded or remembered)."""
@@ -161,15 +162,35 @@ class LinkCatalog:
             ):
                 served[code] = record
 
-    def _index_new(self, owner: str, codes: Iterable[str]) -> None:
+    def _index_new(self, owner: str, codes: Collection[str]) -> None:
         """Add a user with no links so far as a holder of each of `codes`."""
         owners = self.owners
-        codes = list(codes)
+        if not self._shared_codes:
+            # Codes of two users are rare: add them all in C (a million at a start) and
+            # count. Only when the count shows one taken over is the index built again
+            # with care, once; from then on shared codes are looked for first.
+            before = len(owners)
+            owners.update(zip(codes, repeat(owner), strict=False))
+            if len(owners) - before == len(codes):
+                return
+            self._shared_codes = True
+            self._reindex()
+            return
         shared = {code: owners[code] for code in owners.keys() & codes}
-        owners.update(zip(codes, repeat(owner), strict=False))  # in C: a million at a start
+        owners.update(zip(codes, repeat(owner), strict=False))
         for code, holders in shared.items():
             owners[code] = holders
             self._add_owner(code, owner)
+
+    def _reindex(self) -> None:
+        """Build `owners` again from every user's codes, decoded or remembered."""
+        self.owners = {}
+        for owner, links in self.links_by_user.items():
+            for code in links:
+                self._add_owner(code, owner)
+        for owner, remembered in self.remembered.items():
+            for code in remembered.codes:
+                self._add_owner(code, owner)
 
     def set_users(self, users: dict[str, UserRecord]) -> set[str]:
         """Replace the account list; returns the codes whose owner may have changed.

@@ -16,10 +16,11 @@ from collections.abc import Callable
 import pytest
 
 from trunk8_config_watcher.catalog import Changes, LinkCatalog, RememberedLinks, user_records
-from trunk8_config_watcher.parsememo import FileMemo, remembered_links, verified
+from trunk8_config_watcher.parsememo import FileMemo, PublishedLinks, remembered_links, verified
 from trunk8_config_watcher.remembered import codes_to_diff, decode_unpublished, still_published
 from trunk8_shared.datafiles import UserEntry
 from trunk8_shared.records import LinkRecord, json_encoder
+from trunk8_shared.snapshot import OwnerRecords
 
 FILES = {
     "amy": {
@@ -151,12 +152,35 @@ def test_only_links_that_are_what_the_file_produced_are_remembered() -> None:
         links.codes, links.records.replace(b"bob.example/1", b"bob.example/2")
     )
     assert verified(memo, corrupt) is None
-    published = {code: json_encoder.encode(r) for code, r in links_of("bob", FILES["bob"]).items()}
-    assert remembered_links(memo, "file-digest", published) == links
-    assert remembered_links(memo, "other-bytes", published) is None  # the file changed
-    assert remembered_links(memo, "file-digest", {**published, "y": b"{}"}) is None
-    del published["y"]
-    assert remembered_links(memo, "file-digest", published) is None  # a code not published
+    values = {code: json_encoder.encode(r) for code, r in links_of("bob", FILES["bob"]).items()}
+
+    def remembered_from(values: dict[str, bytes], digest: str = "file-digest") -> object:
+        return remembered_links(memo, digest, "bob", PublishedLinks(values))
+
+    assert remembered_from(values) == links
+    assert remembered_from(values, "other-bytes") is None  # the file changed
+    assert remembered_from({**values, "y": b"{}"}) is None
+    assert remembered_from({code: v for code, v in values.items() if code != "y"}) is None
+
+
+def test_a_snapshots_records_of_the_owner_are_used_as_they_are_while_current() -> None:
+    links = remembered(links_of("bob", FILES["bob"]))
+    memo = _memo(links)
+    chunk = OwnerRecords(list(links.codes), links.records)
+    # The bucket's values disagree: only the snapshot's records can have been used.
+    stale = dict.fromkeys(links.codes, b"{}")
+    found = remembered_links(memo, "file-digest", "bob", PublishedLinks(stale, {"bob": chunk}))
+    assert found is not None and found.records == links.records
+    # One of bob's keys changed since the snapshot: its values are gathered (and differ).
+    changed = PublishedLinks(stale, {"bob": chunk}, {"y"})
+    assert remembered_links(memo, "file-digest", "bob", changed) is None
+    assert PublishedLinks(stale, {"bob": chunk}, {"other"}).records_of("bob") is chunk
+    # Codes listed otherwise in the snapshot, or records corrupted: not bob's file.
+    swapped = OwnerRecords(list(reversed(links.codes)), links.records)
+    corrupt = OwnerRecords(list(links.codes), links.records.replace(b"/1", b"/2"))
+    for wrong in (swapped, corrupt):
+        published = PublishedLinks(stale, {"bob": wrong})
+        assert remembered_links(memo, "file-digest", "bob", published) is None
 
 
 def test_a_full_sync_compares_only_what_is_not_remembered_as_published() -> None:

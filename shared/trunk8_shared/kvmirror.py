@@ -335,6 +335,18 @@ async def read_bucket(
     js: JetStreamContext, bucket: str, timeout: float = 30.0, from_snapshot: bool = False
 ) -> dict[str, bytes]:
     """The current content of a bucket, read once (from the records snapshot on, if asked)."""
+    staging = await read_bucket_stage(js, bucket, timeout, from_snapshot)
+    try:
+        return staging.entries()
+    except SnapshotError as err:  # a snapshot whose values do not split: read it all
+        log.warning("%s: unusable snapshot (%s); reading the bucket", bucket, err)
+        return await read_bucket(js, bucket, timeout)
+
+
+async def read_bucket_stage(
+    js: JetStreamContext, bucket: str, timeout: float = 30.0, from_snapshot: bool = False
+) -> RecordsStage:
+    """A bucket read once: the records snapshot (if asked and usable), the changes after it."""
     done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     staging, after = RecordsStage(), 0
     if from_snapshot:
@@ -353,11 +365,7 @@ async def read_bucket(
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
-    try:
-        return staging.entries()
-    except SnapshotError as err:  # a snapshot whose values do not split: read it all
-        log.warning("%s: unusable snapshot (%s); reading the bucket", bucket, err)
-        return await read_bucket(js, bucket, timeout)
+    return staging
 
 
 class _Loading:

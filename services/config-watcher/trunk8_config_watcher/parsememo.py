@@ -14,13 +14,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Set
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
 
-from trunk8_shared.codes import kv_key
 from trunk8_shared.records import LinkRecord, json_encoder
+from trunk8_shared.snapshot import OwnerRecords, kv_keys
 
 from .catalog import RememberedLinks
 
@@ -86,31 +87,55 @@ def save_memo(path: Path, memo: ParseMemo) -> None:
     os.replace(temporary, path)
 
 
+@dataclass(frozen=True)
+class PublishedLinks:
+    """The links bucket as a warm start read it: every key's value, and the records
+    snapshot's per-owner records with the keys changed since that snapshot."""
+
+    values: Mapping[str, bytes]
+    owners: Mapping[str, OwnerRecords] = field(default_factory=dict)
+    changed: Set[str] = frozenset()
+
+    def records_of(self, owner: str) -> OwnerRecords | None:
+        """The owner's records in the snapshot, if the bucket changed none of them since."""
+        links = self.owners.get(owner)
+        if links is None or (self.changed and not self.changed.isdisjoint(kv_keys(links.codes))):
+            return None
+        return links
+
+
 def remembered_links(
-    memo: FileMemo | None, digest: str, published: Mapping[str, bytes] | None
+    memo: FileMemo | None, digest: str, owner: str, published: PublishedLinks | None
 ) -> RememberedLinks | None:
-    """The file's links as published, undecoded, when its bytes and records match; else None."""
+    """The file's links as published, undecoded, when its bytes and records match; else None.
+
+    Taken as they are from the snapshot's records of the owner when they are current (one
+    digest, no per-record step), else gathered from the bucket's values.
+    """
     if memo is None or published is None or memo.digest != digest:
         return None
+    snapshot = published.records_of(owner)
+    if snapshot is not None:
+        links = verified(memo, RememberedLinks(memo.codes, snapshot.records), snapshot.codes)
+        if links is not None:
+            return links
     try:  # `[]` rather than `.get`: no pass over the values looking for a None
-        joined = b",".join(map(published.__getitem__, kv_keys(memo.codes)))
+        joined = b",".join(map(published.values.__getitem__, kv_keys(memo.codes)))
     except KeyError:
         return None
     return verified(memo, RememberedLinks(memo.codes, joined))
 
 
-def verified(memo: FileMemo, links: RememberedLinks) -> RememberedLinks | None:
+def verified(
+    memo: FileMemo, links: RememberedLinks, codes: list[str] | None = None
+) -> RememberedLinks | None:
     """`links` when they are what the file produced (its codes, records of the memo's digest).
 
-    The digest is of the records this watcher made from the file, each naming its code and
-    owner, so a match proves both without decoding a record.
+    `codes`: the codes the records come with, when not `links.codes`. The digest is of the
+    records this watcher made from the file, each naming its code and owner, so a match
+    proves both without decoding a record.
     """
-    if links.codes != memo.codes or hashlib.sha256(links.records).hexdigest() != memo.records:
+    listed = links.codes if codes is None else codes
+    if listed != memo.codes or hashlib.sha256(links.records).hexdigest() != memo.records:
         return None
     return links
-
-
-def kv_keys(codes: list[str]) -> list[str]:
-    """The KV keys of `codes`: the codes themselves when all are plain (checked at once)."""
-    joined = "".join(codes)
-    return codes if kv_key(joined) == joined else [kv_key(code) for code in codes]

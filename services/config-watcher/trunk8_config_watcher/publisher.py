@@ -34,7 +34,7 @@ from trunk8_shared.buckets import (
 )
 from trunk8_shared.bus import Bus
 from trunk8_shared.codes import code_of_key, kv_key
-from trunk8_shared.kvmirror import read_bucket
+from trunk8_shared.kvmirror import RecordsStage, read_bucket_stage
 from trunk8_shared.records import (
     LINKS_BUCKET,
     USERS_BUCKET,
@@ -52,7 +52,7 @@ from trunk8_shared.records import (
     json_encoder,
     link_decoder,
 )
-from trunk8_shared.snapshot import PLAN_HEADER
+from trunk8_shared.snapshot import PLAN_HEADER, SnapshotError
 
 from .lease import Lease, NotActiveError
 from .progress import Progress
@@ -260,15 +260,25 @@ class BucketWriter:
         progress.finish()
         return done, failures
 
-    async def read_back(self, from_snapshot: bool = False) -> dict[str, bytes]:
-        """What the bucket holds now (from the records snapshot on, if asked); becomes known."""
+    async def read_back(self, from_snapshot: bool = False) -> RecordsStage:
+        """Learn what the bucket holds now (`known`), from the records snapshot on if asked.
+
+        Returns the read itself: the snapshot it started from, if any, and the changes after.
+        """
         self.fresh = False
-        self.known = await read_bucket(self.bus.js, self.bucket, from_snapshot=from_snapshot)
+        js = self.bus.js
+        stage = await read_bucket_stage(js, self.bucket, from_snapshot=from_snapshot)
+        try:
+            self.known = stage.entries()
+        except SnapshotError as err:  # values that do not split: read the bucket itself
+            log.warning("%s: unusable snapshot (%s); reading the bucket", self.bucket, err)
+            stage = await read_bucket_stage(js, self.bucket)
+            self.known = stage.entries()
         status = await (await self.bus.js.key_value(self.bucket)).status()
         self.created = status.stream_info.created
         self.read_revision = status.stream_info.state.last_seq
         self.fresh = True
-        return self.known
+        return stage
 
 
 def bulk_event(events: Sequence[Event], revision: int) -> LinksBulkChanged:

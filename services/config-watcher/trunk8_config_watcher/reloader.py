@@ -34,7 +34,7 @@ from trunk8_shared.records import Event, LinkRecord, UserRecord, json_encoder
 from .catalog import Changes, LinkCatalog, RememberedLinks, link_record, user_records
 from .entrymemo import EntryMemo, check_changed, check_spliced
 from .errors import ConfigLoadError
-from .parsememo import FileMemo, ParseMemo, digest_of, remembered_links
+from .parsememo import FileMemo, ParseMemo, PublishedLinks, digest_of, remembered_links
 from .progress import Progress
 from .rejections import Rejections
 from .tablesplice import LAYOUT_MIN_BYTES, spliced, table_layout
@@ -108,8 +108,8 @@ class Reloader:
         # digest of those records is taken when the memo is saved (`memo_to_save`), not
         # in every re-parse (encoding 100,000 records to hash them costs 0.1 s).
         self._undigested: dict[str, dict[str, LinkRecord]] = {}
-        # The published bucket (key -> value) while a warm start may reuse it, else None.
-        self.published: dict[str, bytes] | None = None
+        # The published bucket while a warm start may reuse it, else None.
+        self.published: PublishedLinks | None = None
         self.loading = False  # in the first load (which logs its progress)
         self.remembered_files = 0  # files taken from the memo instead of parsed
         self.entry_memos: dict[Path, EntryMemo] = {}  # what each file's entries became
@@ -330,7 +330,7 @@ class Reloader:
             memo = self.memo.files.get(file)
             ahead = self.prepared.get(path)
             first = not self.catalog.has_links(owner)
-            remembered = remembered_links(memo, digest, self.published) if first else None
+            remembered = remembered_links(memo, digest, owner, self.published) if first else None
             links: dict[str, LinkRecord] | RememberedLinks
             if memo is not None and remembered is not None:
                 links, refused = remembered, dict(memo.refused)

@@ -14,9 +14,9 @@ from itertools import chain
 from typing import cast
 
 from trunk8_shared.codes import code_of_key
+from trunk8_shared.snapshot import kv_keys
 
 from .catalog import LinkCatalog, RememberedLinks
-from .parsememo import kv_keys
 
 
 def still_published(links: RememberedLinks, published: Mapping[str, bytes]) -> bool:

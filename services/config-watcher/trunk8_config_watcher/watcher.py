@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from .duplicates import DuplicateReporter
 from .lease import Lease, NotActiveError
 from .metrics import WatcherMetrics
 from .outbox import EventOutbox
-from .parsememo import MEMO_FILE, load_memo, save_memo
+from .parsememo import MEMO_FILE, PublishedLinks, load_memo, save_memo
 from .publisher import PUBLISH_ERRORS, Publisher
 from .rejections import Rejections
 from .reloader import Reload, Reloader
@@ -74,7 +75,7 @@ class ConfigWatcher:
         self.follow_up_due = asyncio.Event()
         # The links bucket as a warm start read it, while its remembered users are known to
         # match it (until the first full sync).
-        self.warm_published: dict[str, bytes] | None = None
+        self.warm_published: Mapping[str, bytes] | None = None
 
     def _lease_changed(self, active: bool) -> None:
         """Reconcile fully on becoming active; stop publishing on standing by."""
@@ -96,8 +97,8 @@ class ConfigWatcher:
             reloader.published = await self._published_for_warm_start()
         try:
             result = await loop.run_in_executor(None, reloader.load_all)
-            if self.catalog.remembered:
-                self.warm_published = reloader.published
+            if self.catalog.remembered and reloader.published is not None:
+                self.warm_published = reloader.published.values
         finally:
             reloader.published = None  # a warm start's only: never reused later
         self._record(result)
@@ -112,16 +113,16 @@ class ConfigWatcher:
         """Where the parse memo is kept."""
         return self.data.state_dir / MEMO_FILE
 
-    async def _published_for_warm_start(self) -> dict[str, bytes] | None:
+    async def _published_for_warm_start(self) -> PublishedLinks | None:
         """The links bucket as published (records snapshot + later changes), or None."""
         try:
             await asyncio.wait_for(self.bus.wait_connected(), WARM_START_WAIT)
             started = time.monotonic()
-            published = await self.publisher.links.read_back(from_snapshot=True)
-            log.info(
-                "read %d published links in %.1f s", len(published), time.monotonic() - started
-            )
-            return published
+            read = await self.publisher.links.read_back(from_snapshot=True)
+            values = self.publisher.links.known
+            log.info("read %d published links in %.1f s", len(values), time.monotonic() - started)
+            owners = read.snapshot.owners if read.snapshot is not None else {}
+            return PublishedLinks(values, owners, set(read.changes))
         except WARM_START_ERRORS as err:
             log.info("starting without the published state (%s); parsing every file", err)
             return None

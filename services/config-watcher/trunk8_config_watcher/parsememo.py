@@ -4,8 +4,8 @@ Per file: the SHA-256 of its bytes, its codes in file order, its refused links w
 reasons, and the SHA-256 of its records as published. At a warm start a file whose bytes
 are unchanged takes its links from the published state (the records snapshot), undecoded,
 instead of being parsed, but only when the published records of its codes hash to what
-the file produced: a code served from another user's file, or a publication that never happened,
-makes that file parsed again. The memo is a cache: a missing, unreadable or other-version
+the file produced: a code served from another user's file, or a publication that never
+happened, makes that file parsed again. The memo is a cache: a missing, unreadable or other-version
 memo only means every file is parsed, as on a first start.
 """
 

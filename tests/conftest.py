@@ -25,6 +25,7 @@ import nats
 import pytest
 import uvloop
 from aiohttp import web
+from nats.js.errors import NoKeysError
 from prometheus_client.parser import text_string_to_metric_families
 from rawhttp import Connect, raw_connections
 
@@ -172,6 +173,23 @@ async def wait_until(
         if time.monotonic() - started > timeout:
             pytest.fail(f"condition not met within {timeout} s")
         await asyncio.sleep(interval)
+
+
+async def bucket_keys(kv: Any) -> list[str]:
+    """The keys of a KV bucket known to hold some.
+
+    nats-py's `KeyValue.keys()` can signal "no more keys" before the first one arrives
+    (its watcher compares the consumer's pending count with messages not processed yet)
+    and then raises `NoKeysError`: such a spurious empty answer is asked again.
+    """
+    for _ in range(20):
+        try:
+            keys: list[str] = await kv.keys()
+        except NoKeysError:
+            await asyncio.sleep(0.05)
+            continue
+        return keys
+    pytest.fail("the bucket answered no keys twenty times")
 
 
 # Services that mirror the links bucket and export `trunk8_<name>_links_revision`.

@@ -76,15 +76,22 @@ def test_index_follows_puts_moves_and_deletes(monkeypatch: pytest.MonkeyPatch) -
     del entries["bad"]
     _check(index, model)
     for _round in range(4):
-        for _ in range(150):
-            code = f"c{rng.randrange(800):04d}"
-            if rng.random() < 0.3:
-                model.pop(code, None)
-                index.apply(kv_key(code), None)
-            else:
-                model[code] = _record(rng, code)
-                index.apply(kv_key(code), json_encoder.encode(model[code]))
+        _random_changes(index, model, rng, 150)
         _check(index, model)
+
+
+def _random_changes(
+    index: LinkIndex, model: dict[str, LinkRecord], rng: random.Random, count: int
+) -> None:
+    """`count` random puts and deletes, applied to the index and the model alike."""
+    for _ in range(count):
+        code = f"c{rng.randrange(800):04d}"
+        if rng.random() < 0.3:
+            model.pop(code, None)
+            index.apply(kv_key(code), None)
+        else:
+            model[code] = _record(rng, code)
+            index.apply(kv_key(code), json_encoder.encode(model[code]))
 
 
 def _snapshot(model: dict[str, LinkRecord]) -> RecordsSnapshot:
@@ -125,14 +132,7 @@ async def test_index_loaded_per_owner_follows_changes_while_it_packs(
             assert +index.type_counts(owner) == +_counts(mine.values())
         _check(index, model)  # asks for codes: indexes the rest at once
         for _round in range(4):
-            for _ in range(60):
-                code = f"c{rng.randrange(800):04d}"
-                if rng.random() < 0.3:
-                    model.pop(code, None)
-                    index.apply(kv_key(code), None)
-                else:
-                    model[code] = _record(rng, code)
-                    index.apply(kv_key(code), json_encoder.encode(model[code]))
+            _random_changes(index, model, rng, 60)
             _check(index, model)
             await asyncio.sleep(0.01)  # packing goes on between the rounds
         await wait_until(lambda: _packed(index))

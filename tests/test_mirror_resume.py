@@ -23,6 +23,7 @@ from nats.js import JetStreamContext
 
 from trunk8.embedded_nats import EmbeddedNats
 from trunk8_shared import kvmirror
+from trunk8_shared.background import cancel_and_wait
 from trunk8_shared.buckets import ensure_bucket
 from trunk8_shared.bus import Bus, reconnect_delay
 from trunk8_shared.kvmirror import KvMirror, read_bucket
@@ -73,9 +74,7 @@ async def following(
         await asyncio.wait_for(mirror.ready.wait(), 10)
         yield mirror, sink
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait("mirror", task)  # a cancel nats-py's wait_for drops is sent again
         await bus.close()
 
 

@@ -10,7 +10,6 @@ the bucket read instead.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from trunk8_config_watcher.parsememo import records_digest
 from trunk8_config_watcher.snapshots import encode_snapshots
 from trunk8_files.app import FILES
 from trunk8_files.links import FileLinks
+from trunk8_shared.background import cancel_and_wait
 from trunk8_shared.bus import Bus
 from trunk8_shared.codes import kv_key
 from trunk8_shared.kvmirror import KvMirror, RecordsStage, read_bucket
@@ -268,7 +268,5 @@ async def test_after_a_failed_load_a_mirror_reads_the_bucket(
         assert sink.records == {c: r for c, r in served.items() if r.type != "redirect"}
         assert (sink.snapshot_loads, mirror.snapshot_loads, mirror.resyncs) == (1, 1, 1)
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait("mirror", task)  # a cancel nats-py's wait_for drops is sent again
         await bus.close()

@@ -8,7 +8,6 @@ bucket that refuses writes: each against a real nats-server and real files.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -21,6 +20,7 @@ from conftest import RunningSystem, StartSystem, bucket_keys, wait_until, write
 
 from trunk8.embedded_nats import EmbeddedNats
 from trunk8_redirector.table import LinkTable
+from trunk8_shared.background import cancel_and_wait
 from trunk8_shared.buckets import ensure_bucket
 from trunk8_shared.bus import Bus
 from trunk8_shared.kvmirror import KvMirror
@@ -181,9 +181,7 @@ async def test_a_failing_sink_never_raises_into_nats_and_loses_nothing(
         await wait_until(recovered, timeout=10)
         assert sink.failed
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait("mirror", task)  # a cancel nats-py's wait_for drops is sent again
         await bus.close()
 
 

@@ -9,6 +9,7 @@ Without nginx and without a way to install it, tests that need it are skipped wi
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import socket
@@ -45,11 +46,29 @@ def require_nginx() -> str:
     return found
 
 
+# Ports handed out below the kernel's ephemeral range (32768-60999 here): a port the kernel
+# picked for us can be taken again for any outgoing connection (a NATS route dialling, a
+# client) before the process we hand it to binds it, which once killed a cluster node at
+# start ("address already in use"). Outgoing connections never take these.
+_PORTS_FROM, _PORTS_TO = 20000, 32000
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A free loopback TCP port."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free loopback TCP port, not handed out before by this process."""
+    rng = random.SystemRandom()
+    for _ in range(1000):
+        port = rng.randrange(_PORTS_FROM, _PORTS_TO)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port between {_PORTS_FROM} and {_PORTS_TO}")
 
 
 def _missing_modules(binary: str) -> set[str]:

@@ -26,6 +26,7 @@ from pathlib import Path
 import nats
 import pytest
 from conftest import ADMIN_LINKS, BOB_LINKS, CAROL_LINKS, USERS_TOML, write
+from nginxkit import free_port
 
 from trunk8.embedded_nats import EmbeddedNats
 from trunk8_shared.settings import load_dotenv
@@ -174,13 +175,6 @@ def launch(tmp_path: Path) -> Iterator[Launch]:
             if alive(pid, start_time):
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def port_is_free(port: int) -> bool:

@@ -8,24 +8,18 @@ connection follows to the other, and logs never show a token of any of them.
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 
 import nats
 import pytest
 from conftest import StartSystem, wait_until
+from nginxkit import free_port
 
 from trunk8 import deploy
 from trunk8.deploy import provision_buckets
 from trunk8.embedded_nats import EmbeddedNats
 from trunk8_shared.buckets import create_buckets
 from trunk8_shared.bus import BUS, SeedCredentials, redact, seed_credentials, server_list
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def _create_buckets(server: EmbeddedNats) -> None:
@@ -55,7 +49,7 @@ def test_one_credential_of_the_seed_list_goes_to_discovered_servers_too() -> Non
 async def test_a_seed_list_with_a_server_down_connects_and_fails_over(
     start_system: StartSystem, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    down_port = _free_port()
+    down_port = free_port()
     second = EmbeddedNats(tmp_path / "second-nats", port=down_port, token="second-token")
     first = EmbeddedNats(tmp_path / "first-nats", token="first-token")
     await first.start()
@@ -110,7 +104,7 @@ async def test_provisioning_creates_the_buckets_and_refuses_impossible_replicas(
     assert "cannot set 3 replicas" in err and nats_server.token not in err
     # Nobody there: one line, no traceback per attempt, no token.
     status = await asyncio.to_thread(
-        deploy.main, ["buckets", "--nats", f"nats://hidden@127.0.0.1:{_free_port()}"]
+        deploy.main, ["buckets", "--nats", f"nats://hidden@127.0.0.1:{free_port()}"]
     )
     err = capsys.readouterr().err
     assert status == 1 and err.count("\n") == 1 and "hidden" not in err

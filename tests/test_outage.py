@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 
 import aiohttp
 import pytest
 from conftest import RunningSystem, StartSystem, wait_until, write
+from nginxkit import free_port
 
 from trunk8.embedded_nats import EmbeddedNats
 from trunk8_redirector.app import REDIRECTOR
@@ -88,16 +88,10 @@ async def test_nats_restart_while_serving(
         await restarted.stop()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def test_not_ready_until_nats_arrives(
     start_system: StartSystem, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    port = _free_port()
+    port = free_port()
     system = await start_system(nats_url=f"nats://secret@127.0.0.1:{port}", wait_ready=False)
 
     async def connect_failed() -> bool:  # the services have tried, and are still waiting

@@ -380,9 +380,17 @@ class Reloader:
     def _remember(
         self, file: str, digest: str, links: dict[str, LinkRecord], refused: dict[str, str]
     ) -> None:
-        """Note in the parse memo what a file's bytes produced (its records digested later)."""
-        self.memo.files[file] = FileMemo(digest, list(links), refused, "")
-        self._undigested[file] = links
+        """Note in the parse memo what a file's bytes produced.
+
+        In the first load its records are digested at once (part of the import), so the
+        memo's first save does not digest a million records under the watcher's lock while
+        the first hand edits wait; later re-parses leave that to the save.
+        """
+        if self.loading:
+            self.memo.files[file] = FileMemo(digest, list(links), refused, digest_of(links))
+        else:
+            self.memo.files[file] = FileMemo(digest, list(links), refused, "")
+            self._undigested[file] = links
         self.memo_changed = True
 
     def _forget_memo(self, file: str) -> None:

@@ -11,6 +11,7 @@ rejected, say) are the product reporting bad input, not a failure.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -32,6 +33,10 @@ from rawhttp import Connect, raw_connections
 from trunk8.embedded_nats import EmbeddedNats
 from trunk8.server import HttpServer
 from trunk8.targets import build_app
+from trunk8_shared.background import cancel_and_wait
+from trunk8_shared.bus import Bus
+from trunk8_shared.kvmirror import KvMirror, MirrorSink
+from trunk8_shared.records import LINKS_BUCKET
 from trunk8_shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -190,6 +195,27 @@ async def bucket_keys(kv: Any) -> list[str]:
             continue
         return keys
     pytest.fail("the bucket answered no keys twenty times")
+
+
+@contextlib.asynccontextmanager
+async def running_mirror(
+    url: str, sink: MirrorSink, reconnect_wait: float = 0.1, use_snapshot: bool = True
+) -> AsyncIterator[KvMirror]:
+    """A `KvMirror` of the links bucket into `sink` on a bus of its own, ready; stopped after.
+
+    Stopped with `cancel_and_wait`: Python 3.11's `wait_for` (inside nats-py) can drop a
+    plain cancel, and the test then hung in its teardown.
+    """
+    bus = Bus(url, "test-mirror", reconnect_wait=reconnect_wait)
+    mirror = KvMirror(bus, LINKS_BUCKET, sink, use_snapshot=use_snapshot)
+    bus.start()
+    task = asyncio.create_task(mirror.run())
+    try:
+        await asyncio.wait_for(mirror.ready.wait(), 10)
+        yield mirror
+    finally:
+        await cancel_and_wait("mirror", task)
+        await bus.close()
 
 
 # Services that mirror the links bucket and export `trunk8_<name>_links_revision`.

@@ -10,20 +10,18 @@ purged by loading it whole. Reconnect delays are random and capped.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from urllib.parse import urlparse
 
 import nats
 import pytest
-from conftest import wait_until
+from conftest import running_mirror, wait_until
 from nats.aio.client import Server
 from nats.js import JetStreamContext
 
 from trunk8.embedded_nats import EmbeddedNats
 from trunk8_shared import kvmirror
-from trunk8_shared.background import cancel_and_wait
 from trunk8_shared.buckets import ensure_bucket
 from trunk8_shared.bus import Bus, reconnect_delay
 from trunk8_shared.kvmirror import KvMirror, read_bucket
@@ -65,17 +63,9 @@ async def following(
     for i in range(KEYS):
         await links.put(f"k{i:03d}", b"v0")
     await nc.drain()
-    bus = Bus(nats_server.url, "test-mirror", reconnect_wait=0.1)
     sink = DictSink()
-    mirror = KvMirror(bus, LINKS_BUCKET, sink, use_snapshot=False)
-    bus.start()
-    task = asyncio.create_task(mirror.run())
-    try:
-        await asyncio.wait_for(mirror.ready.wait(), 10)
+    async with running_mirror(nats_server.url, sink, use_snapshot=False) as mirror:
         yield mirror, sink
-    finally:
-        await cancel_and_wait("mirror", task)  # a cancel nats-py's wait_for drops is sent again
-        await bus.close()
 
 
 @contextlib.asynccontextmanager

@@ -16,7 +16,7 @@ from pathlib import Path
 import msgspec
 import nats
 import pytest
-from conftest import RunningSystem, StartSystem, wait_until, write
+from conftest import RunningSystem, StartSystem, running_mirror, wait_until, write
 from test_snapshot import reload, snapshot_at
 
 from trunk8.embedded_nats import EmbeddedNats
@@ -27,10 +27,8 @@ from trunk8_config_watcher.parsememo import records_digest
 from trunk8_config_watcher.snapshots import encode_snapshots
 from trunk8_files.app import FILES
 from trunk8_files.links import FileLinks
-from trunk8_shared.background import cancel_and_wait
-from trunk8_shared.bus import Bus
 from trunk8_shared.codes import kv_key
-from trunk8_shared.kvmirror import KvMirror, RecordsStage, read_bucket
+from trunk8_shared.kvmirror import RecordsStage, read_bucket
 from trunk8_shared.records import LINKS_BUCKET, LinkRecord, UserRecord, json_encoder
 from trunk8_shared.snapshot import (
     RECORDS_OBJECT,
@@ -257,16 +255,8 @@ async def test_after_a_failed_load_a_mirror_reads_the_bucket(
     """The snapshot may be what failed: the next load must not take it again."""
     main = await start_system("config-watcher")
     await snapshot_at(main, bus_client)
-    bus = Bus(nats_server.url, "test-mirror", reconnect_wait=0.1)
     sink = FailingOnce()
-    mirror = KvMirror(bus, LINKS_BUCKET, sink)
-    bus.start()
-    task = asyncio.create_task(mirror.run())
-    try:
-        await asyncio.wait_for(mirror.ready.wait(), 10)
+    async with running_mirror(nats_server.url, sink) as mirror:
         served = main.app[CONFIG_WATCHER].catalog.served
         assert sink.records == {c: r for c, r in served.items() if r.type != "redirect"}
         assert (sink.snapshot_loads, mirror.snapshot_loads, mirror.resyncs) == (1, 1, 1)
-    finally:
-        await cancel_and_wait("mirror", task)  # a cancel nats-py's wait_for drops is sent again
-        await bus.close()

@@ -7,7 +7,6 @@ bucket that refuses writes: each against a real nats-server and real files.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -16,14 +15,11 @@ import msgspec
 import nats
 import pytest
 from aiohttp import web
-from conftest import RunningSystem, StartSystem, bucket_keys, wait_until, write
+from conftest import RunningSystem, StartSystem, bucket_keys, running_mirror, wait_until, write
 
 from trunk8.embedded_nats import EmbeddedNats
 from trunk8_redirector.table import LinkTable
-from trunk8_shared.background import cancel_and_wait
 from trunk8_shared.buckets import ensure_bucket
-from trunk8_shared.bus import Bus
-from trunk8_shared.kvmirror import KvMirror
 from trunk8_shared.records import (
     LINKS_BUCKET,
     USERS_BUCKET,
@@ -165,13 +161,8 @@ async def test_a_failing_sink_never_raises_into_nats_and_loses_nothing(
 ) -> None:
     links = await ensure_bucket(bus_client.jetstream(), LINKS_BUCKET)
     await links.put("kept", b"1")
-    bus = Bus(nats_server.url, "test-mirror", reconnect_wait=0.2)
     sink = FlakySink()
-    mirror = KvMirror(bus, LINKS_BUCKET, sink)
-    bus.start()
-    task = asyncio.create_task(mirror.run())
-    try:
-        await asyncio.wait_for(mirror.ready.wait(), 10)
+    async with running_mirror(nats_server.url, sink, reconnect_wait=0.2) as mirror:
         await links.put("=a", b"foreign")  # skipped: the sink never sees it
         await links.put("boom", b"2")  # the sink fails: the mirror loads the bucket again
 
@@ -180,9 +171,6 @@ async def test_a_failing_sink_never_raises_into_nats_and_loses_nothing(
 
         await wait_until(recovered, timeout=10)
         assert sink.failed
-    finally:
-        await cancel_and_wait("mirror", task)  # a cancel nats-py's wait_for drops is sent again
-        await bus.close()
 
 
 async def test_a_rejection_while_nats_is_away_is_published_when_it_is_back(
